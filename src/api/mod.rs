@@ -1,0 +1,538 @@
+//! The HTTP surface: OpenAI-compatible handlers, the decision headers, health and metrics.
+//! Nothing below `api/` knows about axum.
+
+pub mod request;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::resilience::{Answer, ByteStream, Engine, Failure, TargetRuntime, Trace, Won};
+use crate::routing::{self, ROUTER_MODEL};
+use crate::telemetry::{Metrics, RequestLabels, TierLabels};
+use crate::upstream::sse::{error_event, SseParser};
+use crate::upstream::{classify, UpstreamError};
+use request::ChatRequest;
+
+/// How long a client may take to send its request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest value put in a decision header.
+const MAX_HEADER_LEN: usize = 2048;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    /// Precomputed `/v1/models` body.
+    models: Bytes,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Result<AppState, crate::resilience::EngineError> {
+        let engine = Engine::new(&config, metrics.clone())?;
+        let models = Bytes::from(models_body(&config).to_string());
+        Ok(AppState {
+            config,
+            engine,
+            metrics,
+            models,
+            next_id: AtomicU64::new(1),
+            id_prefix: format!("{:08x}", fastrand::u32(..)),
+        })
+    }
+}
+
+fn models_body(config: &Config) -> serde_json::Value {
+    let mut data = vec![
+        json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "switchyard"}),
+    ];
+    for name in config.tiers.keys() {
+        data.push(json!({"id": format!("switchyard/{name}"), "object": "model", "created": 0, "owned_by": "switchyard"}));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for tier in config.tiers.values() {
+        for t in &tier.targets {
+            if seen.insert(t.model.clone()) {
+                data.push(
+                    json!({"id": t.model, "object": "model", "created": 0, "owned_by": t.provider}),
+                );
+            }
+        }
+    }
+    json!({"object": "list", "data": data})
+}
+
+/// The router with every route and layer.
+pub fn app(state: Arc<AppState>) -> Router {
+    let shed_metrics = state.metrics.clone();
+    let limit = state.config.server.max_concurrency;
+    let chat_route = post(chat).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
+                let m = shed_metrics.clone();
+                async move {
+                    m.shed.inc();
+                    error_response(&ApiError::Overloaded, HeaderMap::new())
+                }
+            }))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit)),
+    );
+    Router::new()
+        .route("/v1/chat/completions", chat_route)
+        .route("/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|req: Request| async move {
+            error_response(
+                &ApiError::NotFound(format!(
+                    "no route for {} {}",
+                    req.method(),
+                    req.uri().path()
+                )),
+                HeaderMap::new(),
+            )
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            error_response(
+                &ApiError::MethodNotAllowed(format!(
+                    "{} is not allowed on {}",
+                    req.method(),
+                    req.uri().path()
+                )),
+                HeaderMap::new(),
+            )
+        })
+        .with_state(state)
+}
+
+pub fn error_response(e: &ApiError, headers: HeaderMap) -> Response {
+    let mut r = (e.status(), axum::Json(e.body())).into_response();
+    r.headers_mut().extend(headers);
+    r
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.models.clone(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let tiers: serde_json::Map<String, serde_json::Value> = s
+        .engine
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            let targets: serde_json::Map<String, serde_json::Value> = t
+                .targets
+                .iter()
+                .map(|x| (x.cfg.id.clone(), json!(x.breaker.state().as_str())))
+                .collect();
+            (name.clone(), serde_json::Value::Object(targets))
+        })
+        .collect();
+    axum::Json(json!({"status": "ready", "tiers": tiers})).into_response()
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(MAX_HEADER_LEN)
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+fn check_auth(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    if config.api_keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+    // Compare against every key so the time taken does not say which one nearly matched.
+    let mut found = subtle::Choice::from(0u8);
+    for k in &config.api_keys {
+        found |= k.sha256.ct_eq(&digest);
+    }
+    if bool::from(found) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Decision headers common to answers and errors.
+struct Decision {
+    request_id: String,
+    tier: Option<String>,
+    reason: &'static str,
+}
+
+impl Decision {
+    fn headers(&self, trace: &Trace, won: Option<&Won>, overhead: Duration) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let mut put = |name: &'static str, v: HeaderValue| {
+            h.insert(HeaderName::from_static(name), v);
+        };
+        put("x-switchyard-request-id", header_value(&self.request_id));
+        if let Some(t) = won.map(|w| w.tier.as_str()).or(self.tier.as_deref()) {
+            put("x-switchyard-tier", header_value(t));
+        }
+        put(
+            "x-switchyard-decision",
+            HeaderValue::from_static(self.reason),
+        );
+        if let Some(w) = won {
+            put("x-switchyard-target", header_value(&w.target.cfg.id));
+        }
+        put("x-switchyard-attempts", HeaderValue::from(trace.attempts()));
+        let route = trace.route();
+        if !route.is_empty() {
+            put("x-switchyard-route", header_value(&route));
+        }
+        put(
+            "x-switchyard-overhead-ms",
+            header_value(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)),
+        );
+        h
+    }
+}
+
+/// Time spent in the router: before the first upstream call, and after the answer arrived.
+fn overhead(start: Instant, trace: &Trace, answer_at: Option<Instant>) -> Duration {
+    let now = Instant::now();
+    match (trace.first_call(), answer_at) {
+        (Some(first), Some(at)) => first.duration_since(start) + now.duration_since(at),
+        (Some(first), None) => first.duration_since(start),
+        (None, _) => now.duration_since(start),
+    }
+}
+
+async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let start = Instant::now();
+    s.metrics.in_flight.inc();
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut decision = Decision {
+        request_id: format!("{}-{id}", s.id_prefix),
+        tier: None,
+        reason: "none",
+    };
+    let trace = Trace::default();
+    let result = handle_chat(&s, req, start, &trace, &mut decision).await;
+    s.metrics.in_flight.dec();
+    match result {
+        Ok(resp) => resp,
+        Err((e, stream)) => {
+            let tier = decision.tier.clone().unwrap_or_else(|| "none".into());
+            s.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    tier,
+                    status: e.status().as_u16(),
+                    stream,
+                })
+                .inc();
+            let h = decision.headers(&trace, None, overhead(start, &trace, None));
+            error_response(&e, h)
+        }
+    }
+}
+
+async fn handle_chat(
+    s: &Arc<AppState>,
+    req: Request,
+    start: Instant,
+    trace: &Trace,
+    decision: &mut Decision,
+) -> Result<Response, (ApiError, bool)> {
+    let (parts, body) = req.into_parts();
+    check_auth(&s.config, &parts.headers).map_err(|e| (e, false))?;
+    let limit = s.config.server.max_body_bytes;
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Err(_) => {
+                return Err((
+                    ApiError::bad_request("timed out reading the request body", None),
+                    false,
+                ))
+            }
+            Ok(Err(_)) => return Err((ApiError::PayloadTooLarge(limit), false)),
+            Ok(Ok(b)) => b,
+        };
+    let chat = ChatRequest::parse(&bytes).map_err(|e| (e, false))?;
+    let stream = chat.stream;
+    let (plan, reason) = routing::plan(&s.config, &chat.model).map_err(|e| (e, stream))?;
+    decision.tier = Some(plan.tier.clone());
+    decision.reason = reason.as_str();
+    let total = s
+        .engine
+        .tiers
+        .get(&plan.tier)
+        .map_or(Duration::from_secs(60), |t| t.cfg.total);
+    let deadline = start + total;
+
+    let body_for = |model: &str| chat.body_for(model);
+    let result = s
+        .engine
+        .execute(&plan, &body_for, stream, deadline, trace)
+        .await;
+    let won = match result {
+        Ok(w) => w,
+        Err(Failure::Passthrough { status, body }) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            s.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    tier: plan.tier.clone(),
+                    status,
+                    stream,
+                })
+                .inc();
+            let mut h = decision.headers(trace, None, overhead(start, trace, None));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok((code, h, body).into_response());
+        }
+        Err(Failure::AllFailed) => {
+            return Err((
+                ApiError::AllTargetsFailed(format!("every target failed: {}", trace.route())),
+                stream,
+            ))
+        }
+        Err(Failure::Deadline) => {
+            return Err((
+                ApiError::DeadlineExceeded(format!(
+                    "no answer within the {}ms deadline: {}",
+                    total.as_millis(),
+                    trace.route()
+                )),
+                stream,
+            ))
+        }
+    };
+    let tier_labels = TierLabels {
+        tier: won.tier.clone(),
+    };
+    s.metrics
+        .ttft
+        .get_or_create(&tier_labels)
+        .observe(won.at.duration_since(start).as_secs_f64());
+    s.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            tier: won.tier.clone(),
+            status: 200,
+            stream,
+        })
+        .inc();
+    let headers = decision.headers(trace, Some(&won), overhead(start, trace, Some(won.at)));
+    let oh = overhead(start, trace, Some(won.at));
+    s.metrics.overhead.observe(oh.as_secs_f64());
+    let Won { answer, target, .. } = won;
+    match answer {
+        Answer::Full(body) => {
+            s.metrics
+                .request_duration
+                .get_or_create(&tier_labels)
+                .observe(start.elapsed().as_secs_f64());
+            let mut r = (StatusCode::OK, headers, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
+        Answer::Stream {
+            first,
+            rest,
+            parser,
+            saw_done,
+        } => {
+            let relay = Relay {
+                pending: first.into(),
+                rest,
+                parser,
+                saw_done,
+                finished: false,
+                idle: target.cfg.slo.idle,
+                deadline,
+                target,
+                metrics: s.metrics.clone(),
+                tier: tier_labels,
+                start,
+            };
+            let body = Body::from_stream(relay.into_stream());
+            let mut r = (StatusCode::OK, headers, body).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            Ok(r)
+        }
+    }
+}
+
+/// Forwards an upstream stream to the client event by event, as each upstream chunk arrives.
+/// After the first byte has reached the client the stream cannot fail over: a failure ends it
+/// with an OpenAI-shaped error event (and no `[DONE]`).
+struct Relay {
+    pending: std::collections::VecDeque<Bytes>,
+    rest: ByteStream,
+    parser: SseParser,
+    saw_done: bool,
+    finished: bool,
+    idle: Duration,
+    deadline: Instant,
+    target: Arc<TargetRuntime>,
+    metrics: Arc<Metrics>,
+    tier: TierLabels,
+    start: Instant,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.metrics
+            .request_duration
+            .get_or_create(&self.tier)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Relay {
+    fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures_util::stream::unfold(self, |mut r| async move {
+            let next = r.next_bytes().await?;
+            Some((Ok(next), r))
+        })
+    }
+
+    fn fail(&mut self, e: &UpstreamError, code: &str) -> Bytes {
+        self.finished = true;
+        if e.counts_against_health() {
+            self.target.stream_failed(&self.metrics);
+        } else {
+            self.target.breaker.on_success();
+        }
+        tracing::warn!(target_id = %self.target.cfg.id, error = %e, "stream failed after its first byte");
+        error_event(
+            &format!("upstream {} failed mid-stream: {e}", self.target.cfg.id),
+            code,
+        )
+    }
+
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if let Some(b) = self.pending.pop_front() {
+            return Some(b);
+        }
+        if self.finished || self.saw_done {
+            return None;
+        }
+        loop {
+            let idle_at = Instant::now() + self.idle;
+            let until = idle_at.min(self.deadline);
+            let item = match tokio::time::timeout_at(until, self.rest.next()).await {
+                Err(_) if until == self.deadline => {
+                    return Some(self.fail(&UpstreamError::Deadline, "deadline_exceeded"));
+                }
+                Err(_) => {
+                    return Some(
+                        self.fail(&UpstreamError::IdleTimeout(self.idle), "stream_stalled"),
+                    )
+                }
+                Ok(i) => i,
+            };
+            let chunk = match item {
+                None => {
+                    return if self.saw_done {
+                        None
+                    } else {
+                        Some(self.fail(
+                            &UpstreamError::Closed("stream ended without [DONE]"),
+                            "stream_truncated",
+                        ))
+                    };
+                }
+                Some(Err(e)) => return Some(self.fail(&classify(&e), "stream_interrupted")),
+                Some(Ok(c)) => c,
+            };
+            let events = match self.parser.push(&chunk) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    return Some(
+                        self.fail(&UpstreamError::Malformed(e.to_string()), "stream_malformed"),
+                    )
+                }
+            };
+            if events.is_empty() {
+                continue;
+            }
+            let mut out = bytes::BytesMut::new();
+            for ev in events {
+                if let Some(msg) = ev.error_message() {
+                    // Forward what came before, then the upstream's own error event, and stop.
+                    self.finished = true;
+                    self.target.stream_failed(&self.metrics);
+                    tracing::warn!(target_id = %self.target.cfg.id, error = %msg, "upstream sent an error event mid-stream");
+                    out.extend_from_slice(&ev.raw);
+                    break;
+                }
+                self.saw_done |= ev.is_done();
+                out.extend_from_slice(&ev.raw);
+            }
+            return Some(out.freeze());
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// switchyard: a classifier-driven, cascading LLM router with an OpenAI-compatible API.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the router with a config file (the main job).
+    Serve {
+        /// TOML config file (see examples/local.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Address to listen on; overrides server.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the router in front of built-in SIMULATED upstreams, to try it with no keys.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Validate a config file without serving; errors name the offending key.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run one simulated OpenAI-compatible upstream (for local trials and benchmarks).
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: SocketAddr,
+        /// Model name it reports.
+        #[arg(long, default_value = "sim")]
+        model: String,
+        /// Delay before each response's headers, e.g. "20ms".
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
+        /// Delay between streamed chunks.
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        chunk_delay: std::time::Duration,
+        /// Share of requests answered with a 500, 0..1.
+        #[arg(long, default_value_t = 0.0)]
+        failure_rate: f64,
+        /// Words per answer.
+        #[arg(long, default_value_t = 12)]
+        words: usize,
+    },
+}

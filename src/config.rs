@@ -1,0 +1,775 @@
+//! Configuration.
+//!
+//! Two layers, so a config can never be half-understood: the `Raw*` serde types reject unknown
+//! keys (`deny_unknown_fields`) and carry the file's shape; [`RawConfig::validate`] turns them into a
+//! [`Config`] whose invariants hold (every reference resolves, every list that must be non-empty
+//! is, every deadline fits inside its budget). Every error names the key path it is about, e.g.
+//! `tiers.cheap.targets[1].provider`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration error: the key path and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// A duration written in human units in the config (`"250ms"`, `"1s"`, `"2m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"250ms\" or \"2s\""
+                ))
+            })
+    }
+}
+
+/// A secret read from the environment. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The secret itself, for the one place that must send it (the upstream `Authorization` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub auth: RawAuth,
+    pub providers: BTreeMap<String, RawProvider>,
+    pub tiers: BTreeMap<String, RawTier>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on; `--listen` overrides it.
+    pub listen: Option<String>,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: Option<usize>,
+    /// Requests handled at once; more are shed with 429.
+    pub max_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// The tier used for the model `switchyard` when nothing else decides.
+    pub default_tier: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Router API keys, stored as SHA-256 hex digests. Empty: no key is required.
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Wire protocol; only `openai` (OpenAI-compatible chat completions) for now.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Extra headers sent with every request (e.g. `OpenAI-Organization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Openai,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub slo: RawSlo,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Upstream statuses that move on to the next target (timeouts and connection errors always do).
+    pub fallback_on: Option<Vec<u16>>,
+    /// Tier tried when every target of this one failed.
+    pub fallback_tier: Option<String>,
+    /// Start the next target in parallel when the current one has not answered by then.
+    pub hedge_after: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    pub model: String,
+    /// Lower is tried first; defaults to the position in the list.
+    pub priority: Option<i64>,
+    /// `false`: used only when it is the highest-priority healthy target, never as a fallback.
+    pub fallback: Option<bool>,
+    #[serde(default)]
+    pub slo: RawSlo,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// Time to the first byte of the answer (the whole body when not streaming).
+    pub ttft: Option<HumanDuration>,
+    /// The whole request, every attempt and fallback included.
+    pub total: Option<HumanDuration>,
+    /// Longest silence between two chunks of a stream once it has started.
+    pub idle: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Retries of the same target after the first call.
+    pub max_retries: Option<u32>,
+    /// First backoff delay; doubles each retry, with jitter.
+    pub backoff: Option<HumanDuration>,
+    pub max_backoff: Option<HumanDuration>,
+    /// Upstream statuses that are retried on the same target.
+    pub on_status: Option<Vec<u16>>,
+    /// Longest `Retry-After` honoured; a longer one moves on to the next target instead.
+    pub retry_after_cap: Option<HumanDuration>,
+    /// Retries allowed as a share of recent calls to the target (tower's retry budget), 0..=1.
+    pub budget_ratio: Option<f32>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Failures within `window` that make a target unhealthy.
+    pub failures: Option<u32>,
+    pub window: Option<HumanDuration>,
+    /// Time an unhealthy target is skipped before one probe request is let through.
+    pub cooldown: Option<HumanDuration>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+pub const DEFAULT_TTFT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TOTAL: Duration = Duration::from_secs(120);
+pub const DEFAULT_MAX_RETRIES: u32 = 1;
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(50);
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(2);
+pub const DEFAULT_RETRY_STATUSES: &[u16] = &[429, 500, 502, 503, 504];
+pub const DEFAULT_FALLBACK_STATUSES: &[u16] = &[401, 403, 404, 408, 429, 500, 502, 503, 504];
+pub const DEFAULT_BUDGET_RATIO: f32 = 0.2;
+pub const DEFAULT_HEALTH_FAILURES: u32 = 5;
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_COOLDOWN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub default_tier: String,
+    pub api_keys: Vec<ApiKeyHash>,
+    pub providers: BTreeMap<String, Provider>,
+    pub tiers: BTreeMap<String, Tier>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyHash {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    /// In the order they are tried.
+    pub targets: Vec<Target>,
+    pub fallback_tier: Option<String>,
+    pub hedge_after: Option<Duration>,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slo {
+    pub ttft: Duration,
+    pub total: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub on_status: Vec<u16>,
+    pub retry_after_cap: Duration,
+    pub budget_ratio: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `provider/model`: the name in headers, metrics and health.
+    pub id: String,
+    pub provider: String,
+    pub model: String,
+    pub fallback: bool,
+    pub slo: Slo,
+    pub retry: RetryPolicy,
+    pub health: HealthPolicy,
+    pub fallback_on: Vec<u16>,
+}
+
+impl Config {
+    /// Parses and validates a TOML config; `env` looks up environment variables (API keys).
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            err(
+                if path == "." {
+                    "(file)".to_string()
+                } else {
+                    path
+                },
+                inner.message().to_string(),
+            )
+        })?;
+        raw.validate(env)
+    }
+
+    /// Reads, parses and validates a config file, taking API keys from the process environment.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                path.display().to_string(),
+                format!("cannot read config: {e}"),
+            )
+        })?;
+        Config::from_toml(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// The tier a target model name belongs to (the first tier listing it) and its index there.
+    pub fn find_target_model(&self, model: &str) -> Option<(&Tier, usize)> {
+        self.tiers.values().find_map(|t| {
+            t.targets
+                .iter()
+                .position(|x| x.model == model)
+                .map(|i| (t, i))
+        })
+    }
+}
+
+fn check_status_list(path: &str, codes: &[u16]) -> Result<(), ConfigError> {
+    for (i, c) in codes.iter().enumerate() {
+        if !(100..=599).contains(c) {
+            return Err(err(
+                format!("{path}[{i}]"),
+                format!("{c} is not an HTTP status code"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+            ),
+        ))
+    }
+}
+
+fn slo_of(path: &str, raw: &RawSlo, base: Slo) -> Result<Slo, ConfigError> {
+    let ttft = raw.ttft.map_or(base.ttft, |d| d.0);
+    let total = raw.total.map_or(base.total, |d| d.0);
+    let idle = raw
+        .idle
+        .map_or(if raw.ttft.is_some() { ttft } else { base.idle }, |d| d.0);
+    for (k, v) in [("ttft", ttft), ("total", total), ("idle", idle)] {
+        if v.is_zero() {
+            return Err(err(format!("{path}.{k}"), "must be greater than zero"));
+        }
+    }
+    if ttft > total {
+        return Err(err(
+            format!("{path}.ttft"),
+            format!("{ttft:?} is longer than slo.total {total:?}"),
+        ));
+    }
+    Ok(Slo { ttft, total, idle })
+}
+
+fn retry_of(path: &str, raw: &RawRetry, base: &RetryPolicy) -> Result<RetryPolicy, ConfigError> {
+    let on_status = raw
+        .on_status
+        .clone()
+        .unwrap_or_else(|| base.on_status.clone());
+    check_status_list(&format!("{path}.on_status"), &on_status)?;
+    let budget_ratio = raw.budget_ratio.unwrap_or(base.budget_ratio);
+    if !(0.0..=1.0).contains(&budget_ratio) {
+        return Err(err(
+            format!("{path}.budget_ratio"),
+            "must be between 0 and 1",
+        ));
+    }
+    Ok(RetryPolicy {
+        max_retries: raw.max_retries.unwrap_or(base.max_retries),
+        backoff: raw.backoff.map_or(base.backoff, |d| d.0),
+        max_backoff: raw.max_backoff.map_or(base.max_backoff, |d| d.0),
+        on_status,
+        retry_after_cap: raw.retry_after_cap.map_or(base.retry_after_cap, |d| d.0),
+        budget_ratio,
+    })
+}
+
+fn parse_sha256(path: &str, hex_digest: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex::decode(hex_digest.trim())
+        .map_err(|_| err(path, "must be a hex SHA-256 digest (64 hex characters)"))?;
+    bytes
+        .try_into()
+        .map_err(|_| err(path, "must be a hex SHA-256 digest (64 hex characters)"))
+}
+
+impl RawConfig {
+    pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let listen_text = self.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            err(
+                "server.listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let max_body_bytes = self.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(err("server.max_body_bytes", "must be at least 1024"));
+        }
+        let max_concurrency = self
+            .server
+            .max_concurrency
+            .unwrap_or(DEFAULT_MAX_CONCURRENCY);
+        if max_concurrency == 0 {
+            return Err(err("server.max_concurrency", "must be at least 1"));
+        }
+
+        let mut api_keys = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            api_keys.push(ApiKeyHash {
+                name: k.name.clone(),
+                sha256: parse_sha256(&format!("auth.keys[{i}].sha256"), &k.sha256)?,
+            });
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in self.providers {
+            let path = format!("providers.{name}");
+            valid_name(&path, &name)?;
+            let base_url = p.base_url.trim_end_matches('/').to_string();
+            let parsed: http::Uri = base_url.parse().map_err(|_| {
+                err(
+                    format!("{path}.base_url"),
+                    format!("{:?} is not a URL", p.base_url),
+                )
+            })?;
+            if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+                return Err(err(
+                    format!("{path}.base_url"),
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+            let api_key = match &p.api_key_env {
+                None => None,
+                Some(var) => match env(var) {
+                    Some(v) if !v.is_empty() => Some(Secret::new(v)),
+                    _ => {
+                        return Err(err(
+                            format!("{path}.api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        ))
+                    }
+                },
+            };
+            let mut headers = Vec::new();
+            for (k, v) in &p.headers {
+                let hn = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                    err(format!("{path}.headers.{k}"), "is not a valid header name")
+                })?;
+                let mut hv = http::HeaderValue::from_str(v).map_err(|_| {
+                    err(format!("{path}.headers.{k}"), "is not a valid header value")
+                })?;
+                hv.set_sensitive(true);
+                headers.push((hn, hv));
+            }
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    kind: p.kind,
+                    base_url,
+                    api_key,
+                    headers,
+                    connect_timeout: p.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+                },
+            );
+        }
+        if providers.is_empty() {
+            return Err(err("providers", "at least one provider is required"));
+        }
+
+        let base_slo = Slo {
+            ttft: DEFAULT_TTFT,
+            total: DEFAULT_TOTAL,
+            idle: DEFAULT_TTFT,
+        };
+        let base_retry = RetryPolicy {
+            max_retries: DEFAULT_MAX_RETRIES,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            on_status: DEFAULT_RETRY_STATUSES.to_vec(),
+            retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
+            budget_ratio: DEFAULT_BUDGET_RATIO,
+        };
+
+        let tier_names: BTreeSet<String> = self.tiers.keys().cloned().collect();
+        let mut tiers = BTreeMap::new();
+        for (name, t) in &self.tiers {
+            let path = format!("tiers.{name}");
+            valid_name(&path, name)?;
+            if t.targets.is_empty() {
+                return Err(err(
+                    format!("{path}.targets"),
+                    "a tier needs at least one target",
+                ));
+            }
+            let tier_slo = slo_of(&format!("{path}.slo"), &t.slo, base_slo)?;
+            let tier_retry = retry_of(&format!("{path}.retry"), &t.retry, &base_retry)?;
+            let health = HealthPolicy {
+                failures: t.health.failures.unwrap_or(DEFAULT_HEALTH_FAILURES),
+                window: t.health.window.map_or(DEFAULT_HEALTH_WINDOW, |d| d.0),
+                cooldown: t.health.cooldown.map_or(DEFAULT_HEALTH_COOLDOWN, |d| d.0),
+            };
+            if health.failures == 0 {
+                return Err(err(format!("{path}.health.failures"), "must be at least 1"));
+            }
+            let fallback_on = t
+                .fallback_on
+                .clone()
+                .unwrap_or_else(|| DEFAULT_FALLBACK_STATUSES.to_vec());
+            check_status_list(&format!("{path}.fallback_on"), &fallback_on)?;
+            if let Some(ft) = &t.fallback_tier {
+                if !tier_names.contains(ft) {
+                    return Err(err(
+                        format!("{path}.fallback_tier"),
+                        format!("no tier named {ft:?}"),
+                    ));
+                }
+                if ft == name {
+                    return Err(err(
+                        format!("{path}.fallback_tier"),
+                        "a tier cannot fall back to itself",
+                    ));
+                }
+            }
+            if let Some(h) = t.hedge_after {
+                if h.0.is_zero() || h.0 >= tier_slo.ttft {
+                    return Err(err(
+                        format!("{path}.hedge_after"),
+                        "must be greater than zero and shorter than slo.ttft",
+                    ));
+                }
+            }
+            let mut targets = Vec::new();
+            let mut seen = BTreeSet::new();
+            for (i, rt) in t.targets.iter().enumerate() {
+                let tpath = format!("{path}.targets[{i}]");
+                if !providers.contains_key(&rt.provider) {
+                    return Err(err(
+                        format!("{tpath}.provider"),
+                        format!("no provider named {:?}", rt.provider),
+                    ));
+                }
+                if rt.model.trim().is_empty() {
+                    return Err(err(format!("{tpath}.model"), "must not be empty"));
+                }
+                let id = format!("{}/{}", rt.provider, rt.model);
+                if !seen.insert(id.clone()) {
+                    return Err(err(
+                        tpath,
+                        format!("target {id} is listed twice in this tier"),
+                    ));
+                }
+                let slo = slo_of(&format!("{tpath}.slo"), &rt.slo, tier_slo)?;
+                if slo.total > tier_slo.total {
+                    return Err(err(
+                        format!("{tpath}.slo.total"),
+                        "cannot be longer than the tier's slo.total",
+                    ));
+                }
+                targets.push((
+                    rt.priority.unwrap_or(i as i64),
+                    Target {
+                        id,
+                        provider: rt.provider.clone(),
+                        model: rt.model.clone(),
+                        fallback: rt.fallback.unwrap_or(true),
+                        slo,
+                        retry: retry_of(&format!("{tpath}.retry"), &rt.retry, &tier_retry)?,
+                        health,
+                        fallback_on: fallback_on.clone(),
+                    },
+                ));
+            }
+            targets.sort_by_key(|(p, _)| *p);
+            tiers.insert(
+                name.clone(),
+                Tier {
+                    name: name.clone(),
+                    targets: targets.into_iter().map(|(_, t)| t).collect(),
+                    fallback_tier: t.fallback_tier.clone(),
+                    hedge_after: t.hedge_after.map(|d| d.0),
+                    total: tier_slo.total,
+                },
+            );
+        }
+        if tiers.is_empty() {
+            return Err(err("tiers", "at least one tier is required"));
+        }
+        // Fallback chains must end.
+        for name in tiers.keys() {
+            let mut seen = BTreeSet::new();
+            let mut cur = Some(name.clone());
+            while let Some(c) = cur {
+                if !seen.insert(c.clone()) {
+                    return Err(err(
+                        format!("tiers.{name}.fallback_tier"),
+                        "fallback tiers form a cycle",
+                    ));
+                }
+                cur = tiers.get(&c).and_then(|t| t.fallback_tier.clone());
+            }
+        }
+        if !tiers.contains_key(&self.routing.default_tier) {
+            return Err(err(
+                "routing.default_tier",
+                format!("no tier named {:?}", self.routing.default_tier),
+            ));
+        }
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                max_body_bytes,
+                max_concurrency,
+            },
+            default_tier: self.routing.default_tier,
+            api_keys,
+            providers,
+            tiers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[routing]
+default_tier = "cheap"
+[providers.a]
+base_url = "http://127.0.0.1:9101/v1/"
+[providers.b]
+base_url = "http://127.0.0.1:9111/v1"
+api_key_env = "B_KEY"
+[tiers.cheap]
+slo = { ttft = "1s", total = "10s" }
+retry = { max_retries = 1, on_status = [429, 500] }
+health = { failures = 3, window = "60s", cooldown = "30s" }
+fallback_tier = "strong"
+targets = [
+  { provider = "b", model = "m2", priority = 1 },
+  { provider = "a", model = "m1", priority = 0 },
+]
+[tiers.strong]
+targets = [{ provider = "a", model = "big" }]
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "B_KEY").then(|| "sk-secret-123".to_string())
+    }
+
+    #[test]
+    fn parses_and_orders_by_priority() {
+        let c = Config::from_toml(GOOD, &env).unwrap();
+        let cheap = &c.tiers["cheap"];
+        assert_eq!(cheap.targets[0].id, "a/m1");
+        assert_eq!(cheap.targets[1].id, "b/m2");
+        assert_eq!(cheap.targets[0].slo.ttft, Duration::from_secs(1));
+        assert_eq!(cheap.targets[0].slo.idle, Duration::from_secs(1));
+        assert_eq!(cheap.targets[0].retry.on_status, vec![429, 500]);
+        assert_eq!(cheap.targets[0].health.failures, 3);
+        assert_eq!(c.providers["a"].base_url, "http://127.0.0.1:9101/v1");
+        assert_eq!(c.tiers["strong"].targets[0].slo.total, DEFAULT_TOTAL);
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = Config::from_toml(GOOD, &env).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-secret-123"), "{dbg}");
+        assert!(dbg.contains("redacted"));
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text, &env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let bad = GOOD.replace(
+            "{ provider = \"a\", model = \"m1\", priority = 0 }",
+            "{ provider = \"a\", modle = \"m1\" }",
+        );
+        let e = error_of(&bad);
+        assert!(e.starts_with("tiers.cheap.targets[1]"), "{e}");
+        assert!(e.contains("modle"), "{e}");
+    }
+
+    #[test]
+    fn bad_references_name_their_path() {
+        let e = error_of(&GOOD.replace(
+            "provider = \"b\", model = \"m2\"",
+            "provider = \"zz\", model = \"m2\"",
+        ));
+        assert!(e.starts_with("tiers.cheap.targets[0].provider"), "{e}");
+        let e = error_of(&GOOD.replace("default_tier = \"cheap\"", "default_tier = \"nope\""));
+        assert!(e.starts_with("routing.default_tier"), "{e}");
+        let e = error_of(&GOOD.replace("fallback_tier = \"strong\"", "fallback_tier = \"cheap\""));
+        assert!(e.starts_with("tiers.cheap.fallback_tier"), "{e}");
+        let e = error_of(&GOOD.replace("ttft = \"1s\"", "ttft = \"1 parsec\""));
+        assert!(e.starts_with("tiers.cheap.slo.ttft"), "{e}");
+        let e = error_of(&GOOD.replace("ttft = \"1s\"", "ttft = \"20s\""));
+        assert!(e.starts_with("tiers.cheap.slo.ttft"), "{e}");
+        let e = error_of(&GOOD.replace("on_status = [429, 500]", "on_status = [429, 900]"));
+        assert!(e.starts_with("tiers.cheap.retry.on_status[1]"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_env_is_an_error_without_the_value() {
+        let e = Config::from_toml(GOOD, &|_| None).unwrap_err().to_string();
+        assert!(e.starts_with("providers.b.api_key_env"), "{e}");
+        assert!(e.contains("B_KEY"));
+    }
+
+    #[test]
+    fn fallback_cycle_is_rejected() {
+        let text = GOOD.replace(
+            "targets = [{ provider = \"a\", model = \"big\" }]",
+            "fallback_tier = \"cheap\"\ntargets = [{ provider = \"a\", model = \"big\" }]",
+        );
+        assert!(error_of(&text).contains("cycle"));
+    }
+}

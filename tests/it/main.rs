@@ -1,0 +1,9 @@
+//! Integration tests: real HTTP between a client, the router and simulated upstreams, all on
+//! 127.0.0.1, started and stopped by each test. No test touches the network.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway;
+mod harness;
+mod sdk;
+mod streaming;
