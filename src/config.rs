@@ -133,6 +133,10 @@ pub struct RawProvider {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub connect_timeout: Option<HumanDuration>,
+    /// Speak HTTP/2 without TLS negotiation (h2c), e.g. to a local vLLM behind an h2 proxy.
+    /// Over https, HTTP/2 is negotiated automatically.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +266,7 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub connect_timeout: Duration,
+    pub http2_prior_knowledge: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -513,6 +518,7 @@ impl RawConfig {
                     api_key,
                     headers,
                     connect_timeout: p.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+                    http2_prior_knowledge: p.http2_prior_knowledge,
                 },
             );
         }

@@ -131,13 +131,16 @@ pub struct ProviderClient {
 impl ProviderClient {
     pub fn new(provider: &Provider) -> Result<Self, reqwest::Error> {
         ensure_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(provider.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+            .no_proxy();
+        if provider.http2_prior_knowledge {
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = builder.build()?;
         Ok(ProviderClient {
             http,
             chat_url: format!("{}/chat/completions", provider.base_url),

@@ -98,6 +98,8 @@ struct Shared {
     spec: SimSpec,
     script: Mutex<VecDeque<Fault>>,
     calls: AtomicUsize,
+    /// Chat requests being handled now (a cancelled one is dropped by hyper and leaves).
+    active: AtomicUsize,
     requests: Mutex<VecDeque<Value>>,
     rng: Mutex<fastrand::Rng>,
 }
@@ -144,6 +146,7 @@ impl SimServer {
             spec,
             script: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             requests: Mutex::new(VecDeque::new()),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -162,6 +165,11 @@ impl SimServer {
     /// Chat completion requests received so far.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Chat requests in progress (headers not yet sent); one whose client hung up is dropped.
+    pub fn active(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
     }
 
     /// Queues faults for the next requests, in order.
@@ -394,8 +402,17 @@ fn sse_response(steps: Steps) -> Response<SimBody> {
     r
 }
 
+struct ActiveGuard(Arc<Shared>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<SimBody>, Abort> {
     let n = shared.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.active.fetch_add(1, Ordering::SeqCst);
+    let _active = ActiveGuard(shared.clone());
     let Ok(collected) = req.into_body().collect().await else {
         return Err(Abort);
     };

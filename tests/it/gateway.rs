@@ -541,3 +541,16 @@ async fn provider_keys_never_reach_the_client() {
         .unwrap();
     assert!(!m.contains("sk-very-secret"));
 }
+
+#[tokio::test]
+async fn http2_upstreams_work_with_prior_knowledge() {
+    let a = sim("a").await;
+    let toml = format!(
+        "[routing]\ndefault_tier = \"cheap\"\n[providers.a]\nbase_url = \"{}\"\nhttp2_prior_knowledge = true\n[tiers.cheap]\ntargets = [{{ provider = \"a\", model = \"m\" }}]\n",
+        a.base_url()
+    );
+    let h = router(&toml).await;
+    let r = h.post(&chat_body("switchyard")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(a.calls(), 1);
+}
