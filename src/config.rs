@@ -162,6 +162,64 @@ pub struct RawTier {
     pub fallback_tier: Option<String>,
     /// Start the next target in parallel when the current one has not answered by then.
     pub hedge_after: Option<HumanDuration>,
+    /// Check this tier's answers and escalate the failures to a stronger tier.
+    pub cascade: Option<RawCascade>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCascade {
+    /// The tier a rejected answer escalates to (default `reasoning`).
+    pub escalate_to: Option<String>,
+    /// Checks to run, cheapest first: `schema`, `tool_calls`, `completion`, `confidence`,
+    /// `arithmetic`. Default: all but `arithmetic`.
+    pub checks: Option<Vec<Check>>,
+    /// Reject when the mean token log-probability is below this.
+    pub min_mean_logprob: Option<f64>,
+    /// Reject when any token's log-probability is below this.
+    pub min_token_logprob: Option<f64>,
+    /// Case-insensitive phrases that mark a refusal near the start of an answer.
+    pub refusal_patterns: Option<Vec<String>>,
+    /// Streaming requests: `buffer` (check, then stream) or `bypass` (stream unchecked).
+    pub stream: Option<StreamMode>,
+    /// Return 502 instead of the last tier's answer when it still fails the checks.
+    pub strict: Option<bool>,
+    /// Escalate only if at least this much of the request's deadline is left.
+    pub min_escalation_time: Option<HumanDuration>,
+    /// With too little time left to escalate: `accept` the answer or `fail` the request.
+    pub on_short_deadline: Option<ShortDeadline>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    Schema,
+    ToolCalls,
+    Completion,
+    Confidence,
+    Arithmetic,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    Buffer,
+    Bypass,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShortDeadline {
+    Accept,
+    Fail,
+}
+
+/// Prices in US dollars per million tokens.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +235,8 @@ pub struct RawTarget {
     pub slo: RawSlo,
     #[serde(default)]
     pub retry: RawRetry,
+    /// For cost accounting: $ per million input and output tokens.
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -277,6 +337,44 @@ pub struct Tier {
     pub fallback_tier: Option<String>,
     pub hedge_after: Option<Duration>,
     pub total: Duration,
+    pub cascade: Option<Cascade>,
+}
+
+pub const DEFAULT_REFUSALS: &[&str] = &[
+    "i'm sorry, but i can",
+    "i am sorry, but i can",
+    "i'm sorry, i can't",
+    "i cannot help with",
+    "i can't help with",
+    "i can't assist with",
+    "i cannot assist with",
+    "i'm unable to help",
+    "i am unable to help",
+    "i'm not able to help",
+    "i won't be able to help",
+    "as an ai language model, i cannot",
+];
+
+/// A tier's cascade: which checks its answers must pass, and where failures go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cascade {
+    pub escalate_to: String,
+    /// Sorted, cheapest first.
+    pub checks: Vec<Check>,
+    pub min_mean_logprob: f64,
+    pub min_token_logprob: f64,
+    /// Lower-case.
+    pub refusal_patterns: Vec<String>,
+    pub stream: StreamMode,
+    pub strict: bool,
+    pub min_escalation_time: Duration,
+    pub on_short_deadline: ShortDeadline,
+}
+
+impl Cascade {
+    pub fn has(&self, c: Check) -> bool {
+        self.checks.contains(&c)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +412,7 @@ pub struct Target {
     pub retry: RetryPolicy,
     pub health: HealthPolicy,
     pub fallback_on: Vec<u16>,
+    pub price: Option<Price>,
 }
 
 impl Config {
@@ -429,6 +528,74 @@ fn retry_of(path: &str, raw: &RawRetry, base: &RetryPolicy) -> Result<RetryPolic
         on_status,
         retry_after_cap: raw.retry_after_cap.map_or(base.retry_after_cap, |d| d.0),
         budget_ratio,
+    })
+}
+
+fn cascade_of(
+    path: &str,
+    raw: &RawCascade,
+    tier: &str,
+    tiers: &BTreeSet<String>,
+) -> Result<Cascade, ConfigError> {
+    let escalate_to = raw
+        .escalate_to
+        .clone()
+        .unwrap_or_else(|| "reasoning".to_string());
+    if !tiers.contains(&escalate_to) {
+        return Err(err(
+            format!("{path}.escalate_to"),
+            format!("no tier named {escalate_to:?}"),
+        ));
+    }
+    if escalate_to == tier {
+        return Err(err(
+            format!("{path}.escalate_to"),
+            "a tier cannot escalate to itself",
+        ));
+    }
+    let mut checks = raw.checks.clone().unwrap_or_else(|| {
+        vec![
+            Check::Schema,
+            Check::ToolCalls,
+            Check::Completion,
+            Check::Confidence,
+        ]
+    });
+    checks.sort();
+    checks.dedup();
+    let min_mean_logprob = raw.min_mean_logprob.unwrap_or(-1.0);
+    let min_token_logprob = raw.min_token_logprob.unwrap_or(-10.0);
+    for (k, v) in [
+        ("min_mean_logprob", min_mean_logprob),
+        ("min_token_logprob", min_token_logprob),
+    ] {
+        if v.is_nan() || v > 0.0 {
+            return Err(err(
+                format!("{path}.{k}"),
+                "a log-probability threshold must be zero or less",
+            ));
+        }
+    }
+    let refusal_patterns = match &raw.refusal_patterns {
+        Some(p) => p
+            .iter()
+            .map(|x| x.to_lowercase())
+            .filter(|x| !x.trim().is_empty())
+            .collect(),
+        None => DEFAULT_REFUSALS.iter().map(|x| x.to_string()).collect(),
+    };
+    Ok(Cascade {
+        escalate_to,
+        checks,
+        min_mean_logprob,
+        min_token_logprob,
+        refusal_patterns,
+        stream: raw.stream.unwrap_or(StreamMode::Buffer),
+        strict: raw.strict.unwrap_or(false),
+        min_escalation_time: raw
+            .min_escalation_time
+            .map_or(Duration::from_secs(1), |d| d.0),
+        on_short_deadline: raw.on_short_deadline.unwrap_or(ShortDeadline::Accept),
     })
 }
 
@@ -626,6 +793,20 @@ impl RawConfig {
                         retry: retry_of(&format!("{tpath}.retry"), &rt.retry, &tier_retry)?,
                         health,
                         fallback_on: fallback_on.clone(),
+                        price: match rt.price {
+                            Some(p)
+                                if p.input.is_nan()
+                                    || p.output.is_nan()
+                                    || p.input < 0.0
+                                    || p.output < 0.0 =>
+                            {
+                                return Err(err(
+                                    format!("{tpath}.price"),
+                                    "prices must be zero or more",
+                                ))
+                            }
+                            p => p,
+                        },
                     },
                 ));
             }
@@ -638,11 +819,37 @@ impl RawConfig {
                     fallback_tier: t.fallback_tier.clone(),
                     hedge_after: t.hedge_after.map(|d| d.0),
                     total: tier_slo.total,
+                    cascade: match &t.cascade {
+                        None => None,
+                        Some(c) => Some(cascade_of(
+                            &format!("{path}.cascade"),
+                            c,
+                            name,
+                            &tier_names,
+                        )?),
+                    },
                 },
             );
         }
         if tiers.is_empty() {
             return Err(err("tiers", "at least one tier is required"));
+        }
+        // Escalation chains must end.
+        for name in tiers.keys() {
+            let mut seen = BTreeSet::new();
+            let mut cur = Some(name.clone());
+            while let Some(c) = cur {
+                if !seen.insert(c.clone()) {
+                    return Err(err(
+                        format!("tiers.{name}.cascade.escalate_to"),
+                        "cascade escalations form a cycle",
+                    ));
+                }
+                cur = tiers
+                    .get(&c)
+                    .and_then(|t| t.cascade.as_ref())
+                    .map(|x| x.escalate_to.clone());
+            }
         }
         // Fallback chains must end.
         for name in tiers.keys() {

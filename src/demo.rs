@@ -56,17 +56,18 @@ retry = { max_retries = 1, backoff = "50ms" }
 health = { failures = 3, window = "60s", cooldown = "10s" }
 fallback_tier = "reasoning"
 targets = [
-  { provider = "sim-cheap-a", model = "sim-cheap-a" },
-  { provider = "sim-cheap-b", model = "sim-cheap-b" },
+  { provider = "sim-cheap-a", model = "sim-cheap-a", price = { input = 0.6, output = 0.6 } },
+  { provider = "sim-cheap-b", model = "sim-cheap-b", price = { input = 0.6, output = 0.6 } },
 ]
+cascade = { escalate_to = "reasoning", checks = ["completion", "schema", "tool_calls", "confidence"] }
 
 [tiers.reasoning]
 slo = { ttft = "1s", total = "10s" }
 retry = { max_retries = 1 }
 health = { failures = 3, window = "60s", cooldown = "10s" }
 targets = [
-  { provider = "sim-reasoning-a", model = "sim-reasoning-a" },
-  { provider = "sim-reasoning-b", model = "sim-reasoning-b" },
+  { provider = "sim-reasoning-a", model = "sim-reasoning-a", price = { input = 10.0, output = 30.0 } },
+  { provider = "sim-reasoning-b", model = "sim-reasoning-b", price = { input = 10.0, output = 30.0 } },
 ]
 
 [tiers.legal]

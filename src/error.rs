@@ -30,6 +30,9 @@ pub enum ApiError {
     /// Every target tried failed; the message says what each did.
     #[error("{0}")]
     AllTargetsFailed(String),
+    /// The cascade's last answer failed its checks on a `strict` route.
+    #[error("{0}")]
+    CascadeRejected(String),
     /// The request's total deadline passed.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -46,7 +49,7 @@ impl From<&ApiError> for StatusCode {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::AllTargetsFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::AllTargetsFailed(_) | ApiError::CascadeRejected(_) => StatusCode::BAD_GATEWAY,
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", "request_too_large"),
             ApiError::Overloaded => ("rate_limit_error", "router_overloaded"),
             ApiError::AllTargetsFailed(_) => ("upstream_error", "all_targets_failed"),
+            ApiError::CascadeRejected(_) => ("upstream_error", "cascade_rejected"),
             ApiError::DeadlineExceeded(_) => ("timeout_error", "deadline_exceeded"),
             ApiError::Internal => ("server_error", "internal_error"),
         }
@@ -108,6 +112,7 @@ mod tests {
             ApiError::PayloadTooLarge(10),
             ApiError::Overloaded,
             ApiError::AllTargetsFailed("a: http 500".into()),
+            ApiError::CascadeRejected("cheap:rejected(empty)".into()),
             ApiError::DeadlineExceeded("deadline".into()),
             ApiError::Internal,
         ];

@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod cascade;
 pub mod cli;
 pub mod config;
 pub mod demo;

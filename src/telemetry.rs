@@ -51,6 +51,13 @@ pub struct TransitionLabels {
     pub to: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CascadeLabels {
+    pub tier: String,
+    pub verdict: String,
+    pub reason: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.1 ms .. ~100 s
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
@@ -80,6 +87,8 @@ pub struct Metrics {
     pub stream_errors: Family<TargetLabels, Counter>,
     pub shed: Counter,
     pub in_flight: Gauge,
+    pub cascade: Family<CascadeLabels, Counter>,
+    pub cost: Family<TierLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -173,8 +182,22 @@ impl Metrics {
             "Chat completion requests being handled",
             in_flight.clone(),
         );
+        let cascade = Family::<CascadeLabels, Counter>::default();
+        registry.register(
+            "cascade",
+            "Cascade checks by tier and verdict (accepted, rejected, skipped, failed) and reason",
+            cascade.clone(),
+        );
+        let cost = Family::<TierLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Upstream cost in US dollars of answered requests (every call made), by the tier that answered",
+            cost.clone(),
+        );
         Metrics {
             registry,
+            cascade,
+            cost,
             requests,
             request_duration,
             ttft,

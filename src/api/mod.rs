@@ -2,6 +2,7 @@
 //! Nothing below `api/` knows about axum.
 
 pub mod request;
+pub mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,10 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
-use crate::config::Config;
+use crate::cascade::checks::RequestChecks;
+use crate::cascade::schema::SchemaCache;
+use crate::cascade::{self, CascadeError, CascadePath};
+use crate::config::{Config, StreamMode};
 use crate::error::ApiError;
 use crate::resilience::{Answer, ByteStream, Engine, Failure, TargetRuntime, Trace, Won};
 use crate::routing::{self, ROUTER_MODEL};
@@ -40,6 +44,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
+    pub schemas: SchemaCache,
     /// Precomputed `/v1/models` body.
     models: Bytes,
     next_id: AtomicU64,
@@ -57,6 +62,7 @@ impl AppState {
             config,
             engine,
             metrics,
+            schemas: SchemaCache::new(),
             models,
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:08x}", fastrand::u32(..)),
@@ -211,29 +217,38 @@ struct Decision {
     request_id: String,
     tier: Option<String>,
     reason: &'static str,
+    target: Option<String>,
+    cascade: Option<String>,
+    cost_usd: Option<f64>,
 }
 
 impl Decision {
-    fn headers(&self, trace: &Trace, won: Option<&Won>, overhead: Duration) -> HeaderMap {
+    fn headers(&self, trace: &Trace, overhead: Duration) -> HeaderMap {
         let mut h = HeaderMap::new();
         let mut put = |name: &'static str, v: HeaderValue| {
             h.insert(HeaderName::from_static(name), v);
         };
         put("x-switchyard-request-id", header_value(&self.request_id));
-        if let Some(t) = won.map(|w| w.tier.as_str()).or(self.tier.as_deref()) {
+        if let Some(t) = &self.tier {
             put("x-switchyard-tier", header_value(t));
         }
         put(
             "x-switchyard-decision",
             HeaderValue::from_static(self.reason),
         );
-        if let Some(w) = won {
-            put("x-switchyard-target", header_value(&w.target.cfg.id));
+        if let Some(t) = &self.target {
+            put("x-switchyard-target", header_value(t));
         }
         put("x-switchyard-attempts", HeaderValue::from(trace.attempts()));
         let route = trace.route();
         if !route.is_empty() {
             put("x-switchyard-route", header_value(&route));
+        }
+        if let Some(c) = &self.cascade {
+            put("x-switchyard-cascade", header_value(c));
+        }
+        if let Some(c) = self.cost_usd {
+            put("x-switchyard-cost-usd", header_value(&format!("{c:.8}")));
         }
         put(
             "x-switchyard-overhead-ms",
@@ -261,6 +276,9 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
         request_id: format!("{}-{id}", s.id_prefix),
         tier: None,
         reason: "none",
+        target: None,
+        cascade: None,
+        cost_usd: None,
     };
     let trace = Trace::default();
     let result = handle_chat(&s, req, start, &trace, &mut decision).await;
@@ -277,7 +295,7 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
                     stream,
                 })
                 .inc();
-            let h = decision.headers(&trace, None, overhead(start, &trace, None));
+            let h = decision.headers(&trace, overhead(start, &trace, None));
             error_response(&e, h)
         }
     }
@@ -316,6 +334,19 @@ async fn handle_chat(
         .map_or(Duration::from_secs(60), |t| t.cfg.total);
     let deadline = start + total;
 
+    let cascade_cfg = s
+        .engine
+        .tiers
+        .get(&plan.tier)
+        .and_then(|t| t.cfg.cascade.clone());
+    if let Some(c) = &cascade_cfg {
+        if stream && c.stream == StreamMode::Bypass {
+            decision.cascade = Some(format!("{}:bypassed(stream)", plan.tier));
+        } else {
+            return run_cascade(s, &chat, &plan, start, deadline, total, trace, decision).await;
+        }
+    }
+
     let body_for = |model: &str| chat.body_for(model);
     let result = s
         .engine
@@ -323,40 +354,10 @@ async fn handle_chat(
         .await;
     let won = match result {
         Ok(w) => w,
-        Err(Failure::Passthrough { status, body }) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            s.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    tier: plan.tier.clone(),
-                    status,
-                    stream,
-                })
-                .inc();
-            let mut h = decision.headers(trace, None, overhead(start, trace, None));
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return Ok((code, h, body).into_response());
-        }
-        Err(Failure::AllFailed) => {
-            return Err((
-                ApiError::AllTargetsFailed(format!("every target failed: {}", trace.route())),
-                stream,
-            ))
-        }
-        Err(Failure::Deadline) => {
-            return Err((
-                ApiError::DeadlineExceeded(format!(
-                    "no answer within the {}ms deadline: {}",
-                    total.as_millis(),
-                    trace.route()
-                )),
-                stream,
-            ))
-        }
+        Err(f) => return failure_response(s, f, &plan.tier, stream, total, start, trace, decision),
     };
+    decision.tier = Some(won.tier.clone());
+    decision.target = Some(won.target.cfg.id.clone());
     let tier_labels = TierLabels {
         tier: won.tier.clone(),
     };
@@ -372,22 +373,23 @@ async fn handle_chat(
             stream,
         })
         .inc();
-    let headers = decision.headers(trace, Some(&won), overhead(start, trace, Some(won.at)));
-    let oh = overhead(start, trace, Some(won.at));
-    s.metrics.overhead.observe(oh.as_secs_f64());
-    let Won { answer, target, .. } = won;
+    let Won {
+        answer, target, at, ..
+    } = won;
     match answer {
-        Answer::Full(body) => {
+        Answer::Full { bytes, json } => {
+            decision.cost_usd = crate::upstream::cost_usd(target.cfg.price, &json);
+            if let Some(c) = decision.cost_usd {
+                s.metrics.cost.get_or_create(&tier_labels).inc_by(c);
+            }
+            let oh = overhead(start, trace, Some(at));
+            s.metrics.overhead.observe(oh.as_secs_f64());
+            let headers = decision.headers(trace, oh);
             s.metrics
                 .request_duration
                 .get_or_create(&tier_labels)
                 .observe(start.elapsed().as_secs_f64());
-            let mut r = (StatusCode::OK, headers, body).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Ok(r)
+            Ok(json_ok(headers, bytes))
         }
         Answer::Stream {
             first,
@@ -395,6 +397,9 @@ async fn handle_chat(
             parser,
             saw_done,
         } => {
+            let oh = overhead(start, trace, Some(at));
+            s.metrics.overhead.observe(oh.as_secs_f64());
+            let headers = decision.headers(trace, oh);
             let relay = Relay {
                 pending: first.into(),
                 rest,
@@ -408,20 +413,151 @@ async fn handle_chat(
                 tier: tier_labels,
                 start,
             };
-            let body = Body::from_stream(relay.into_stream());
-            let mut r = (StatusCode::OK, headers, body).into_response();
-            let h = r.headers_mut();
+            Ok(sse_ok(headers, Body::from_stream(relay.into_stream())))
+        }
+    }
+}
+
+fn json_ok(headers: HeaderMap, body: Bytes) -> Response {
+    let mut r = (StatusCode::OK, headers, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn sse_ok(headers: HeaderMap, body: Body) -> Response {
+    let mut r = (StatusCode::OK, headers, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    r
+}
+
+/// The response for a request no tier could answer.
+#[allow(clippy::too_many_arguments)]
+fn failure_response(
+    s: &AppState,
+    f: Failure,
+    tier: &str,
+    stream: bool,
+    total: Duration,
+    start: Instant,
+    trace: &Trace,
+    decision: &Decision,
+) -> Result<Response, (ApiError, bool)> {
+    match f {
+        Failure::Passthrough { status, body } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            s.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    tier: tier.to_string(),
+                    status,
+                    stream,
+                })
+                .inc();
+            let mut h = decision.headers(trace, overhead(start, trace, None));
             h.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
+                HeaderValue::from_static("application/json"),
             );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(
-                HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            );
-            Ok(r)
+            Ok((code, h, body).into_response())
         }
+        Failure::AllFailed => Err((
+            ApiError::AllTargetsFailed(format!("every target failed: {}", trace.route())),
+            stream,
+        )),
+        Failure::Deadline => Err((
+            ApiError::DeadlineExceeded(format!(
+                "no answer within the {}ms deadline: {}",
+                total.as_millis(),
+                trace.route()
+            )),
+            stream,
+        )),
+    }
+}
+
+/// The cascade path: a non-streaming call per tier, checked; streamed out afterwards if asked.
+#[allow(clippy::too_many_arguments)]
+async fn run_cascade(
+    s: &Arc<AppState>,
+    chat: &ChatRequest,
+    plan: &crate::resilience::Plan,
+    start: Instant,
+    deadline: Instant,
+    total: Duration,
+    trace: &Trace,
+    decision: &mut Decision,
+) -> Result<Response, (ApiError, bool)> {
+    let stream = chat.stream;
+    let checks = RequestChecks::from_request(&chat.body, &s.schemas)
+        .map_err(|(message, param)| (ApiError::bad_request(message, Some(&param)), stream))?;
+    let body_for = |model: &str, logprobs: bool| chat.body_for_cascade(model, logprobs);
+    let mut path = CascadePath::default();
+    let result = cascade::run(
+        &s.engine, &s.metrics, plan, &checks, &body_for, deadline, trace, &mut path,
+    )
+    .await;
+    decision.cascade = Some(path.render());
+    let settled = match result {
+        Ok(x) => x,
+        Err(CascadeError::Failed(f)) => {
+            return failure_response(s, f, &plan.tier, stream, total, start, trace, decision)
+        }
+        Err(CascadeError::Rejected(msg)) => return Err((ApiError::CascadeRejected(msg), stream)),
+    };
+    decision.tier = Some(settled.tier.clone());
+    decision.target = Some(settled.target.cfg.id.clone());
+    decision.cost_usd = settled.cost_usd;
+    let tier_labels = TierLabels {
+        tier: settled.tier.clone(),
+    };
+    if let Some(c) = settled.cost_usd {
+        s.metrics.cost.get_or_create(&tier_labels).inc_by(c);
+    }
+    s.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            tier: settled.tier.clone(),
+            status: 200,
+            stream,
+        })
+        .inc();
+    let oh = overhead(start, trace, Some(settled.at));
+    s.metrics.overhead.observe(oh.as_secs_f64());
+    let headers = decision.headers(trace, oh);
+    s.metrics
+        .ttft
+        .get_or_create(&tier_labels)
+        .observe(start.elapsed().as_secs_f64());
+    s.metrics
+        .request_duration
+        .get_or_create(&tier_labels)
+        .observe(start.elapsed().as_secs_f64());
+    if stream {
+        let include_usage = chat
+            .body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(|v| v.as_bool())
+            == Some(true);
+        let events = sse::completion_to_events(&settled.answer, include_usage);
+        let body = Body::from_stream(futures_util::stream::iter(
+            events.into_iter().map(Ok::<Bytes, std::io::Error>),
+        ));
+        Ok(sse_ok(headers, body))
+    } else {
+        Ok(json_ok(headers, Bytes::from(settled.answer.to_string())))
     }
 }
 

@@ -153,29 +153,53 @@ impl ChatRequest {
 
     /// The body to send to a target: unchanged but for `model`.
     pub fn body_for(&self, model: &str) -> Bytes {
-        let with = WithModel {
+        self.serialize(Rewrite {
             body: &self.body,
             model,
-        };
+            non_streaming: false,
+            logprobs: false,
+        })
+    }
+
+    /// The body for a cascade call: not streaming (the answer is checked whole), and asking
+    /// for logprobs when the confidence check wants them.
+    pub fn body_for_cascade(&self, model: &str, logprobs: bool) -> Bytes {
+        self.serialize(Rewrite {
+            body: &self.body,
+            model,
+            non_streaming: true,
+            logprobs,
+        })
+    }
+
+    fn serialize(&self, r: Rewrite<'_>) -> Bytes {
         // Serialising a map of JSON values to a Vec cannot fail.
-        Bytes::from(serde_json::to_vec(&with).unwrap_or_default())
+        Bytes::from(serde_json::to_vec(&r).unwrap_or_default())
     }
 }
 
-struct WithModel<'a> {
+/// The request body with `model` replaced, and optionally streaming turned off and logprobs on.
+struct Rewrite<'a> {
     body: &'a Map<String, Value>,
     model: &'a str,
+    non_streaming: bool,
+    logprobs: bool,
 }
 
-impl Serialize for WithModel<'_> {
+impl Serialize for Rewrite<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.body.len()))?;
+        let mut m = s.serialize_map(None)?;
         for (k, v) in self.body {
-            if k == "model" {
-                m.serialize_entry(k, self.model)?;
-            } else {
-                m.serialize_entry(k, v)?;
+            match k.as_str() {
+                "model" => m.serialize_entry(k, self.model)?,
+                "stream" if self.non_streaming => m.serialize_entry(k, &false)?,
+                "stream_options" if self.non_streaming => {}
+                "logprobs" if self.logprobs => m.serialize_entry(k, &true)?,
+                _ => m.serialize_entry(k, v)?,
             }
+        }
+        if self.logprobs && !self.body.contains_key("logprobs") {
+            m.serialize_entry("logprobs", &true)?;
         }
         m.end()
     }

@@ -127,7 +127,11 @@ impl Trace {
 
 /// The first byte (or, not streaming, the whole body) of an accepted answer.
 pub enum Answer {
-    Full(Bytes),
+    /// A whole non-streaming answer: its bytes as they came, and parsed.
+    Full {
+        bytes: Bytes,
+        json: serde_json::Value,
+    },
     Stream {
         /// Events already read, up to and including the first one with data.
         first: Vec<Bytes>,
@@ -474,8 +478,8 @@ async fn call(
             first_event(resp).await
         } else {
             let bytes = resp.bytes().await.map_err(|e| classify(&e))?;
-            check_completion(&bytes)?;
-            Ok(Answer::Full(bytes))
+            let json = check_completion(&bytes)?;
+            Ok(Answer::Full { bytes, json })
         }
     };
     match tokio::time::timeout_at(until, fut).await {
@@ -486,7 +490,7 @@ async fn call(
 }
 
 /// A non-streaming answer must be a JSON object with `choices` and no `error`.
-fn check_completion(bytes: &[u8]) -> Result<(), UpstreamError> {
+fn check_completion(bytes: &[u8]) -> Result<serde_json::Value, UpstreamError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| UpstreamError::Malformed(format!("invalid JSON at column {}", e.column())))?;
     if let Some(err) = v.get("error") {
@@ -499,7 +503,7 @@ fn check_completion(bytes: &[u8]) -> Result<(), UpstreamError> {
     if !v.get("choices").is_some_and(|c| c.is_array()) {
         return Err(UpstreamError::Malformed("no choices array".into()));
     }
-    Ok(())
+    Ok(v)
 }
 
 pub fn truncate(s: &str, n: usize) -> String {

@@ -205,6 +205,15 @@ impl ProviderClient {
     }
 }
 
+/// The cost of an answer in US dollars from its `usage` and the target's prices.
+pub fn cost_usd(price: Option<crate::config::Price>, answer: &serde_json::Value) -> Option<f64> {
+    let p = price?;
+    let usage = answer.get("usage")?;
+    let input = usage.get("prompt_tokens")?.as_f64()?;
+    let output = usage.get("completion_tokens")?.as_f64()?;
+    Some((input * p.input + output * p.output) / 1e6)
+}
+
 /// `Retry-After` as seconds (the HTTP-date form is rare from LLM providers and is ignored).
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();

@@ -91,6 +91,12 @@ pub enum Fault {
     ErrorEvent,
     /// 200 with a JSON answer whose `finish_reason` is `length`.
     Length,
+    /// Answer with exactly this content.
+    Content(String),
+    /// Answer with a call to this tool instead of content.
+    ToolCall { name: String, arguments: String },
+    /// Answer normally, reporting this log-probability for every token (when asked for logprobs).
+    Logprob(f64),
 }
 
 #[derive(Debug)]
@@ -266,53 +272,98 @@ struct Plan {
     id: String,
     created: u64,
     model: String,
-    words: Vec<String>,
+    /// The answer in the pieces it is streamed in; concatenated, the content.
+    tokens: Vec<String>,
+    tool_call: Option<(String, String)>,
     finish: &'static str,
     logprobs: bool,
     logprob: f64,
     usage: Value,
 }
 
-impl Plan {
-    fn new(shared: &Shared, body: &Value, n: usize, force_length: bool) -> Plan {
-        let spec = &shared.spec;
-        let echo: String = last_user_text(body).chars().take(120).collect();
-        let mut words: Vec<String> = format!("{} answers: {}", spec.model, echo)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        let filler = [
-            "this",
-            "is",
-            "a",
-            "simulated",
-            "answer",
-            "from",
-            "switchyard's",
-            "test",
-            "upstream.",
-        ];
-        let mut i = 0;
-        while words.len() < spec.words {
-            words.push(filler[i % filler.len()].to_string());
-            i += 1;
+/// Splits text into stream pieces, each word carrying the space before it.
+fn pieces(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, w) in text.split(' ').enumerate() {
+        if i == 0 {
+            out.push(w.to_string());
+        } else {
+            out.push(format!(" {w}"));
         }
-        words.truncate(spec.words.max(1));
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+impl Plan {
+    fn new(shared: &Shared, body: &Value, n: usize, fault: &Fault) -> Plan {
+        let spec = &shared.spec;
+        let mut tool_call = None;
+        let mut tokens = match fault {
+            Fault::Content(c) => pieces(c),
+            Fault::ToolCall { name, arguments } => {
+                tool_call = Some((name.clone(), arguments.clone()));
+                Vec::new()
+            }
+            _ => {
+                let echo: String = last_user_text(body).chars().take(120).collect();
+                let mut words: Vec<String> = format!("{} answers: {}", spec.model, echo)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                let filler = [
+                    "this",
+                    "is",
+                    "a",
+                    "simulated",
+                    "answer",
+                    "from",
+                    "switchyard's",
+                    "test",
+                    "upstream.",
+                ];
+                let mut i = 0;
+                while words.len() < spec.words {
+                    words.push(filler[i % filler.len()].to_string());
+                    i += 1;
+                }
+                words.truncate(spec.words.max(1));
+                let json_mode = matches!(
+                    body.pointer("/response_format/type")
+                        .and_then(Value::as_str),
+                    Some("json_object" | "json_schema")
+                );
+                if json_mode {
+                    pieces(&json!({"answer": words.join(" ")}).to_string())
+                } else {
+                    pieces(&words.join(" "))
+                }
+            }
+        };
         let max_tokens = body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
             .and_then(Value::as_u64);
-        let mut finish = "stop";
+        let mut finish = if tool_call.is_some() {
+            "tool_calls"
+        } else {
+            "stop"
+        };
         if let Some(m) = max_tokens {
-            if (m as usize) < words.len() {
-                words.truncate(m as usize);
+            if (m as usize) < tokens.len() {
+                tokens.truncate(m as usize);
                 finish = "length";
             }
         }
-        if force_length {
+        if *fault == Fault::Length {
             finish = "length";
         }
+        let logprob = match fault {
+            Fault::Logprob(l) => *l,
+            _ => spec.logprob,
+        };
         let prompt_tokens = body.get("messages").map_or(0, |m| m.to_string().len() / 4);
+        let completion_tokens = tokens.len().max(1);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -320,27 +371,42 @@ impl Plan {
             id: format!("chatcmpl-sim-{n}"),
             created,
             model: spec.model.clone(),
+            tool_call,
             finish,
             logprobs: body.get("logprobs").and_then(Value::as_bool) == Some(true),
-            logprob: spec.logprob,
-            usage: json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()}),
-            words,
+            logprob,
+            usage: json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}),
+            tokens,
         }
     }
 
-    fn logprobs_of(&self, tokens: &[&str]) -> Value {
+    fn logprobs_of(&self, tokens: &[String]) -> Value {
         if !self.logprobs {
             return Value::Null;
         }
         json!({"content": tokens.iter().map(|t| json!({"token": t, "logprob": self.logprob, "bytes": null, "top_logprobs": []})).collect::<Vec<_>>()})
     }
 
+    fn tool_calls(&self) -> Option<Value> {
+        self.tool_call.as_ref().map(|(name, args)| {
+            json!([{"id": "call_sim_1", "type": "function", "function": {"name": name, "arguments": args}}])
+        })
+    }
+
     fn completion(&self) -> Value {
-        let tokens: Vec<&str> = self.words.iter().map(String::as_str).collect();
+        let content = if self.tool_call.is_some() {
+            Value::Null
+        } else {
+            json!(self.tokens.concat())
+        };
+        let mut message = json!({"role": "assistant", "content": content});
+        if let Some(tc) = self.tool_calls() {
+            message["tool_calls"] = tc;
+        }
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.words.join(" ")},
-                         "logprobs": self.logprobs_of(&tokens), "finish_reason": self.finish}],
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": self.logprobs_of(&self.tokens), "finish_reason": self.finish}],
             "usage": self.usage,
         })
     }
@@ -360,13 +426,22 @@ impl Plan {
             None,
             Value::Null,
         )];
-        for (i, w) in self.words.iter().enumerate() {
-            let tok = if i == 0 { w.clone() } else { format!(" {w}") };
+        for tok in &self.tokens {
             out.push(self.chunk(
                 json!({"content": tok}),
                 None,
-                self.logprobs_of(&[tok.as_str()]),
+                self.logprobs_of(std::slice::from_ref(tok)),
             ));
+        }
+        if let Some(Value::Array(calls)) = self.tool_calls() {
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .map(|mut c| {
+                    c["index"] = json!(0);
+                    c
+                })
+                .collect();
+            out.push(self.chunk(json!({"tool_calls": calls}), None, Value::Null));
         }
         out.push(self.chunk(json!({}), Some(self.finish), Value::Null));
         if include_usage {
@@ -453,7 +528,7 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Si
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         == Some(true);
-    let plan = Plan::new(&shared, &body, n, fault == Fault::Length);
+    let plan = Plan::new(&shared, &body, n, &fault);
     let latency = shared.spec.latency;
     let gap = shared.spec.chunk_delay;
 

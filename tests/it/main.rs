@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cascade;
 mod gateway;
 mod harness;
 mod sdk;
