@@ -34,6 +34,11 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Offline evaluations over recorded outcomes.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
     /// Run one simulated OpenAI-compatible upstream (for local trials and benchmarks).
     Sim {
         #[arg(long, default_value = "127.0.0.1:9101")]
@@ -53,5 +58,33 @@ pub enum Command {
         /// Words per answer.
         #[arg(long, default_value_t = 12)]
         words: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Replay recorded cheap-model answers through the cascade's checks (the server's own code)
+    /// and compare with always-cheap, always-strong, the oracle and routing alone.
+    Cascade {
+        /// A RouteLLM responses CSV (prompt, a True/False column per model, <model>_response),
+        /// e.g. ../shared/data/routing-outcomes/routellm-gsm8k-half.csv
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "mistralai/Mixtral-8x7B-Instruct-v0.1")]
+        cheap_model: String,
+        #[arg(long, default_value = "gpt-4-1106-preview")]
+        strong_model: String,
+        /// Checks to run, comma-separated: completion, schema, tool_calls, confidence, arithmetic.
+        #[arg(long, default_value = "completion,arithmetic", value_delimiter = ',')]
+        checks: Vec<String>,
+        /// Cheap model's price, $ per million tokens in,out.
+        #[arg(long, default_value = "0.6,0.6")]
+        cheap_price: String,
+        /// Strong model's price, $ per million tokens in,out.
+        #[arg(long, default_value = "10,30")]
+        strong_price: String,
+        /// Also write report.md and report.json to this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }

@@ -553,6 +553,22 @@ fn cascade_of(
             "a tier cannot escalate to itself",
         ));
     }
+    for (k, v) in [
+        ("min_mean_logprob", raw.min_mean_logprob),
+        ("min_token_logprob", raw.min_token_logprob),
+    ] {
+        if v.is_some_and(|v| v.is_nan() || v > 0.0) {
+            return Err(err(
+                format!("{path}.{k}"),
+                "a log-probability threshold must be zero or less",
+            ));
+        }
+    }
+    Ok(build_cascade(raw, escalate_to))
+}
+
+/// Applies the defaults to a cascade table that has been validated.
+fn build_cascade(raw: &RawCascade, escalate_to: String) -> Cascade {
     let mut checks = raw.checks.clone().unwrap_or_else(|| {
         vec![
             Check::Schema,
@@ -563,19 +579,6 @@ fn cascade_of(
     });
     checks.sort();
     checks.dedup();
-    let min_mean_logprob = raw.min_mean_logprob.unwrap_or(-1.0);
-    let min_token_logprob = raw.min_token_logprob.unwrap_or(-10.0);
-    for (k, v) in [
-        ("min_mean_logprob", min_mean_logprob),
-        ("min_token_logprob", min_token_logprob),
-    ] {
-        if v.is_nan() || v > 0.0 {
-            return Err(err(
-                format!("{path}.{k}"),
-                "a log-probability threshold must be zero or less",
-            ));
-        }
-    }
     let refusal_patterns = match &raw.refusal_patterns {
         Some(p) => p
             .iter()
@@ -584,11 +587,11 @@ fn cascade_of(
             .collect(),
         None => DEFAULT_REFUSALS.iter().map(|x| x.to_string()).collect(),
     };
-    Ok(Cascade {
+    Cascade {
         escalate_to,
         checks,
-        min_mean_logprob,
-        min_token_logprob,
+        min_mean_logprob: raw.min_mean_logprob.unwrap_or(-1.0),
+        min_token_logprob: raw.min_token_logprob.unwrap_or(-10.0),
         refusal_patterns,
         stream: raw.stream.unwrap_or(StreamMode::Buffer),
         strict: raw.strict.unwrap_or(false),
@@ -596,7 +599,23 @@ fn cascade_of(
             .min_escalation_time
             .map_or(Duration::from_secs(1), |d| d.0),
         on_short_deadline: raw.on_short_deadline.unwrap_or(ShortDeadline::Accept),
-    })
+    }
+}
+
+/// Cascade settings with the config's defaults and the given checks, for offline replay.
+pub fn cascade_for_eval(checks: Vec<Check>) -> Cascade {
+    let raw = RawCascade {
+        escalate_to: None,
+        checks: Some(checks),
+        min_mean_logprob: None,
+        min_token_logprob: None,
+        refusal_patterns: None,
+        stream: None,
+        strict: None,
+        min_escalation_time: None,
+        on_short_deadline: None,
+    };
+    build_cascade(&raw, "reasoning".to_string())
 }
 
 fn parse_sha256(path: &str, hex_digest: &str) -> Result<[u8; 32], ConfigError> {

@@ -44,9 +44,17 @@ pub fn first_error(text: &str) -> Option<String> {
         {
             k += 1;
         }
-        let right: String = bytes[start..k].iter().collect();
-        if let Some(e) = check(&left, &right) {
-            return Some(e);
+        let first: String = bytes[start..k].iter().collect();
+        // The right side may itself be a step of a chain (`22 + 4 x 12 = 22 + 48 = 70`): accept
+        // the equation when either its first number or its whole expression matches.
+        while k < bytes.len() && is_expr_char(bytes[k]) {
+            k += 1;
+        }
+        let whole: String = bytes[start..k].iter().collect();
+        if let Some(e) = check(&left, &first) {
+            if check(&left, whole.trim_end()).is_some() {
+                return Some(e);
+            }
         }
     }
     None
@@ -243,6 +251,7 @@ mod tests {
             "180 meters/session * 3 sessions/week = 540 meters/week",
             "(4 + 6) * 2 = 20",
             "x = 5 and y = 7",
+            "22 + 4 x 12 = 22 + 48 = 70 dollars",
         ] {
             assert_eq!(first_error(ok), None, "{ok}");
         }

@@ -1,0 +1,82 @@
+//! In-process figures for the request hot path: request parse and re-serialisation, and the
+//! cascade's answer checks on a 2 KB structured answer. `cargo bench --bench router`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::{json, Value};
+use std::hint::black_box;
+use switchyard::api::request::ChatRequest;
+use switchyard::cascade::checks::{check, RequestChecks};
+use switchyard::cascade::schema::SchemaCache;
+use switchyard::config::{cascade_for_eval, Check};
+
+fn schema() -> Value {
+    json!({"type": "object", "required": ["order_id", "items"], "properties": {
+        "order_id": {"type": "string"},
+        "items": {"type": "array", "items": {"type": "object", "required": ["sku", "name", "price", "qty"], "properties": {
+            "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+            "name": {"type": "string", "minLength": 1},
+            "price": {"type": "number", "minimum": 0},
+            "qty": {"type": "integer", "minimum": 1},
+            "tags": {"type": "array", "items": {"type": "string"}}}}}}})
+}
+
+/// A schema-valid answer of about 2 KB.
+fn answer_2kb() -> (Value, usize) {
+    let items: Vec<Value> = (0..25)
+        .map(|i| json!({"sku": format!("ABC-{:04}", 1000 + i), "name": format!("Item number {i}"), "price": 3.5 + i as f64, "qty": i + 1, "tags": ["x", "y"]}))
+        .collect();
+    let content = json!({"order_id": "ord_12345", "items": items}).to_string();
+    let len = content.len();
+    (
+        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+        len,
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let body = json!({
+        "model": "switchyard",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant that answers briefly."},
+            {"role": "user", "content": "Summarise the plot of Hamlet in two sentences, then list three themes."}
+        ],
+        "temperature": 0.3, "max_tokens": 256, "stream": false, "metadata": {"team": "search"}
+    })
+    .to_string();
+    c.bench_function("request_parse", |b| {
+        b.iter(|| ChatRequest::parse(black_box(body.as_bytes())))
+    });
+    let req = ChatRequest::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    c.bench_function("request_body_for_target", |b| {
+        b.iter(|| req.body_for(black_box("gpt-4o-mini")))
+    });
+
+    let cache = SchemaCache::new();
+    let rf = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": schema()}}});
+    let rf = rf.as_object().cloned().unwrap_or_default();
+    let checks = RequestChecks::from_request(&rf, &cache).unwrap_or_else(|e| panic!("{e:?}"));
+    let (answer, len) = answer_2kb();
+    assert!((1800..2600).contains(&len), "answer is {len} bytes");
+    let schema_only = cascade_for_eval(vec![Check::Schema]);
+    assert!(check(&answer, &checks, &schema_only).accepted());
+    c.bench_function("schema_check_2kb_answer", |b| {
+        b.iter(|| check(black_box(&answer), &checks, &schema_only))
+    });
+    let all = cascade_for_eval(vec![
+        Check::Completion,
+        Check::Schema,
+        Check::ToolCalls,
+        Check::Confidence,
+        Check::Arithmetic,
+    ]);
+    c.bench_function("all_checks_2kb_answer", |b| {
+        b.iter(|| check(black_box(&answer), &checks, &all))
+    });
+    c.bench_function("schema_compile_cache_hit", |b| {
+        let s = schema();
+        b.iter(|| cache.get(black_box(&s)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
