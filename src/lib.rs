@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cascade;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;

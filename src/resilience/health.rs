@@ -126,8 +126,10 @@ impl Breaker {
     pub fn on_success(&self) -> Option<HealthState> {
         let mut st = self.lock();
         match &*st {
-            State::Healthy { .. } => None,
-            State::Probing { .. } | State::Unhealthy { .. } => {
+            // A late success from a call admitted before the target went unhealthy does not
+            // close the breaker: only the probe does.
+            State::Healthy { .. } | State::Unhealthy { .. } => None,
+            State::Probing { .. } => {
                 *st = State::Healthy {
                     failures: VecDeque::new(),
                 };
@@ -213,6 +215,17 @@ mod tests {
         assert_eq!(b.state(), HealthState::Healthy);
         assert_eq!(b.on_failure(), None);
         assert_eq!(b.on_failure(), Some(HealthState::Unhealthy));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_does_not_close_an_open_breaker() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.on_failure();
+        }
+        assert_eq!(b.on_success(), None);
+        assert_eq!(b.state(), HealthState::Unhealthy);
+        assert_eq!(b.admit(), Admit::No);
     }
 
     #[tokio::test(start_paused = true)]

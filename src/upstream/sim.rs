@@ -45,6 +45,9 @@ pub struct SimSpec {
     pub words: usize,
     /// The log-probability reported for each token when logprobs are asked for.
     pub logprob: f64,
+    /// Random faults: each request draws one, `(probability, fault)`, in order; the rest of the
+    /// probability mass answers normally.
+    pub random_faults: Vec<(f64, Fault)>,
     pub seed: u64,
 }
 
@@ -59,6 +62,7 @@ impl SimSpec {
             stall: Duration::from_secs(5),
             words: 12,
             logprob: -0.05,
+            random_faults: Vec::new(),
             seed: 7,
         }
     }
@@ -99,6 +103,31 @@ pub enum Fault {
     Logprob(f64),
 }
 
+impl Fault {
+    /// A short name, for counting injected faults.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::Status { code: 429, .. } => "429 + Retry-After",
+            Fault::Status { code, .. } if *code >= 500 => "5xx",
+            Fault::Status { .. } => "4xx",
+            Fault::Reset => "connection reset",
+            Fault::Malformed => "malformed JSON",
+            Fault::StallHeaders(_) => "stall before headers",
+            Fault::SlowFirstToken(_) => "slow first token",
+            Fault::StallAfterFirstChunk(_) => "stall after first chunk",
+            Fault::SlowChunks(_) => "slow every chunk",
+            Fault::TruncatedStream => "truncated SSE",
+            Fault::AbortStream => "aborted SSE",
+            Fault::ErrorEvent => "error event",
+            Fault::Length => "finish_reason length",
+            Fault::Content(_) => "scripted content",
+            Fault::ToolCall { .. } => "scripted tool call",
+            Fault::Logprob(_) => "scripted logprob",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     spec: SimSpec,
@@ -108,6 +137,7 @@ struct Shared {
     active: AtomicUsize,
     requests: Mutex<VecDeque<Value>>,
     rng: Mutex<fastrand::Rng>,
+    injected: Mutex<std::collections::BTreeMap<&'static str, usize>>,
 }
 
 /// Kept request bodies, newest last, for tests to inspect.
@@ -154,6 +184,7 @@ impl SimServer {
             calls: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             requests: Mutex::new(VecDeque::new()),
+            injected: Mutex::new(Default::default()),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(SimServer { addr, shared, task })
@@ -181,6 +212,11 @@ impl SimServer {
     /// Queues faults for the next requests, in order.
     pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
         lock(&self.shared.script).extend(faults);
+    }
+
+    /// Faults injected so far, by kind (scripted and random).
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        lock(&self.shared.injected).clone()
     }
 
     /// The most recent request bodies received (up to 32).
@@ -508,21 +544,31 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Si
         kept.push_back(body.clone());
     }
     let fault = lock(&shared.script).pop_front().unwrap_or_else(|| {
-        let (fail, stall) = {
+        let (fail, stall, pick) = {
             let mut rng = lock(&shared.rng);
-            (rng.f64(), rng.f64())
+            (rng.f64(), rng.f64(), rng.f64())
         };
         if fail < shared.spec.failure_rate {
-            Fault::Status {
+            return Fault::Status {
                 code: 500,
                 retry_after: None,
-            }
-        } else if stall < shared.spec.stall_rate {
-            Fault::StallHeaders(shared.spec.stall)
-        } else {
-            Fault::None
+            };
         }
+        if stall < shared.spec.stall_rate {
+            return Fault::StallHeaders(shared.spec.stall);
+        }
+        let mut acc = 0.0;
+        for (p, f) in &shared.spec.random_faults {
+            acc += p;
+            if pick < acc {
+                return f.clone();
+            }
+        }
+        Fault::None
     });
+    if fault != Fault::None {
+        *lock(&shared.injected).entry(fault.name()).or_default() += 1;
+    }
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body
         .pointer("/stream_options/include_usage")

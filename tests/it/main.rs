@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cascade;
+mod chaos;
 mod gateway;
 mod harness;
 mod sdk;
