@@ -56,13 +56,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {bin}: {e} (build it with cargo build --release)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start {bin}: {e} (build it with cargo build --release)")
+        })?;
     let pid = child.id().unwrap_or(0);
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let mut ready = false;
     for _ in 0..200 {
-        if client.get(format!("{url}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        if client
+            .get(format!("{url}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             ready = true;
             break;
         }
@@ -78,29 +85,56 @@ async fn main() -> anyhow::Result<ExitCode> {
     let (rss_peak, fds_peak) = resources(pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss_end, fds_end) = resources(pid);
-    let metrics = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let transitions = chaos::transitions(&metrics);
 
-    println!("# Chaos run: {requests} requests at concurrency {concurrency} (+ {} warm-up)\n", warm.requests);
-    println!("{}", chaos::render(&report, &ups.injected(), &ups.calls(), &transitions));
+    println!(
+        "# Chaos run: {requests} requests at concurrency {concurrency} (+ {} warm-up)\n",
+        warm.requests
+    );
+    println!(
+        "{}",
+        chaos::render(&report, &ups.injected(), &ups.calls(), &transitions)
+    );
     println!("| router process | resident memory | open files |\n|---|---|---|");
     println!("| at start | {:.1} MB | {fds0} |", rss0 as f64 / 1024.0);
-    println!("| after warm-up (baseline) | {:.1} MB | {fds_warm} |", rss_warm as f64 / 1024.0);
-    println!("| end of load | {:.1} MB | {fds_peak} |", rss_peak as f64 / 1024.0);
-    println!("| 1 s after | {:.1} MB | {fds_end} |", rss_end as f64 / 1024.0);
+    println!(
+        "| after warm-up (baseline) | {:.1} MB | {fds_warm} |",
+        rss_warm as f64 / 1024.0
+    );
+    println!(
+        "| end of load | {:.1} MB | {fds_peak} |",
+        rss_peak as f64 / 1024.0
+    );
+    println!(
+        "| 1 s after | {:.1} MB | {fds_end} |",
+        rss_end as f64 / 1024.0
+    );
 
     let mut broken = Vec::new();
     let violations = report.count(|o| matches!(o, Outcome::Violation(_)));
     if violations > 0 {
-        broken.push(format!("{violations} responses were neither a complete answer nor a well-formed error"));
+        broken.push(format!(
+            "{violations} responses were neither a complete answer nor a well-formed error"
+        ));
     }
     let errors = report.count(|o| matches!(o, Outcome::HttpError(_)));
     if errors > 0 {
-        broken.push(format!("{errors} requests failed although a healthy target was available"));
+        broken.push(format!(
+            "{errors} requests failed although a healthy target was available"
+        ));
     }
     let limit = (TOTAL_SLO + Duration::from_millis(100)).as_millis() as f64;
     if report.max_ms() > limit {
-        broken.push(format!("slowest response {:.0} ms > SLO + 100 ms", report.max_ms()));
+        broken.push(format!(
+            "slowest response {:.0} ms > SLO + 100 ms",
+            report.max_ms()
+        ));
     }
     if rss_end > rss_warm + 20 * 1024 {
         broken.push(format!("memory grew from {rss_warm} KiB to {rss_end} KiB"));

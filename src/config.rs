@@ -95,6 +95,10 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     /// Requests handled at once; more are shed with 429.
     pub max_concurrency: Option<usize>,
+    /// How long a client may take to send its request body (408 after).
+    pub body_read_timeout: Option<HumanDuration>,
+    /// Largest non-streaming answer accepted from an upstream, in bytes.
+    pub max_upstream_response_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +121,9 @@ pub struct RawAuth {
 pub struct RawApiKey {
     pub name: String,
     pub sha256: String,
+    /// Tiers this key may use (by routing, pinning or a target's model name); empty: all.
+    #[serde(default)]
+    pub tiers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,12 +316,16 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub max_concurrency: usize,
+    pub body_read_timeout: Duration,
+    pub max_upstream_response_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct ApiKeyHash {
     pub name: String,
     pub sha256: [u8; 32],
+    /// Empty: every tier.
+    pub tiers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -649,9 +660,18 @@ impl RawConfig {
 
         let mut api_keys = Vec::new();
         for (i, k) in self.auth.keys.iter().enumerate() {
+            for (j, t) in k.tiers.iter().enumerate() {
+                if !self.tiers.contains_key(t) {
+                    return Err(err(
+                        format!("auth.keys[{i}].tiers[{j}]"),
+                        format!("no tier named {t:?}"),
+                    ));
+                }
+            }
             api_keys.push(ApiKeyHash {
                 name: k.name.clone(),
                 sha256: parse_sha256(&format!("auth.keys[{i}].sha256"), &k.sha256)?,
+                tiers: k.tiers.clone(),
             });
         }
 
@@ -895,6 +915,14 @@ impl RawConfig {
                 listen,
                 max_body_bytes,
                 max_concurrency,
+                body_read_timeout: self
+                    .server
+                    .body_read_timeout
+                    .map_or(Duration::from_secs(30), |d| d.0),
+                max_upstream_response_bytes: self
+                    .server
+                    .max_upstream_response_bytes
+                    .unwrap_or(32 * 1024 * 1024),
             },
             default_tier: self.routing.default_tier,
             api_keys,

@@ -17,6 +17,10 @@ pub enum ApiError {
     },
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("timed out reading the request body")]
+    RequestTimeout,
     #[error("the model `{0}` does not exist; see GET /v1/models")]
     ModelNotFound(String),
     #[error("{0}")]
@@ -45,6 +49,8 @@ impl From<&ApiError> for StatusCode {
         match e {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,6 +75,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::Unauthorized => ("invalid_request_error", "invalid_api_key"),
+            ApiError::Forbidden(_) => ("permission_error", "permission_denied"),
+            ApiError::RequestTimeout => ("invalid_request_error", "request_timeout"),
             ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
@@ -106,6 +114,8 @@ mod tests {
         let all = [
             ApiError::bad_request("messages must be an array", Some("messages")),
             ApiError::Unauthorized,
+            ApiError::Forbidden("no".into()),
+            ApiError::RequestTimeout,
             ApiError::ModelNotFound("gpt-9".into()),
             ApiError::NotFound("no route".into()),
             ApiError::MethodNotAllowed("use POST".into()),

@@ -35,8 +35,6 @@ use crate::upstream::sse::{error_event, SseParser};
 use crate::upstream::{classify, UpstreamError};
 use request::ChatRequest;
 
-/// How long a client may take to send its request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest value put in a decision header.
 const MAX_HEADER_LEN: usize = 2048;
 
@@ -190,9 +188,10 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?"))
 }
 
-fn check_auth(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the client's key; returns the key's allowed tiers (empty: all).
+fn check_auth<'c>(config: &'c Config, headers: &HeaderMap) -> Result<&'c [String], ApiError> {
     if config.api_keys.is_empty() {
-        return Ok(());
+        return Ok(&[]);
     }
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -201,15 +200,13 @@ fn check_auth(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok_or(ApiError::Unauthorized)?;
     let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
     // Compare against every key so the time taken does not say which one nearly matched.
-    let mut found = subtle::Choice::from(0u8);
+    let mut found: Option<&'c [String]> = None;
     for k in &config.api_keys {
-        found |= k.sha256.ct_eq(&digest);
+        if bool::from(k.sha256.ct_eq(&digest)) {
+            found = Some(&k.tiers);
+        }
     }
-    if bool::from(found) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    found.ok_or(ApiError::Unauthorized)
 }
 
 /// Decision headers common to answers and errors.
@@ -309,24 +306,25 @@ async fn handle_chat(
     decision: &mut Decision,
 ) -> Result<Response, (ApiError, bool)> {
     let (parts, body) = req.into_parts();
-    check_auth(&s.config, &parts.headers).map_err(|e| (e, false))?;
+    let allowed_tiers = check_auth(&s.config, &parts.headers).map_err(|e| (e, false))?;
     let limit = s.config.server.max_body_bytes;
-    let bytes =
-        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
-            Err(_) => {
-                return Err((
-                    ApiError::bad_request("timed out reading the request body", None),
-                    false,
-                ))
-            }
-            Ok(Err(_)) => return Err((ApiError::PayloadTooLarge(limit), false)),
-            Ok(Ok(b)) => b,
-        };
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout(s.config.server.body_read_timeout, read).await {
+        Err(_) => return Err((ApiError::RequestTimeout, false)),
+        Ok(Err(_)) => return Err((ApiError::PayloadTooLarge(limit), false)),
+        Ok(Ok(b)) => b,
+    };
     let chat = ChatRequest::parse(&bytes).map_err(|e| (e, false))?;
     let stream = chat.stream;
     let (plan, reason) = routing::plan(&s.config, &chat.model).map_err(|e| (e, stream))?;
     decision.tier = Some(plan.tier.clone());
     decision.reason = reason.as_str();
+    if !allowed_tiers.is_empty() && !allowed_tiers.contains(&plan.tier) {
+        return Err((
+            ApiError::Forbidden(format!("this API key may not use the tier {:?}", plan.tier)),
+            stream,
+        ));
+    }
     let total = s
         .engine
         .tiers

@@ -208,6 +208,79 @@ impl Serialize for Rewrite<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz sets a large number), else 2,000.
+    fn cases() -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000),
+        )
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,20}".prop_map(Value::String),
+            prop_oneof![
+                Just("model"),
+                Just("messages"),
+                Just("role"),
+                Just("content"),
+                Just("stream"),
+                Just("user"),
+                Just("switchyard")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(5, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("model".to_string()),
+                        Just("messages".to_string()),
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("stream".to_string()),
+                        Just("temperature".to_string()),
+                        Just("max_tokens".to_string()),
+                        ".{0,8}".prop_map(|s| s)
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        #[test]
+        fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ChatRequest::parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_json_and_errors_are_400s(v in json_value()) {
+            match ChatRequest::parse(v.to_string().as_bytes()) {
+                Ok(r) => {
+                    // Whatever it accepts, it can forward.
+                    let out: Value = serde_json::from_slice(&r.body_for("m")).unwrap();
+                    prop_assert_eq!(&out["model"], "m");
+                }
+                Err(e) => prop_assert_eq!(e.status().as_u16(), 400),
+            }
+        }
+    }
 
     fn param_of(body: &str) -> Option<String> {
         match ChatRequest::parse(body.as_bytes()) {

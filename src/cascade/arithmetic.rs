@@ -270,6 +270,16 @@ mod tests {
         assert!(first_error("Then 1,000 - 250 = 850.").is_some());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000)
+        ))]
+        #[test]
+        fn never_panics(s in "[0-9 .,+*/x×÷()$=<>%a-z-]{0,80}") {
+            let _ = first_error(&s);
+        }
+    }
+
     #[test]
     fn odd_input_does_not_panic() {
         for s in [

@@ -87,6 +87,8 @@ pub struct TierRuntime {
 pub struct Engine {
     pub tiers: BTreeMap<String, TierRuntime>,
     pub metrics: Arc<Metrics>,
+    /// Largest non-streaming answer read from an upstream.
+    max_response_bytes: usize,
 }
 
 /// The readable record of what happened to one request: one entry per upstream call or skip.
@@ -233,7 +235,11 @@ impl Engine {
                 },
             );
         }
-        Ok(Engine { tiers, metrics })
+        Ok(Engine {
+            tiers,
+            metrics,
+            max_response_bytes: config.server.max_upstream_response_bytes,
+        })
     }
 
     /// Runs the plan: the tier's targets in order, then its fallback tiers, until one answers.
@@ -404,7 +410,7 @@ impl Engine {
         t.budget.deposit();
         loop {
             trace.call_started();
-            let result = call(t, body.clone(), stream, deadline).await;
+            let result = call(t, body.clone(), stream, deadline, self.max_response_bytes).await;
             let label = if retries == 0 {
                 t.cfg.id.clone()
             } else {
@@ -460,6 +466,7 @@ async fn call(
     body: Bytes,
     stream: bool,
     deadline: Instant,
+    max_bytes: usize,
 ) -> Result<Answer, UpstreamError> {
     let now = Instant::now();
     if now >= deadline {
@@ -477,7 +484,7 @@ async fn call(
         if stream {
             first_event(resp).await
         } else {
-            let bytes = resp.bytes().await.map_err(|e| classify(&e))?;
+            let bytes = crate::upstream::read_limited(resp, max_bytes).await?;
             let json = check_completion(&bytes)?;
             Ok(Answer::Full { bytes, json })
         }

@@ -193,7 +193,10 @@ impl ProviderClient {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = read_bounded(resp, MAX_ERROR_BODY).await;
+        let mut body = read_bounded(resp, MAX_ERROR_BODY).await;
+        if let Some(key) = &self.provider.api_key {
+            body = redact(body, key.expose());
+        }
         let context_length =
             status == http::StatusCode::BAD_REQUEST && is_context_length_error(&body);
         Err(UpstreamError::Status {
@@ -226,6 +229,36 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
+/// Removes a secret from an upstream body (a provider that echoes the key in an error must not
+/// make the router pass it on).
+fn redact(body: Bytes, secret: &str) -> Bytes {
+    if secret.len() < 4 {
+        return body;
+    }
+    let text = String::from_utf8_lossy(&body);
+    if !text.contains(secret) {
+        return body;
+    }
+    Bytes::from(text.replace(secret, "<redacted>"))
+}
+
+/// Reads a whole answer, failing once it passes `limit` bytes.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+        if out.len() + chunk.len() > limit {
+            return Err(UpstreamError::Malformed(format!(
+                "answer larger than {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
 fn is_context_length_error(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     text.contains("context_length_exceeded") || text.contains("maximum context length")
@@ -253,6 +286,12 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_bodies() {
+        let b = redact(Bytes::from_static(b"bad key sk-abc123 given"), "sk-abc123");
+        assert_eq!(&b[..], b"bad key <redacted> given");
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub enum Fault {
     ToolCall { name: String, arguments: String },
     /// Answer normally, reporting this log-probability for every token (when asked for logprobs).
     Logprob(f64),
+    /// A buggy upstream: a 400 whose message echoes the request's `Authorization` header.
+    EchoAuth,
+    /// 200 with an answer of this many bytes of content.
+    Huge(usize),
 }
 
 impl Fault {
@@ -124,6 +128,8 @@ impl Fault {
             Fault::Content(_) => "scripted content",
             Fault::ToolCall { .. } => "scripted tool call",
             Fault::Logprob(_) => "scripted logprob",
+            Fault::EchoAuth => "echoed credentials",
+            Fault::Huge(_) => "huge answer",
         }
     }
 }
@@ -523,6 +529,12 @@ impl Drop for ActiveGuard {
 async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<SimBody>, Abort> {
     let n = shared.calls.fetch_add(1, Ordering::SeqCst) + 1;
     shared.active.fetch_add(1, Ordering::SeqCst);
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let _active = ActiveGuard(shared.clone());
     let Ok(collected) = req.into_body().collect().await else {
         return Err(Abort);
@@ -592,6 +604,20 @@ async fn chat(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Si
             return Ok(r);
         }
         Fault::Reset => return Err(Abort),
+        Fault::EchoAuth => {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                &error_body(
+                    &format!("invalid request; you sent Authorization: {auth}"),
+                    "invalid_request_error",
+                ),
+            ))
+        }
+        Fault::Huge(n) => {
+            let mut c = plan.completion();
+            c["choices"][0]["message"]["content"] = json!("x".repeat(n));
+            return Ok(json_response(StatusCode::OK, &c));
+        }
         Fault::Malformed => {
             return Ok(full(
                 StatusCode::OK,

@@ -138,6 +138,61 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000),
+        )
+    }
+
+    fn parse_all(chunks: &[Vec<u8>]) -> Result<Vec<SseEvent>, SseError> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(p.push(c)?);
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        #[test]
+        fn never_panics_on_arbitrary_chunks(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16)) {
+            let _ = parse_all(&chunks);
+        }
+
+        #[test]
+        fn splitting_a_stream_anywhere_gives_the_same_events(
+            datas in prop::collection::vec("[a-z0-9 {}\":,]{0,24}", 1..8),
+            crlf in any::<bool>(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let text: String = datas.iter().map(|d| format!("data: {d}{nl}{nl}")).collect();
+            let bytes = text.as_bytes();
+            let whole = parse_all(&[bytes.to_vec()]).unwrap();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(bytes[last..p].to_vec());
+                last = p;
+            }
+            chunks.push(bytes[last..].to_vec());
+            let split = parse_all(&chunks).unwrap();
+            prop_assert_eq!(&whole, &split);
+            prop_assert_eq!(whole.len(), datas.len());
+            for (ev, d) in whole.iter().zip(&datas) {
+                prop_assert_eq!(ev.data.as_deref(), Some(d.as_str()));
+            }
+        }
+    }
 
     #[test]
     fn events_split_across_chunks_and_line_endings() {

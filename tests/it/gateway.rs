@@ -458,6 +458,34 @@ async fn api_keys_are_checked_when_configured() {
 }
 
 #[tokio::test]
+async fn a_key_limited_to_some_tiers_gets_403_elsewhere() {
+    use sha2::Digest;
+    let a = sim("a").await;
+    let big = sim("big").await;
+    let digest = hex::encode(sha2::Sha256::digest(b"team-key"));
+    let toml = format!(
+        "[routing]\ndefault_tier = \"cheap\"\n[auth]\nkeys = [{{ name = \"team\", sha256 = \"{digest}\", tiers = [\"cheap\"] }}]\n{}\n[tiers.cheap]\ntargets = [{{ provider = \"a\", model = \"m\" }}]\n[tiers.reasoning]\ntargets = [{{ provider = \"big\", model = \"large\" }}]\n",
+        providers(&[("a", a.base_url()), ("big", big.base_url())])
+    );
+    let h = router(&toml).await;
+    let send = |model: &'static str| {
+        h.client
+            .post(h.url("/v1/chat/completions"))
+            .bearer_auth("team-key")
+            .json(&chat_body(model))
+            .send()
+    };
+    assert_eq!(send("switchyard").await.unwrap().status(), 200);
+    for model in ["switchyard/reasoning", "large"] {
+        let r = send(model).await.unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "permission_denied");
+    }
+    assert_eq!(big.calls(), 0);
+}
+
+#[tokio::test]
 async fn the_router_sheds_load_with_429() {
     let mut spec = SimSpec::new("a");
     spec.latency = Duration::from_millis(600);

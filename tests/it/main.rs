@@ -7,5 +7,7 @@ mod cascade;
 mod chaos;
 mod gateway;
 mod harness;
+mod hostile;
+mod process;
 mod sdk;
 mod streaming;
