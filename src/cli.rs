@@ -34,6 +34,57 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Train the embedded router model from labelled data (writes models/router by default).
+    Train {
+        /// The public data directory, in its publishers' formats.
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// The project's hand-written examples.
+        #[arg(long, default_value = "training-data")]
+        training_data: PathBuf,
+        /// A local sentence-encoder directory (all-MiniLM-L6-v2; scripts/fetch-encoder gets it).
+        #[arg(long, default_value = "target/encoders/all-minilm-l6-v2")]
+        encoder: PathBuf,
+        #[arg(long, default_value = "models/router")]
+        out: PathBuf,
+        /// Dimension of the static token embeddings.
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        #[arg(long, default_value_t = 40)]
+        epochs: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// At most this many examples from one source (file, task or subject).
+        #[arg(long, default_value_t = 2500)]
+        cap_per_source: usize,
+    },
+    /// Score prompts with the router model: one prompt as an argument, or JSON lines on stdin.
+    Classify {
+        /// A prompt to classify; omit it with --jsonl.
+        prompt: Option<String>,
+        /// Read JSON lines ({"prompt": …} or {"messages": […]}) from stdin, write one JSON object per line.
+        #[arg(long)]
+        jsonl: bool,
+        /// A model folder; default: the model embedded in the binary.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The router config whose policy picks the tier; default: examples/local.toml's policy.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Find the complexity threshold that sends a given share of prompts to the strong tier.
+    Calibrate {
+        /// Share of prompts that should go to the strong tier, 0..1.
+        #[arg(long)]
+        strong_share: f64,
+        /// JSON lines with a "prompt" (or "messages") per line.
+        #[arg(long)]
+        prompts: PathBuf,
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Offline evaluations over recorded outcomes.
     Eval {
         #[command(subcommand)]

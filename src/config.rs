@@ -104,8 +104,41 @@ pub struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
-    /// The tier used for the model `switchyard` when nothing else decides.
+    /// The tier used for the model `switchyard` when nothing else decides (and the cheap tier
+    /// of the complexity policy).
     pub default_tier: String,
+    /// `embedded` (the model compiled into the binary, the default), `none`, or a model folder.
+    pub classifier: Option<String>,
+    /// The tier for prompts whose complexity is above the threshold.
+    pub strong_tier: Option<String>,
+    /// Complexity above this goes to `strong_tier`; the per-request knob overrides it.
+    pub complexity_threshold: Option<f64>,
+    /// Per-intent thresholds, e.g. `{ coding = 0.3 }`.
+    #[serde(default)]
+    pub intent_thresholds: BTreeMap<String, f64>,
+    /// A confident non-general domain goes to its tier, e.g. `{ legal = "legal" }`.
+    #[serde(default)]
+    pub domain_tiers: BTreeMap<String, String>,
+    /// The domain probability needed for `domain_tiers`.
+    pub domain_min_confidence: Option<f64>,
+    /// Explicit rules, checked in order before the classifier.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub tier: String,
+    /// Case-insensitive words or phrases; any one matches.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// A regular expression over the prompt text.
+    pub regex: Option<String>,
+    /// Request `metadata` fields that must all equal these values.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,10 +339,44 @@ pub const DEFAULT_HEALTH_COOLDOWN: Duration = Duration::from_secs(30);
 pub struct Config {
     pub server: ServerConfig,
     pub default_tier: String,
+    pub routing: Routing,
     pub api_keys: Vec<ApiKeyHash>,
     pub providers: BTreeMap<String, Provider>,
     pub tiers: BTreeMap<String, Tier>,
 }
+
+/// Which model the router classifies with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassifierChoice {
+    Embedded,
+    None,
+    Dir(std::path::PathBuf),
+}
+
+/// The validated routing policy settings.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub classifier: ClassifierChoice,
+    pub strong_tier: Option<String>,
+    pub complexity_threshold: f64,
+    pub intent_thresholds: BTreeMap<String, f64>,
+    pub domain_tiers: BTreeMap<String, String>,
+    pub domain_min_confidence: f64,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub tier: String,
+    /// Lower-case.
+    pub keywords: Vec<String>,
+    pub regex: Option<regex::Regex>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_COMPLEXITY_THRESHOLD: f64 = 0.5;
+pub const DEFAULT_DOMAIN_MIN_CONFIDENCE: f64 = 0.6;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -629,6 +696,83 @@ pub fn cascade_for_eval(checks: Vec<Check>) -> Cascade {
     build_cascade(&raw, "reasoning".to_string())
 }
 
+fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routing, ConfigError> {
+    let tier_ok = |path: String, t: &str| {
+        if tiers.contains_key(t) {
+            Ok(())
+        } else {
+            Err(err(path, format!("no tier named {t:?}")))
+        }
+    };
+    let classifier = match raw.classifier.as_deref() {
+        None | Some("embedded") => ClassifierChoice::Embedded,
+        Some("none") => ClassifierChoice::None,
+        Some(dir) => ClassifierChoice::Dir(dir.into()),
+    };
+    if let Some(t) = &raw.strong_tier {
+        tier_ok("routing.strong_tier".into(), t)?;
+    }
+    let unit = |path: String, v: f64| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(err(path, "must be between 0 and 1"))
+        }
+    };
+    let complexity_threshold = unit(
+        "routing.complexity_threshold".into(),
+        raw.complexity_threshold
+            .unwrap_or(DEFAULT_COMPLEXITY_THRESHOLD),
+    )?;
+    for (k, v) in &raw.intent_thresholds {
+        unit(format!("routing.intent_thresholds.{k}"), *v)?;
+    }
+    for (d, t) in &raw.domain_tiers {
+        tier_ok(format!("routing.domain_tiers.{d}"), t)?;
+    }
+    let domain_min_confidence = unit(
+        "routing.domain_min_confidence".into(),
+        raw.domain_min_confidence
+            .unwrap_or(DEFAULT_DOMAIN_MIN_CONFIDENCE),
+    )?;
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.iter().enumerate() {
+        let path = format!("routing.rules[{i}]");
+        tier_ok(format!("{path}.tier"), &r.tier)?;
+        let regex = match &r.regex {
+            None => None,
+            Some(re) => Some(
+                regex::RegexBuilder::new(re)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| err(format!("{path}.regex"), e.to_string()))?,
+            ),
+        };
+        if r.keywords.is_empty() && regex.is_none() && r.metadata.is_empty() {
+            return Err(err(
+                path,
+                "a rule needs keywords, a regex or metadata to match",
+            ));
+        }
+        rules.push(Rule {
+            name: r.name.clone(),
+            tier: r.tier.clone(),
+            keywords: r.keywords.iter().map(|k| k.to_lowercase()).collect(),
+            regex,
+            metadata: r.metadata.clone(),
+        });
+    }
+    Ok(Routing {
+        classifier,
+        strong_tier: raw.strong_tier.clone(),
+        complexity_threshold,
+        intent_thresholds: raw.intent_thresholds.clone(),
+        domain_tiers: raw.domain_tiers.clone(),
+        domain_min_confidence,
+        rules,
+    })
+}
+
 fn parse_sha256(path: &str, hex_digest: &str) -> Result<[u8; 32], ConfigError> {
     let bytes = hex::decode(hex_digest.trim())
         .map_err(|_| err(path, "must be a hex SHA-256 digest (64 hex characters)"))?;
@@ -910,6 +1054,7 @@ impl RawConfig {
                 format!("no tier named {:?}", self.routing.default_tier),
             ));
         }
+        let routing = routing_of(&self.routing, &tiers)?;
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -925,6 +1070,7 @@ impl RawConfig {
                     .unwrap_or(32 * 1024 * 1024),
             },
             default_tier: self.routing.default_tier,
+            routing,
             api_keys,
             providers,
             tiers,

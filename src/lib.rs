@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cascade;
 pub mod chaos;
+pub mod classifier;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -45,6 +46,43 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             );
         }
         Command::Eval { what } => return run_eval(what),
+        Command::Train {
+            data,
+            training_data,
+            encoder,
+            out,
+            dim,
+            hidden,
+            epochs,
+            seed,
+            cap_per_source,
+        } => {
+            let args = classifier::train::TrainArgs {
+                data,
+                handwritten: training_data,
+                encoder,
+                out: out.clone(),
+                dim,
+                hidden,
+                epochs,
+                seed,
+                cap_per_source,
+            };
+            let m = tokio::task::spawn_blocking(move || classifier::train::run(&args)).await??;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            println!("wrote {}", out.display());
+        }
+        Command::Classify {
+            prompt,
+            jsonl,
+            model,
+            config,
+        } => return classify_cmd(prompt, jsonl, model, config),
+        Command::Calibrate {
+            strong_share,
+            prompts,
+            model,
+        } => return calibrate_cmd(strong_share, &prompts, model),
         Command::Sim {
             listen,
             model,
@@ -134,5 +172,144 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_model(dir: Option<std::path::PathBuf>) -> anyhow::Result<classifier::Classifier> {
+    match dir {
+        Some(d) => Ok(classifier::Classifier::load(&d)?),
+        None => classifier::Classifier::embedded()
+            .ok_or_else(|| anyhow::anyhow!("this binary has no embedded model; pass --model DIR"))?
+            .map_err(Into::into),
+    }
+}
+
+/// The prompt text of a JSON line: `prompt`, or the last user turn of `messages`.
+fn line_prompt(v: &serde_json::Value) -> Result<String, String> {
+    if let Some(p) = v.get("prompt") {
+        return p
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "\"prompt\" must be a string".to_string());
+    }
+    match v.get("messages").and_then(|m| m.as_array()) {
+        Some(m) => Ok(classifier::prompt_text(m)),
+        None => Err("expected a \"prompt\" string or a \"messages\" array".to_string()),
+    }
+}
+
+fn classify_cmd(
+    prompt: Option<String>,
+    jsonl: bool,
+    model: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    let c = load_model(model)?;
+    let policy = match config {
+        Some(p) => routing::Policy::new(&config::Config::load(&p)?),
+        None => routing::Policy::default_for_classify(),
+    };
+    let describe = |text: &str| {
+        let t = std::time::Instant::now();
+        let s = c.classify(text);
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        let tier = match policy.rule_for(text, None) {
+            Some(r) => (r.tier.clone(), format!("rule {}", r.name)),
+            None => policy.tier_for_scores(&s, None),
+        };
+        (s, tier, us)
+    };
+    if !jsonl {
+        let Some(p) = prompt else {
+            anyhow::bail!("give a prompt, or --jsonl to read JSON lines from stdin");
+        };
+        let (s, tier, us) = describe(&p);
+        let top = |v: &[(String, f32)]| {
+            let mut v = v.to_vec();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v.iter()
+                .take(3)
+                .map(|(l, p)| format!("{l} {:.2}", p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("intent:     {} ({})", s.intent, top(&s.intent_scores));
+        println!("domain:     {} ({})", s.domain, top(&s.domain_scores));
+        println!("complexity: {:.3}", s.complexity);
+        println!("tier:       {} ({})", tier.0, tier.1);
+        println!("tokens:     {}; {us:.0} µs", s.tokens);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let obj = match serde_json::from_str::<serde_json::Value>(&line)
+            .map_err(|e| format!("invalid JSON: {e}"))
+            .and_then(|v| line_prompt(&v))
+        {
+            Ok(text) => {
+                let (s, tier, us) = describe(&text);
+                let scores = |v: &[(String, f32)]| {
+                    v.iter()
+                        .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+                        .collect::<serde_json::Map<_, _>>()
+                };
+                serde_json::json!({
+                    "intent": s.intent, "intent_scores": scores(&s.intent_scores),
+                    "domain": s.domain, "domain_scores": scores(&s.domain_scores),
+                    "complexity": s.complexity, "tier": tier.0, "reason": tier.1,
+                    "tokens": s.tokens, "latency_us": us,
+                })
+            }
+            Err(e) => serde_json::json!({"error": {"line": i + 1, "message": e}}),
+        };
+        writeln!(out, "{obj}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn calibrate_cmd(
+    share: f64,
+    prompts: &std::path::Path,
+    model: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&share),
+        "--strong-share must be between 0 and 1"
+    );
+    let c = load_model(model)?;
+    let f =
+        std::fs::File::open(prompts).map_err(|e| anyhow::anyhow!("{}: {e}", prompts.display()))?;
+    let mut scores = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: invalid JSON: {e}", prompts.display(), i + 1))?;
+        let text =
+            line_prompt(&v).map_err(|e| anyhow::anyhow!("{}:{}: {e}", prompts.display(), i + 1))?;
+        scores.push(c.classify(&text).complexity as f64);
+    }
+    anyhow::ensure!(!scores.is_empty(), "{}: no prompts", prompts.display());
+    scores.sort_by(f64::total_cmp);
+    // Prompts with complexity above the threshold go strong: take the (1 - share) quantile.
+    let k = ((1.0 - share) * scores.len() as f64).floor() as usize;
+    let threshold = if k >= scores.len() { 1.0 } else { scores[k] };
+    let above = scores.iter().filter(|s| **s > threshold).count();
+    println!("complexity_threshold = {threshold:.4}");
+    println!(
+        "# {above} of {} prompts ({:.1}%) score above it and go to the strong tier",
+        scores.len(),
+        100.0 * above as f64 / scores.len() as f64
+    );
     Ok(ExitCode::SUCCESS)
 }

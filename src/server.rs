@@ -8,7 +8,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{app, AppState};
-use crate::config::Config;
+use crate::classifier::Classifier;
+use crate::config::{ClassifierChoice, Config};
 use crate::telemetry::Metrics;
 
 /// A server running in the background; stops gracefully on `shutdown` or when dropped.
@@ -47,7 +48,8 @@ impl Drop for RunningServer {
 pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(AppState::new(Arc::new(config), metrics)?);
+    let classifier = load_classifier(&config.routing.classifier)?;
+    let state = Arc::new(AppState::new(Arc::new(config), metrics, classifier)?);
     let router = app(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -62,6 +64,21 @@ pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningSer
         state,
         stop: Some(stop),
         task: Some(task),
+    })
+}
+
+/// The model the config asks for: the embedded one (if the binary has it), a folder, or none.
+pub fn load_classifier(choice: &ClassifierChoice) -> anyhow::Result<Option<Arc<Classifier>>> {
+    Ok(match choice {
+        ClassifierChoice::None => None,
+        ClassifierChoice::Dir(d) => Some(Arc::new(Classifier::load(d)?)),
+        ClassifierChoice::Embedded => match Classifier::embedded() {
+            Some(m) => Some(Arc::new(m?)),
+            None => {
+                tracing::warn!("this binary has no embedded router model: the model `switchyard` uses routing.default_tier");
+                None
+            }
+        },
     })
 }
 

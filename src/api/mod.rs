@@ -40,6 +40,10 @@ const MAX_HEADER_LEN: usize = 2048;
 
 pub struct AppState {
     pub config: Arc<Config>,
+    pub classifier: Option<Arc<crate::classifier::Classifier>>,
+    pub policy: routing::Policy,
+    /// Classifications running at once; past it requests are shed (429).
+    classify_permits: Arc<tokio::sync::Semaphore>,
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub schemas: SchemaCache,
@@ -53,11 +57,16 @@ impl AppState {
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        classifier: Option<Arc<crate::classifier::Classifier>>,
     ) -> Result<AppState, crate::resilience::EngineError> {
         let engine = Engine::new(&config, metrics.clone())?;
+        let policy = routing::Policy::new(&config);
         let models = Bytes::from(models_body(&config).to_string());
         Ok(AppState {
             config,
+            classifier,
+            policy,
+            classify_permits: Arc::new(tokio::sync::Semaphore::new(256)),
             engine,
             metrics,
             schemas: SchemaCache::new(),
@@ -217,6 +226,9 @@ struct Decision {
     target: Option<String>,
     cascade: Option<String>,
     cost_usd: Option<f64>,
+    rule: Option<String>,
+    scores: Option<(String, String, f32)>,
+    policy: Option<String>,
 }
 
 impl Decision {
@@ -243,6 +255,20 @@ impl Decision {
         }
         if let Some(c) = &self.cascade {
             put("x-switchyard-cascade", header_value(c));
+        }
+        if let Some(r) = &self.rule {
+            put("x-switchyard-rule", header_value(r));
+        }
+        if let Some((intent, domain, complexity)) = &self.scores {
+            put("x-switchyard-intent", header_value(intent));
+            put("x-switchyard-domain", header_value(domain));
+            put(
+                "x-switchyard-complexity",
+                header_value(&format!("{complexity:.3}")),
+            );
+        }
+        if let Some(p) = &self.policy {
+            put("x-switchyard-policy", header_value(p));
         }
         if let Some(c) = self.cost_usd {
             put("x-switchyard-cost-usd", header_value(&format!("{c:.8}")));
@@ -276,6 +302,9 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
         target: None,
         cascade: None,
         cost_usd: None,
+        rule: None,
+        scores: None,
+        policy: None,
     };
     let trace = Trace::default();
     let result = handle_chat(&s, req, start, &trace, &mut decision).await;
@@ -316,9 +345,27 @@ async fn handle_chat(
     };
     let chat = ChatRequest::parse(&bytes).map_err(|e| (e, false))?;
     let stream = chat.stream;
-    let (plan, reason) = routing::plan(&s.config, &chat.model).map_err(|e| (e, stream))?;
-    decision.tier = Some(plan.tier.clone());
+    let (mut plan, reason) = routing::plan(&s.config, &chat.model).map_err(|e| (e, stream))?;
     decision.reason = reason.as_str();
+    if let routing::Reason::Router { threshold } = reason {
+        let header_threshold = match parts.headers.get("x-switchyard-threshold") {
+            None => None,
+            Some(v) => Some(
+                routing::parse_threshold(v.to_str().unwrap_or("?"), "x-switchyard-threshold")
+                    .map_err(|e| (e, stream))?,
+            ),
+        };
+        route_request(
+            s,
+            &chat,
+            threshold.or(header_threshold),
+            &mut plan,
+            decision,
+        )
+        .await
+        .map_err(|e| (e, stream))?;
+    }
+    decision.tier = Some(plan.tier.clone());
     if !allowed_tiers.is_empty() && !allowed_tiers.contains(&plan.tier) {
         return Err((
             ApiError::Forbidden(format!("this API key may not use the tier {:?}", plan.tier)),
@@ -414,6 +461,49 @@ async fn handle_chat(
             Ok(sse_ok(headers, Body::from_stream(relay.into_stream())))
         }
     }
+}
+
+/// Rules first, then the classifier's scores: sets the plan's tier for the model `switchyard`.
+async fn route_request(
+    s: &Arc<AppState>,
+    chat: &ChatRequest,
+    threshold: Option<f64>,
+    plan: &mut crate::resilience::Plan,
+    decision: &mut Decision,
+) -> Result<(), ApiError> {
+    let messages = chat
+        .body
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    let text = crate::classifier::prompt_text(messages);
+    if let Some(rule) = s.policy.rule_for(&text, chat.body.get("metadata")) {
+        plan.tier = rule.tier.clone();
+        decision.rule = Some(rule.name.clone());
+        decision.reason = "rule";
+        return Ok(());
+    }
+    let Some(classifier) = s.classifier.clone() else {
+        return Ok(());
+    };
+    // The model runs off the async runtime; when too many classifications are queued, shed.
+    let permit = s
+        .classify_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)?;
+    let scores = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        classifier.classify(&text)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    let (tier, why) = s.policy.tier_for_scores(&scores, threshold);
+    plan.tier = tier;
+    decision.reason = "classifier";
+    decision.policy = Some(why);
+    decision.scores = Some((scores.intent, scores.domain, scores.complexity));
+    Ok(())
 }
 
 fn json_ok(headers: HeaderMap, body: Bytes) -> Response {

@@ -2,6 +2,8 @@
 
 pub mod cascade;
 pub mod data;
+pub mod datasets;
+pub mod metrics;
 
 /// An error in an input file, naming the file, the line and the field.
 #[derive(Debug, thiserror::Error)]

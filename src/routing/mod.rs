@@ -6,7 +6,8 @@
 //! - a target's own model name: that target's tier, starting with that target, failing over
 //!   inside the tier.
 
-use crate::config::Config;
+use crate::classifier::Scores;
+use crate::config::{Config, Routing, Rule};
 use crate::error::ApiError;
 use crate::resilience::Plan;
 
@@ -14,9 +15,12 @@ use crate::resilience::Plan;
 pub const ROUTER_MODEL: &str = "switchyard";
 
 /// Why the plan's tier was chosen, for the decision headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reason {
-    Default,
+    /// The router chooses (rules, then the classifier), with the client's threshold if any.
+    Router {
+        threshold: Option<f64>,
+    },
     Pinned,
     TargetModel,
 }
@@ -24,21 +28,34 @@ pub enum Reason {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Default => "default",
+            Reason::Router { .. } => "default",
             Reason::Pinned => "pinned",
             Reason::TargetModel => "target-model",
         }
     }
 }
 
+/// Parses the cost/quality knob: a complexity threshold in 0..=1.
+pub fn parse_threshold(text: &str, param: &str) -> Result<f64, ApiError> {
+    match text.trim().parse::<f64>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err(ApiError::bad_request(
+            format!("the threshold {text:?} must be a number between 0 and 1 (lower sends more to the strong tier)"),
+            Some(param),
+        )),
+    }
+}
+
 pub fn plan(config: &Config, model: &str) -> Result<(Plan, Reason), ApiError> {
-    if model == ROUTER_MODEL {
+    let knob = model.strip_prefix("switchyard:");
+    if model == ROUTER_MODEL || knob.is_some() {
+        let threshold = knob.map(|k| parse_threshold(k, "model")).transpose()?;
         return Ok((
             Plan {
                 tier: config.default_tier.clone(),
                 first: None,
             },
-            Reason::Default,
+            Reason::Router { threshold },
         ));
     }
     if let Some(tier) = model.strip_prefix("switchyard/") {
@@ -62,6 +79,89 @@ pub fn plan(config: &Config, model: &str) -> Result<(Plan, Reason), ApiError> {
             Reason::TargetModel,
         )),
         None => Err(ApiError::ModelNotFound(model.to_string())),
+    }
+}
+
+/// The routing policy for the model `switchyard`: rules first, then the classifier's scores.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub default_tier: String,
+    pub routing: Routing,
+}
+
+/// The default config's policy (`examples/local.toml`), for `switchyard classify`.
+const DEFAULT_CONFIG: &str = include_str!("../../examples/local.toml");
+
+impl Policy {
+    pub fn new(config: &Config) -> Policy {
+        Policy {
+            default_tier: config.default_tier.clone(),
+            routing: config.routing.clone(),
+        }
+    }
+
+    /// The policy of `examples/local.toml`, compiled in.
+    pub fn default_for_classify() -> Policy {
+        match Config::from_toml(DEFAULT_CONFIG, &|_| None) {
+            Ok(c) => Policy::new(&c),
+            Err(_) => Policy {
+                default_tier: "cheap".into(),
+                routing: Routing {
+                    classifier: crate::config::ClassifierChoice::Embedded,
+                    strong_tier: Some("reasoning".into()),
+                    complexity_threshold: crate::config::DEFAULT_COMPLEXITY_THRESHOLD,
+                    intent_thresholds: Default::default(),
+                    domain_tiers: Default::default(),
+                    domain_min_confidence: crate::config::DEFAULT_DOMAIN_MIN_CONFIDENCE,
+                    rules: Vec::new(),
+                },
+            },
+        }
+    }
+
+    /// The first rule that matches the prompt text or the request's metadata.
+    pub fn rule_for(&self, text: &str, metadata: Option<&serde_json::Value>) -> Option<&Rule> {
+        let lower = text.to_lowercase();
+        self.routing.rules.iter().find(|r| {
+            let meta_ok = r.metadata.iter().all(|(k, v)| {
+                metadata
+                    .and_then(|m| m.get(k))
+                    .and_then(|x| x.as_str())
+                    .is_some_and(|x| x == v)
+            });
+            let text_rule = !r.keywords.is_empty() || r.regex.is_some();
+            let text_ok = r.keywords.iter().any(|k| lower.contains(k.as_str()))
+                || r.regex.as_ref().is_some_and(|re| re.is_match(text));
+            meta_ok && (!text_rule || text_ok)
+        })
+    }
+
+    /// The tier for a prompt's scores, and why, e.g. `("reasoning", "complexity 0.81 > 0.50")`.
+    pub fn tier_for_scores(&self, s: &Scores, threshold: Option<f64>) -> (String, String) {
+        if s.domain != "general"
+            && (s.domain_confidence() as f64) >= self.routing.domain_min_confidence
+        {
+            if let Some(t) = self.routing.domain_tiers.get(&s.domain) {
+                return (
+                    t.clone(),
+                    format!("domain {} {:.2}", s.domain, s.domain_confidence()),
+                );
+            }
+        }
+        let threshold = threshold
+            .or_else(|| self.routing.intent_thresholds.get(&s.intent).copied())
+            .unwrap_or(self.routing.complexity_threshold);
+        let c = s.complexity as f64;
+        match &self.routing.strong_tier {
+            Some(strong) if c > threshold => (
+                strong.clone(),
+                format!("complexity {c:.2} > {threshold:.2}"),
+            ),
+            _ => (
+                self.default_tier.clone(),
+                format!("complexity {c:.2} <= {threshold:.2}"),
+            ),
+        }
     }
 }
 
@@ -92,8 +192,19 @@ targets = [{ provider = "p", model = "big" }]
         let (p, r) = plan(&c, "switchyard").unwrap();
         assert_eq!(
             (p.tier.as_str(), p.first, r),
-            ("cheap", None, Reason::Default)
+            ("cheap", None, Reason::Router { threshold: None })
         );
+        let (_, r) = plan(&c, "switchyard:0.3").unwrap();
+        assert_eq!(
+            r,
+            Reason::Router {
+                threshold: Some(0.3)
+            }
+        );
+        assert!(matches!(
+            plan(&c, "switchyard:2"),
+            Err(ApiError::BadRequest { .. })
+        ));
         let (p, r) = plan(&c, "switchyard/reasoning").unwrap();
         assert_eq!(
             (p.tier.as_str(), p.first, r),

@@ -4,19 +4,41 @@ use std::time::Duration;
 
 use switchyard::chaos::{self, Outcome, Upstreams, TOTAL_SLO};
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_under_load_lose_nothing() {
+    // The router runs as its own process, so its open files can be counted apart from the
+    // other tests running in this one.
     let ups = Upstreams::start().await.unwrap();
-    let config =
-        switchyard::config::Config::from_toml(&ups.config("127.0.0.1:0"), &|_| None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router = switchyard::server::start(config, listener).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = std::env::temp_dir().join(format!("switchyard-chaos-it-{}.toml", std::process::id()));
+    std::fs::write(&cfg, ups.config(&format!("127.0.0.1:{port}"))).unwrap();
+    let mut router = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = router.id().unwrap();
     switchyard::upstream::ensure_crypto_provider();
-    let url = router.url();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..400 {
+        if reqwest::get(format!("{url}/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     // Warm up to the steady state of the connection pools (the same load), then take the baseline.
     let warm = chaos::load(&url, 2_000, 32).await;
@@ -27,7 +49,7 @@ async fn faults_under_load_lose_nothing() {
         warm.outcomes
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds_before = open_fds();
+    let fds_before = open_fds(pid);
 
     let report = chaos::load(&url, 2_000, 32).await;
     let metrics = reqwest::get(format!("{url}/metrics"))
@@ -85,10 +107,12 @@ async fn faults_under_load_lose_nothing() {
     // and go with the mix of targets in use, at most one per concurrent request; a leak of one
     // descriptor per failed call would be hundreds.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds_after = open_fds();
+    let fds_after = open_fds(pid);
     assert!(
         fds_after <= fds_before + 32,
         "fds {fds_before} -> {fds_after}"
     );
-    router.shutdown().await;
+    let _ = router.start_kill();
+    let _ = router.wait().await;
+    let _ = std::fs::remove_file(cfg);
 }

