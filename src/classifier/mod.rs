@@ -223,6 +223,30 @@ pub fn extra_features(text: &str, tokens: usize) -> [f32; EXTRA_FEATURES] {
     ]
 }
 
+/// The tokens of a text, or of a long text its first `head` and last `tail` tokens: the head
+/// and tail of a long prompt carry most of its routing signal. Only the two ends are tokenised,
+/// so a huge prompt costs no more than a long one.
+pub fn select_tokens(tokenizer: &WordPiece, text: &str, head: usize, tail: usize) -> Vec<u32> {
+    let ids = tokenizer.encode(text, head + tail + 1);
+    if ids.len() <= head + tail {
+        return ids;
+    }
+    let mut out = ids[..head].to_vec();
+    // The end of the text, from a white-space boundary, generously sized for `tail` tokens.
+    let budget = tail * 24;
+    let start = text.len().saturating_sub(budget);
+    let start = text[start..]
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(start, |(i, _)| start + i);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    let end_ids = tokenizer.encode(&text[start..], usize::MAX);
+    out.extend_from_slice(&end_ids[end_ids.len().saturating_sub(tail)..]);
+    out
+}
+
 /// The features the heads read: the L2-normalised mean of the tokens' static embeddings,
 /// then the extra features. Shared by training and inference.
 pub fn pooled_features(
@@ -379,14 +403,12 @@ impl Classifier {
 
     /// Token ids the model reads: the head and tail of a long prompt.
     pub fn tokens(&self, text: &str) -> Vec<u32> {
-        let max = self.config.head_tokens + self.config.tail_tokens;
-        let ids = self.tokenizer.encode(text, max * 8);
-        if ids.len() <= max {
-            return ids;
-        }
-        let mut out = ids[..self.config.head_tokens].to_vec();
-        out.extend_from_slice(&ids[ids.len() - self.config.tail_tokens..]);
-        out
+        select_tokens(
+            &self.tokenizer,
+            text,
+            self.config.head_tokens,
+            self.config.tail_tokens,
+        )
     }
 
     /// The feature vector of a text (what the heads read).

@@ -664,16 +664,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
                 .into(),
     };
     let featurise = |e: &Example| {
-        let ids = {
-            let all = wp.encode(&e.prompt, (head + tail) * 8);
-            if all.len() <= head + tail {
-                all
-            } else {
-                let mut v = all[..head].to_vec();
-                v.extend_from_slice(&all[all.len() - tail..]);
-                v
-            }
-        };
+        let ids = super::select_tokens(&wp, &e.prompt, head, tail);
         super::pooled_features(&emb, args.dim, &ids, extra_features(&e.prompt, ids.len()))
     };
     let pb = progress(train.len() as u64, "featurising");

@@ -5,6 +5,7 @@
 
 mod cascade;
 mod chaos;
+mod classifier;
 mod gateway;
 mod harness;
 mod hostile;

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""An independent reference for the router model: pure Python (standard library only) reads
+models/router, tokenises with its own BERT BasicTokenizer + WordPiece, pools, runs the heads, and
+prints the scores the Rust classifier must reproduce. Regenerate the committed golden file with
+  python3 scripts/golden-reference.py > tests/golden/router.json
+"""
+import json, math, struct, sys, unicodedata
+
+DIR = sys.argv[1] if len(sys.argv) > 1 else "models/router"
+PROMPTS = [
+    "hey, how's it going?",
+    "Write a Python function that merges two sorted lists in O(n) time.",
+    "What is the integral of x^2 sin(x) dx? Show each step.",
+    "Does the indemnification clause survive termination of the Agreement? Answer Yes or No.",
+    "Café owners in Zürich — résumé tips? 👍 {\"json\": [1, 2]}",
+]
+
+def load_safetensors(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = meta["data_offsets"]
+        data = raw[base + a: base + b]
+        if meta["dtype"] == "F32":
+            vals = list(struct.unpack("<%df" % (len(data) // 4), data))
+        elif meta["dtype"] == "F16":
+            vals = list(struct.unpack("<%de" % (len(data) // 2), data))
+        else:
+            raise SystemExit("unsupported dtype " + meta["dtype"])
+        out[name] = (vals, meta["shape"])
+    return out
+
+def is_punct(c):
+    cp = ord(c)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(c).startswith("P")
+
+def is_cjk(cp):
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+def basic_tokenize(text):
+    # clean: drop NUL, U+FFFD and control characters; white space becomes a space
+    cleaned = []
+    for c in text:
+        cp = ord(c)
+        if cp == 0 or cp == 0xFFFD or (unicodedata.category(c) in ("Cc", "Cf", "Co") and c not in "\t\n\r"):
+            continue
+        cleaned.append(" " if c.isspace() else c)
+    out = []
+    for c in "".join(cleaned):
+        out.append(" %s " % c if is_cjk(ord(c)) else c)
+    words = []
+    for w in "".join(out).split():
+        w = unicodedata.normalize("NFD", w.lower())
+        w = "".join(c for c in w if unicodedata.category(c) != "Mn")
+        cur = ""
+        for c in w:
+            if is_punct(c):
+                if cur:
+                    words.append(cur)
+                    cur = ""
+                words.append(c)
+            else:
+                cur += c
+        if cur:
+            words.append(cur)
+    return words
+
+def wordpiece(word, vocab):
+    if len(word) > 100:
+        return [vocab["[UNK]"]]
+    ids, start = [], 0
+    while start < len(word):
+        end, found = len(word), None
+        while start < end:
+            piece = ("##" if start > 0 else "") + word[start:end]
+            if piece in vocab:
+                found = vocab[piece]
+                break
+            end -= 1
+        if found is None:
+            return [vocab["[UNK]"]]
+        ids.append(found)
+        start = end
+    return ids
+
+def main():
+    cfg = json.load(open(DIR + "/config.json"))
+    vocab = {t: i for i, t in enumerate(open(DIR + "/vocab.txt", encoding="utf-8").read().split("\n")) if t or i == 0}
+    w = load_safetensors(DIR + "/model.safetensors")
+    emb, (V, D) = w["embeddings"][0], w["embeddings"][1]
+    results = []
+    for p in PROMPTS:
+        ids = [i for word in basic_tokenize(p) for i in wordpiece(word, vocab)]
+        H, T = cfg["head_tokens"], cfg["tail_tokens"]
+        if len(ids) > H + T:
+            ids = ids[:H] + ids[-T:]
+        f = [0.0] * D
+        for i in ids:
+            row = emb[i * D:(i + 1) * D]
+            f = [a + b for a, b in zip(f, row)]
+        norm = math.sqrt(sum(x * x for x in f))
+        f = [x / norm for x in f] if norm > 0 else f
+        visible = [c for c in p if not c.isspace()]
+        v = max(len(visible), 1)
+        digits = sum(c.isdigit() and c.isascii() for c in visible)
+        code = sum(c in "{}[]();=<>_\\$^|#*" for c in visible)
+        lines = p.count("\n") + 1
+        f += [math.log(len(ids) + 1) / math.log(512), digits / v, code / v, min(math.log(lines) / 5, 1.0)]
+
+        def head(name):
+            w1, (h, n_in) = w[name + ".w1"][0], w[name + ".w1"][1]
+            b1 = w[name + ".b1"][0]
+            w2, (o, _) = w[name + ".w2"][0], w[name + ".w2"][1]
+            b2 = w[name + ".b2"][0]
+            hid = [max(0.0, sum(w1[j * n_in + k] * f[k] for k in range(n_in)) + b1[j]) for j in range(h)]
+            return [sum(w2[j * h + k] * hid[k] for k in range(h)) + b2[j] for j in range(o)]
+
+        def softmax(z):
+            m = max(z)
+            e = [math.exp(x - m) for x in z]
+            s = sum(e)
+            return [x / s for x in e]
+
+        results.append({
+            "prompt": p,
+            "token_ids": ids,
+            "intent": dict(zip(cfg["intent_labels"], softmax(head("intent")))),
+            "domain": dict(zip(cfg["domain_labels"], softmax(head("domain")))),
+            "complexity": 1 / (1 + math.exp(-head("complexity")[0])),
+        })
+    json.dump(results, sys.stdout, indent=1)
+    print()
+
+main()

@@ -1,0 +1,248 @@
+//! The router model: golden outputs from an independent Python reference, the tokenizer pinned
+//! to the `tokenizers` crate, the plain-Rust heads pinned to candle, and the `classify`
+//! command's interface.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use candle_core::{DType, Device, Module, Tensor};
+use serde_json::Value;
+use switchyard::classifier::Classifier;
+use tokio::io::AsyncWriteExt;
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/router")
+}
+
+fn model() -> Classifier {
+    Classifier::load(&model_dir()).unwrap()
+}
+
+#[test]
+fn matches_the_independent_python_reference() {
+    let golden: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/router.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(golden.len() >= 5);
+    let c = model();
+    for g in golden {
+        let prompt = g["prompt"].as_str().unwrap();
+        let ids: Vec<u32> = g["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(c.tokens(prompt), ids, "token ids of {prompt:?}");
+        let s = c.classify(prompt);
+        for (label, p) in &s.intent_scores {
+            let want = g["intent"][label].as_f64().unwrap();
+            assert!(
+                (*p as f64 - want).abs() < 1e-4,
+                "{prompt:?} intent {label}: {p} vs {want}"
+            );
+        }
+        for (label, p) in &s.domain_scores {
+            let want = g["domain"][label].as_f64().unwrap();
+            assert!(
+                (*p as f64 - want).abs() < 1e-4,
+                "{prompt:?} domain {label}: {p} vs {want}"
+            );
+        }
+        let want = g["complexity"].as_f64().unwrap();
+        assert!(
+            (s.complexity as f64 - want).abs() < 1e-4,
+            "{prompt:?} complexity {} vs {want}",
+            s.complexity
+        );
+    }
+}
+
+#[test]
+fn the_embedded_model_is_the_committed_one() {
+    let embedded = Classifier::embedded()
+        .expect("the binary embeds models/router")
+        .unwrap();
+    let c = model();
+    for p in [
+        "hello",
+        "Summarise the following lease clause for a tenant.",
+    ] {
+        assert_eq!(embedded.classify(p).complexity, c.classify(p).complexity);
+    }
+}
+
+#[test]
+fn the_tokenizer_matches_the_tokenizers_crate() {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    let vocab = model_dir().join("vocab.txt");
+    let wp = WordPiece::from_file(vocab.to_str().unwrap())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut tk = tokenizers::Tokenizer::new(wp);
+    tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+    tk.with_pre_tokenizer(Some(BertPreTokenizer));
+    let c = model();
+    let texts = [
+        "Hello, World!",
+        "Don't stop—believin'… (1990s) #rock",
+        "naïve café São Paulo Zürich ÅÄÖ",
+        "fn main() { println!(\"{}\", x[0] >= 3); } // ok?",
+        "数学の問題を解いて 你好世界",
+        "e = mc² and ½ + ¼ ≈ 0.75 — 100% sure; €5,000.00",
+        "tabs\tand\nnewlines\r\nand   spaces",
+        "unbelievably antidisestablishmentarianism supercalifragilisticexpialidocious",
+        "emoji 👍🏽 and zero\u{200b}width and soft\u{00ad}hyphen",
+        "İstanbul ŞEHİR ﬁnancial ℌ",
+        "",
+    ];
+    for t in texts {
+        let want: Vec<u32> = tk.encode(t, false).unwrap().get_ids().to_vec();
+        assert_eq!(c.tokenizer().encode(t, 10_000), want, "{t:?}");
+    }
+}
+
+#[test]
+fn the_plain_heads_match_candle() {
+    let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
+    let vb =
+        candle_nn::VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
+    let c = model();
+    for (name, head) in [
+        ("intent", &c.intent),
+        ("domain", &c.domain),
+        ("complexity", &c.complexity),
+    ] {
+        let l1 = candle_nn::Linear::new(
+            vb.get((head.hidden, head.inputs), &format!("{name}.w1"))
+                .unwrap(),
+            Some(vb.get(head.hidden, &format!("{name}.b1")).unwrap()),
+        );
+        let l2 = candle_nn::Linear::new(
+            vb.get((head.outputs, head.hidden), &format!("{name}.w2"))
+                .unwrap(),
+            Some(vb.get(head.outputs, &format!("{name}.b2")).unwrap()),
+        );
+        for p in [
+            "hi there",
+            "Prove that the square root of 2 is irrational.",
+            "Extract the dates: 3 May, 9 June.",
+        ] {
+            let (f, _) = c.features(p);
+            let x = Tensor::from_vec(f.clone(), (1, f.len()), &Device::Cpu).unwrap();
+            let want: Vec<f32> = l2
+                .forward(&l1.forward(&x).unwrap().relu().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (mut hidden, mut got) = (Vec::new(), Vec::new());
+            head.forward(&f, &mut hidden, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{name} {p:?}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn long_prompts_keep_their_head_and_tail() {
+    let c = model();
+    let long = format!("{} THE END", "word ".repeat(5_000));
+    let ids = c.tokens(&long);
+    assert_eq!(ids.len(), c.config.head_tokens + c.config.tail_tokens);
+    let end = c.tokenizer().encode("THE END", 10);
+    assert_eq!(&ids[ids.len() - end.len()..], &end[..]);
+}
+
+#[tokio::test]
+async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["classify", "--jsonl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = concat!(
+        "{\"prompt\": \"write me a haiku about autumn\"}\n",
+        "this is not json\n",
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"be brief\"}, {\"role\": \"user\", \"content\": \"What is 17 * 23?\"}]}\n",
+        "{\"prompt\": 42}\n",
+        "{\"other\": true}\n",
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for i in [0, 2] {
+        let l = &lines[i];
+        for k in ["intent", "domain", "tier"] {
+            assert!(l[k].is_string(), "{k} in {l}");
+        }
+        for k in ["intent_scores", "domain_scores"] {
+            let m = l[k].as_object().unwrap();
+            let sum: f64 = m.values().map(|v| v.as_f64().unwrap()).sum();
+            assert!((sum - 1.0).abs() < 1e-3, "{k} sums to {sum}");
+        }
+        assert!((0.0..=1.0).contains(&l["complexity"].as_f64().unwrap()));
+        assert!(l["latency_us"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(lines[0]["intent"], "creative_writing");
+    for i in [1, 3, 4] {
+        assert!(lines[i]["error"]["message"].is_string(), "{}", lines[i]);
+        assert_eq!(lines[i]["error"]["line"], i + 1);
+    }
+}
+
+#[tokio::test]
+async fn calibrate_finds_the_threshold_for_a_strong_share() {
+    let path = std::env::temp_dir().join(format!("sy-calibrate-{}.jsonl", std::process::id()));
+    let prompts: String = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("training-data/mixed.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(&path, prompts).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["calibrate", "--strong-share", "0.25", "--prompts"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let t: f64 = text
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("complexity_threshold = ")
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&t), "{text}");
+    // 124 prompts: 25% above the threshold is 31 (ties aside).
+    assert!(
+        text.contains("31 of 124 prompts")
+            || text.contains("30 of 124")
+            || text.contains("32 of 124"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(path);
+}
