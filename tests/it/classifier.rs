@@ -87,7 +87,8 @@ fn the_tokenizer_matches_the_tokenizers_crate() {
         .build()
         .unwrap();
     let mut tk = tokenizers::Tokenizer::new(wp);
-    tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true))).unwrap();
+    tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+        .unwrap();
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
     let c = model();
     let texts = [
