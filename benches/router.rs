@@ -78,5 +78,52 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A prompt of about `n` WordPiece tokens, from varied English text.
+fn prompt_of(c: &switchyard::classifier::Classifier, n: usize) -> String {
+    let text = "Our team is migrating a payments service from a monolith to smaller services. \
+        Explain the trade-offs of doing it incrementally, how to keep the ledger consistent during the move, \
+        which metrics to watch, and write a short Python example of an idempotent transfer endpoint. ";
+    let mut out = String::new();
+    while c.tokenizer().encode(&out, usize::MAX).len() < n {
+        out.push_str(text);
+    }
+    let words: Vec<&str> = out.split(' ').collect();
+    let mut lo = 0;
+    let mut hi = words.len();
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if c.tokenizer()
+            .encode(&words[..mid].join(" "), usize::MAX)
+            .len()
+            < n
+        {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    words[..lo].join(" ")
+}
+
+fn classifier(c: &mut Criterion) {
+    let Some(Ok(model)) = switchyard::classifier::Classifier::embedded() else {
+        panic!("the benchmark needs the embedded model (models/router)");
+    };
+    for n in [20usize, 128, 512] {
+        let p = prompt_of(&model, n);
+        let got = model.tokenizer().encode(&p, usize::MAX).len();
+        assert!(got >= n && got < n + 12, "{got} tokens for {n}");
+        c.bench_function(&format!("classify_{n}_tokens"), |b| {
+            b.iter(|| model.classify(black_box(&p)))
+        });
+        c.bench_function(&format!("tokenize_{n}_tokens"), |b| {
+            b.iter(|| model.tokens(black_box(&p)))
+        });
+    }
+    c.bench_function("load_embedded_model", |b| {
+        b.iter(|| switchyard::classifier::Classifier::embedded())
+    });
+}
+
+criterion_group!(benches, bench, classifier);
 criterion_main!(benches);

@@ -45,7 +45,7 @@ fn sims() -> Vec<(&'static str, SimSpec)> {
 /// The demo's config: the same TOML a user writes, pointing at the simulated upstreams.
 fn demo_config(listen: SocketAddr, urls: &[(&str, String)]) -> String {
     let mut t =
-        format!("[server]\nlisten = \"{listen}\"\n\n[routing]\ndefault_tier = \"cheap\"\n\n");
+        format!("[server]\nlisten = \"{listen}\"\n\n[routing]\ndefault_tier = \"cheap\"\nstrong_tier = \"reasoning\"\ncomplexity_threshold = 0.5\ndomain_tiers = {{ legal = \"legal\" }}\n\n");
     for (name, url) in urls {
         t.push_str(&format!("[providers.{name}]\nbase_url = \"{url}\"\n\n"));
     }

@@ -10,5 +10,6 @@ mod gateway;
 mod harness;
 mod hostile;
 mod process;
+mod routing;
 mod sdk;
 mod streaming;

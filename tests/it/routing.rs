@@ -1,0 +1,166 @@
+//! The routing policy over real HTTP with the embedded model: rules, the classifier's scores,
+//! domain tiers, the per-request threshold, and the decision headers.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+async fn setup() -> (Harness, [switchyard::upstream::sim::SimServer; 4]) {
+    let (c, r, l, e) = (
+        sim("cheap").await,
+        sim("strong").await,
+        sim("lawyer").await,
+        sim("eu").await,
+    );
+    let toml = format!(
+        r#"[routing]
+default_tier = "cheap"
+strong_tier = "reasoning"
+complexity_threshold = 0.5
+domain_tiers = {{ legal = "legal" }}
+domain_min_confidence = 0.6
+[[routing.rules]]
+name = "eu-residency"
+tier = "eu"
+metadata = {{ region = "eu" }}
+[[routing.rules]]
+name = "ssn"
+tier = "legal"
+regex = "\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b"
+[[routing.rules]]
+name = "escalate-word"
+tier = "reasoning"
+keywords = ["think very carefully"]
+{}
+[tiers.cheap]
+targets = [{{ provider = "c", model = "small" }}]
+[tiers.reasoning]
+targets = [{{ provider = "r", model = "large" }}]
+[tiers.legal]
+targets = [{{ provider = "l", model = "legal-model" }}]
+[tiers.eu]
+targets = [{{ provider = "e", model = "eu-model" }}]
+"#,
+        providers(&[
+            ("c", c.base_url()),
+            ("r", r.base_url()),
+            ("l", l.base_url()),
+            ("e", e.base_url())
+        ])
+    );
+    (router(&toml).await, [c, r, l, e])
+}
+
+fn ask(model: &str, text: &str) -> serde_json::Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn the_classifier_picks_the_tier_and_says_why() {
+    let (h, _sims) = setup().await;
+    let r = h
+        .post(&ask("switchyard", "hey, how's your day going?"))
+        .await;
+    assert_eq!(r.status, 200, "{:?} {:?}", r.body, r.headers);
+    assert_eq!(r.header("x-switchyard-tier"), "cheap");
+    assert_eq!(r.header("x-switchyard-decision"), "classifier");
+    assert_eq!(r.header("x-switchyard-intent"), "chat");
+    assert_eq!(r.header("x-switchyard-domain"), "general");
+    let c: f64 = r.header("x-switchyard-complexity").parse().unwrap();
+    assert!((0.0..0.5).contains(&c), "{c}");
+    assert!(r.header("x-switchyard-policy").starts_with("complexity "));
+
+    let r = h
+        .post(&ask(
+            "switchyard",
+            "Does the following clause contain an anti-assignment provision? Clause: Neither party may assign this Agreement without the prior written consent of the other party.",
+        ))
+        .await;
+    assert_eq!(r.header("x-switchyard-domain"), "legal");
+    assert_eq!(r.header("x-switchyard-tier"), "legal");
+    assert!(r.header("x-switchyard-policy").starts_with("domain legal"));
+}
+
+#[tokio::test]
+async fn the_threshold_knob_moves_the_decision() {
+    let (h, _sims) = setup().await;
+    let text = "What is the capital of France?";
+    let r = h.post(&ask("switchyard:0", text)).await;
+    assert_eq!(r.header("x-switchyard-tier"), "reasoning");
+    let r = h.post(&ask("switchyard:1", text)).await;
+    assert_eq!(r.header("x-switchyard-tier"), "cheap");
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .header("x-switchyard-threshold", "0")
+        .json(&ask("switchyard", text))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-switchyard-tier"], "reasoning");
+    let r = h.post(&ask("switchyard:lots", text)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["param"], "model");
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .header("x-switchyard-threshold", "1.5")
+        .json(&ask("switchyard", text))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn rules_come_first() {
+    let (h, [_c, _r, lawyer, eu]) = setup().await;
+    let mut body = ask("switchyard", "hello there");
+    body["metadata"] = json!({"region": "eu"});
+    let r = h.post(&body).await;
+    assert_eq!(r.header("x-switchyard-tier"), "eu");
+    assert_eq!(r.header("x-switchyard-rule"), "eu-residency");
+    assert_eq!(r.header("x-switchyard-decision"), "rule");
+    assert!(
+        r.header("x-switchyard-intent").is_empty(),
+        "a rule decides without the classifier"
+    );
+    let r = h
+        .post(&ask(
+            "switchyard",
+            "my SSN is 123-45-6789, fill in the form",
+        ))
+        .await;
+    assert_eq!(
+        (
+            r.header("x-switchyard-tier").as_str(),
+            r.header("x-switchyard-rule").as_str()
+        ),
+        ("legal", "ssn")
+    );
+    let r = h
+        .post(&ask(
+            "switchyard",
+            "Please THINK VERY CAREFULLY about this riddle",
+        ))
+        .await;
+    assert_eq!(r.header("x-switchyard-rule"), "escalate-word");
+    assert_eq!((lawyer.calls(), eu.calls()), (1, 1));
+    // Pinned tiers skip both rules and the classifier.
+    let mut body = ask("switchyard/cheap", "my SSN is 123-45-6789");
+    body["metadata"] = json!({"region": "eu"});
+    let r = h.post(&body).await;
+    assert_eq!(r.header("x-switchyard-tier"), "cheap");
+    assert_eq!(r.header("x-switchyard-decision"), "pinned");
+}
+
+#[tokio::test]
+async fn the_last_user_turn_is_what_gets_classified() {
+    let (h, _sims) = setup().await;
+    let body = json!({"model": "switchyard", "messages": [
+        {"role": "system", "content": "You are a contracts lawyer. Always cite the clause."},
+        {"role": "user", "content": "Write a Python function that parses a CSV file"},
+    ]});
+    let r = h.post(&body).await;
+    assert_eq!(r.header("x-switchyard-intent"), "coding");
+}
