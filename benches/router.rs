@@ -121,7 +121,7 @@ fn classifier(c: &mut Criterion) {
         });
     }
     c.bench_function("load_embedded_model", |b| {
-        b.iter(|| switchyard::classifier::Classifier::embedded())
+        b.iter(switchyard::classifier::Classifier::embedded)
     });
 }
 
