@@ -21,6 +21,17 @@ pub mod upstream;
 
 use std::process::ExitCode;
 
+/// Cases per property-based test: `PROPTEST_CASES` (scripts/fuzz sets a large number), else 2,000.
+#[cfg(test)]
+pub(crate) fn proptest_cases() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000),
+    )
+}
+
 use cli::{Cli, Command, EvalCommand};
 
 /// Runs the parsed command line; `started` is when the process started.

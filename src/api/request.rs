@@ -210,16 +210,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz sets a large number), else 2,000.
-    fn cases() -> ProptestConfig {
-        ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2_000),
-        )
-    }
-
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -262,7 +252,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(cases())]
+        #![proptest_config(crate::proptest_cases())]
 
         #[test]
         fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

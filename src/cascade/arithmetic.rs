@@ -271,9 +271,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000)
-        ))]
+        #![proptest_config(crate::proptest_cases())]
         #[test]
         fn never_panics(s in "[0-9 .,+*/x×÷()$=<>%a-z-]{0,80}") {
             let _ = first_error(&s);

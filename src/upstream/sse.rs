@@ -140,15 +140,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cases() -> ProptestConfig {
-        ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2_000),
-        )
-    }
-
     fn parse_all(chunks: &[Vec<u8>]) -> Result<Vec<SseEvent>, SseError> {
         let mut p = SseParser::new();
         let mut out = Vec::new();
@@ -159,7 +150,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(cases())]
+        #![proptest_config(crate::proptest_cases())]
 
         #[test]
         fn never_panics_on_arbitrary_chunks(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16)) {

@@ -30,15 +30,7 @@ async fn faults_under_load_lose_nothing() {
     let pid = router.id().unwrap();
     switchyard::upstream::ensure_crypto_provider();
     let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..400 {
-        if reqwest::get(format!("{url}/ready"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::harness::wait_ready(&url).await;
 
     // Warm up to the steady state of the connection pools (the same load), then take the baseline.
     let warm = chaos::load(&url, 2_000, 32).await;

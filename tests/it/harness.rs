@@ -132,3 +132,28 @@ pub fn error_message(body: &Value) -> String {
     );
     e["message"].as_str().unwrap().to_string()
 }
+
+/// A free port on 127.0.0.1 (for a router started as a process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a router answers `/ready`.
+pub async fn wait_ready(url: &str) {
+    let c = reqwest::Client::new();
+    for _ in 0..200 {
+        if c.get(format!("{url}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("router at {url} never became ready");
+}

@@ -12,14 +12,6 @@ use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(text: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!(
         "switchyard-it-{}-{}.toml",
@@ -28,21 +20,6 @@ fn write_config(text: &str) -> std::path::PathBuf {
     ));
     std::fs::write(&p, text).unwrap();
     p
-}
-
-async fn wait_ready(url: &str) {
-    let c = reqwest::Client::new();
-    for _ in 0..200 {
-        if c.get(format!("{url}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("router at {url} never became ready");
 }
 
 #[tokio::test]
