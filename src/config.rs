@@ -609,6 +609,45 @@ fn retry_of(path: &str, raw: &RawRetry, base: &RetryPolicy) -> Result<RetryPolic
     })
 }
 
+/// `target`, named at `path` by tier `this`, must be another existing tier.
+fn other_tier(
+    path: &str,
+    target: &str,
+    this: &str,
+    tiers: &BTreeSet<String>,
+) -> Result<(), ConfigError> {
+    if !tiers.contains(target) {
+        return Err(err(path, format!("no tier named {target:?}")));
+    }
+    if target == this {
+        return Err(err(path, "a tier cannot name itself here"));
+    }
+    Ok(())
+}
+
+/// Following `next` from every tier must end: escalation and fallback chains may not loop.
+fn check_chains(
+    tiers: &BTreeMap<String, Tier>,
+    key: &str,
+    what: &str,
+    next: impl Fn(&Tier) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for name in tiers.keys() {
+        let mut seen = BTreeSet::new();
+        let mut cur = Some(name.clone());
+        while let Some(c) = cur {
+            if !seen.insert(c.clone()) {
+                return Err(err(
+                    format!("tiers.{name}.{key}"),
+                    format!("{what} form a cycle"),
+                ));
+            }
+            cur = tiers.get(&c).and_then(&next);
+        }
+    }
+    Ok(())
+}
+
 fn cascade_of(
     path: &str,
     raw: &RawCascade,
@@ -619,18 +658,7 @@ fn cascade_of(
         .escalate_to
         .clone()
         .unwrap_or_else(|| "reasoning".to_string());
-    if !tiers.contains(&escalate_to) {
-        return Err(err(
-            format!("{path}.escalate_to"),
-            format!("no tier named {escalate_to:?}"),
-        ));
-    }
-    if escalate_to == tier {
-        return Err(err(
-            format!("{path}.escalate_to"),
-            "a tier cannot escalate to itself",
-        ));
-    }
+    other_tier(&format!("{path}.escalate_to"), &escalate_to, tier, tiers)?;
     for (k, v) in [
         ("min_mean_logprob", raw.min_mean_logprob),
         ("min_token_logprob", raw.min_token_logprob),
@@ -917,18 +945,7 @@ impl RawConfig {
                 .unwrap_or_else(|| DEFAULT_FALLBACK_STATUSES.to_vec());
             check_status_list(&format!("{path}.fallback_on"), &fallback_on)?;
             if let Some(ft) = &t.fallback_tier {
-                if !tier_names.contains(ft) {
-                    return Err(err(
-                        format!("{path}.fallback_tier"),
-                        format!("no tier named {ft:?}"),
-                    ));
-                }
-                if ft == name {
-                    return Err(err(
-                        format!("{path}.fallback_tier"),
-                        "a tier cannot fall back to itself",
-                    ));
-                }
+                other_tier(&format!("{path}.fallback_tier"), ft, name, &tier_names)?;
             }
             if let Some(h) = t.hedge_after {
                 if h.0.is_zero() || h.0 >= tier_slo.ttft {
@@ -1017,37 +1034,12 @@ impl RawConfig {
         if tiers.is_empty() {
             return Err(err("tiers", "at least one tier is required"));
         }
-        // Escalation chains must end.
-        for name in tiers.keys() {
-            let mut seen = BTreeSet::new();
-            let mut cur = Some(name.clone());
-            while let Some(c) = cur {
-                if !seen.insert(c.clone()) {
-                    return Err(err(
-                        format!("tiers.{name}.cascade.escalate_to"),
-                        "cascade escalations form a cycle",
-                    ));
-                }
-                cur = tiers
-                    .get(&c)
-                    .and_then(|t| t.cascade.as_ref())
-                    .map(|x| x.escalate_to.clone());
-            }
-        }
-        // Fallback chains must end.
-        for name in tiers.keys() {
-            let mut seen = BTreeSet::new();
-            let mut cur = Some(name.clone());
-            while let Some(c) = cur {
-                if !seen.insert(c.clone()) {
-                    return Err(err(
-                        format!("tiers.{name}.fallback_tier"),
-                        "fallback tiers form a cycle",
-                    ));
-                }
-                cur = tiers.get(&c).and_then(|t| t.fallback_tier.clone());
-            }
-        }
+        check_chains(&tiers, "cascade.escalate_to", "cascade escalations", |t| {
+            t.cascade.as_ref().map(|c| c.escalate_to.clone())
+        })?;
+        check_chains(&tiers, "fallback_tier", "fallback tiers", |t| {
+            t.fallback_tier.clone()
+        })?;
         if !tiers.contains_key(&self.routing.default_tier) {
             return Err(err(
                 "routing.default_tier",

@@ -132,11 +132,9 @@ fn softmax(v: &mut [f32]) {
     }
 }
 
-/// The text the router classifies: the last user turn, with earlier turns as context up to a
-/// bounded number of characters.
-pub fn prompt_text(messages: &[Value]) -> String {
-    const CONTEXT_CHARS: usize = 600;
-    let text_of = |m: &Value| match m.get("content") {
+/// The text of one chat message: its `content` string, or its text parts joined.
+pub fn message_text(m: &Value) -> String {
+    match m.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
             .iter()
@@ -144,7 +142,14 @@ pub fn prompt_text(messages: &[Value]) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         _ => String::new(),
-    };
+    }
+}
+
+/// The text the router classifies: the last user turn, with earlier turns as context up to a
+/// bounded number of characters.
+pub fn prompt_text(messages: &[Value]) -> String {
+    const CONTEXT_CHARS: usize = 600;
+    let text_of = message_text;
     let last_user = messages
         .iter()
         .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"));
