@@ -401,35 +401,18 @@ async fn handle_chat(
         Ok(w) => w,
         Err(f) => return failure_response(s, f, &plan.tier, stream, total, start, trace, decision),
     };
-    decision.tier = Some(won.tier.clone());
-    decision.target = Some(won.target.cfg.id.clone());
-    let tier_labels = TierLabels {
-        tier: won.tier.clone(),
-    };
-    s.metrics
-        .ttft
-        .get_or_create(&tier_labels)
-        .observe(won.at.duration_since(start).as_secs_f64());
-    s.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            tier: won.tier.clone(),
-            status: 200,
-            stream,
-        })
-        .inc();
     let Won {
-        answer, target, at, ..
+        answer,
+        target,
+        at,
+        tier,
     } = won;
     match answer {
         Answer::Full { bytes, json } => {
-            decision.cost_usd = crate::upstream::cost_usd(target.cfg.price, &json);
-            if let Some(c) = decision.cost_usd {
-                s.metrics.cost.get_or_create(&tier_labels).inc_by(c);
-            }
-            let oh = overhead(start, trace, Some(at));
-            s.metrics.overhead.observe(oh.as_secs_f64());
-            let headers = decision.headers(trace, oh);
+            let cost = crate::upstream::cost_usd(target.cfg.price, &json);
+            let (headers, tier_labels) = answered(
+                s, decision, &tier, &target, stream, start, at, at, cost, trace,
+            );
             s.metrics
                 .request_duration
                 .get_or_create(&tier_labels)
@@ -442,9 +425,9 @@ async fn handle_chat(
             parser,
             saw_done,
         } => {
-            let oh = overhead(start, trace, Some(at));
-            s.metrics.overhead.observe(oh.as_secs_f64());
-            let headers = decision.headers(trace, oh);
+            let (headers, tier_labels) = answered(
+                s, decision, &tier, &target, stream, start, at, at, None, trace,
+            );
             let relay = Relay {
                 pending: first.into(),
                 rest,
@@ -504,6 +487,48 @@ async fn route_request(
     decision.policy = Some(why);
     decision.scores = Some((scores.intent, scores.domain, scores.complexity));
     Ok(())
+}
+
+/// Records an answer from `tier`'s `target` (which arrived at `at` and reaches the client at
+/// `first_byte`): the request and cost counters, time to first token and router overhead.
+/// Returns the decision headers and the tier's metric labels.
+#[allow(clippy::too_many_arguments)]
+fn answered(
+    s: &AppState,
+    decision: &mut Decision,
+    tier: &str,
+    target: &TargetRuntime,
+    stream: bool,
+    start: Instant,
+    at: Instant,
+    first_byte: Instant,
+    cost_usd: Option<f64>,
+    trace: &Trace,
+) -> (HeaderMap, TierLabels) {
+    decision.tier = Some(tier.to_string());
+    decision.target = Some(target.cfg.id.clone());
+    decision.cost_usd = cost_usd;
+    let tier_labels = TierLabels {
+        tier: tier.to_string(),
+    };
+    if let Some(c) = cost_usd {
+        s.metrics.cost.get_or_create(&tier_labels).inc_by(c);
+    }
+    s.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            tier: tier.to_string(),
+            status: 200,
+            stream,
+        })
+        .inc();
+    s.metrics
+        .ttft
+        .get_or_create(&tier_labels)
+        .observe(first_byte.duration_since(start).as_secs_f64());
+    let oh = overhead(start, trace, Some(at));
+    s.metrics.overhead.observe(oh.as_secs_f64());
+    (decision.headers(trace, oh), tier_labels)
 }
 
 fn json_ok(headers: HeaderMap, body: Bytes) -> Response {
@@ -604,30 +629,19 @@ async fn run_cascade(
         }
         Err(CascadeError::Rejected(msg)) => return Err((ApiError::CascadeRejected(msg), stream)),
     };
-    decision.tier = Some(settled.tier.clone());
-    decision.target = Some(settled.target.cfg.id.clone());
-    decision.cost_usd = settled.cost_usd;
-    let tier_labels = TierLabels {
-        tier: settled.tier.clone(),
-    };
-    if let Some(c) = settled.cost_usd {
-        s.metrics.cost.get_or_create(&tier_labels).inc_by(c);
-    }
-    s.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            tier: settled.tier.clone(),
-            status: 200,
-            stream,
-        })
-        .inc();
-    let oh = overhead(start, trace, Some(settled.at));
-    s.metrics.overhead.observe(oh.as_secs_f64());
-    let headers = decision.headers(trace, oh);
-    s.metrics
-        .ttft
-        .get_or_create(&tier_labels)
-        .observe(start.elapsed().as_secs_f64());
+    // The client's first byte is now: the checked answer goes out whole.
+    let (headers, tier_labels) = answered(
+        s,
+        decision,
+        &settled.tier,
+        &settled.target,
+        stream,
+        start,
+        settled.at,
+        Instant::now(),
+        settled.cost_usd,
+        trace,
+    );
     s.metrics
         .request_duration
         .get_or_create(&tier_labels)

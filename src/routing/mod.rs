@@ -121,7 +121,12 @@ impl Policy {
 
     /// The first rule that matches the prompt text or the request's metadata.
     pub fn rule_for(&self, text: &str, metadata: Option<&serde_json::Value>) -> Option<&Rule> {
-        let lower = text.to_lowercase();
+        // Lower-case the prompt only if some rule has keywords to look for.
+        let lower = if self.routing.rules.iter().any(|r| !r.keywords.is_empty()) {
+            text.to_lowercase()
+        } else {
+            String::new()
+        };
         self.routing.rules.iter().find(|r| {
             let meta_ok = r.metadata.iter().all(|(k, v)| {
                 metadata

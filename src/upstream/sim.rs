@@ -299,15 +299,7 @@ fn last_user_text(body: &Value) -> String {
     }) else {
         return String::new();
     };
-    match m.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+    crate::classifier::message_text(m)
 }
 
 struct Plan {

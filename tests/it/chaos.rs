@@ -13,24 +13,13 @@ async fn faults_under_load_lose_nothing() {
     // The router runs as its own process, so its open files can be counted apart from the
     // other tests running in this one.
     let ups = Upstreams::start().await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let cfg = std::env::temp_dir().join(format!("switchyard-chaos-it-{}.toml", std::process::id()));
     std::fs::write(&cfg, ups.config(&format!("127.0.0.1:{port}"))).unwrap();
-    let mut router = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut router = crate::harness::spawn_router(&cfg, port, "error", &[], false).await;
     let pid = router.id().unwrap();
     switchyard::upstream::ensure_crypto_provider();
     let url = format!("http://127.0.0.1:{port}");
-    crate::harness::wait_ready(&url).await;
 
     // Warm up to the steady state of the connection pools (the same load), then take the baseline.
     let warm = chaos::load(&url, 2_000, 32).await;

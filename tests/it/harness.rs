@@ -144,6 +144,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until a router answers `/ready`.
 pub async fn wait_ready(url: &str) {
+    switchyard::upstream::ensure_crypto_provider();
     let c = reqwest::Client::new();
     for _ in 0..200 {
         if c.get(format!("{url}/ready"))
@@ -156,4 +157,34 @@ pub async fn wait_ready(url: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("router at {url} never became ready");
+}
+
+/// Starts the `switchyard` binary serving `config` on `port`, with `RUST_LOG` and extra
+/// environment; its output is captured when `capture`, else dropped. Waits until it is ready.
+pub async fn spawn_router(
+    config: &std::path::Path,
+    port: u16,
+    rust_log: &str,
+    env: &[(&str, &str)],
+    capture: bool,
+) -> tokio::process::Child {
+    let out = || {
+        if capture {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .envs(env.iter().copied())
+        .stdout(out())
+        .stderr(out())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    child
 }

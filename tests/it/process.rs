@@ -1,7 +1,6 @@
 //! The release binary as a process: secrets never leave it, SIGTERM drains in-flight requests,
 //! a bad config never starts it.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -44,18 +43,8 @@ async fn provider_keys_never_appear_in_anything_the_server_writes() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\ndefault_tier = \"cheap\"\n[providers.a]\nbase_url = \"{}\"\napi_key_env = \"SY_LEAK_KEY\"\n[tiers.cheap]\nretry = {{ max_retries = 0 }}\nhealth = {{ failures = 100 }}\ntargets = [{{ provider = \"a\", model = \"m\" }}]\n",
         a.base_url()
     ));
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("SY_LEAK_KEY", KEY)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_router(&cfg, port, "trace", &[("SY_LEAK_KEY", KEY)], true).await;
     let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await;
     let c = reqwest::Client::new();
     let mut written = String::new();
     let mut saw_redacted = false;
@@ -132,17 +121,8 @@ async fn sigterm_drains_in_flight_requests() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\ndefault_tier = \"cheap\"\n{}\n[tiers.cheap]\ntargets = [{{ provider = \"a\", model = \"m\" }}]\n",
         providers(&[("a", a.base_url())])
     ));
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_router(&cfg, port, "warn", &[], false).await;
     let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await;
     let c = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..16 {
