@@ -435,24 +435,13 @@ impl Classifier {
         let (f, tokens) = self.features(text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
-        self.intent.forward(&f, &mut hidden, &mut out);
-        softmax(&mut out);
-        let intent_scores: Vec<(String, f32)> = self
-            .config
-            .intent_labels
-            .iter()
-            .cloned()
-            .zip(out.iter().copied())
-            .collect();
-        self.domain.forward(&f, &mut hidden, &mut out);
-        softmax(&mut out);
-        let domain_scores: Vec<(String, f32)> = self
-            .config
-            .domain_labels
-            .iter()
-            .cloned()
-            .zip(out.iter().copied())
-            .collect();
+        let mut labelled = |head: &Head, labels: &[String]| -> Vec<(String, f32)> {
+            head.forward(&f, &mut hidden, &mut out);
+            softmax(&mut out);
+            labels.iter().cloned().zip(out.iter().copied()).collect()
+        };
+        let intent_scores = labelled(&self.intent, &self.config.intent_labels);
+        let domain_scores = labelled(&self.domain, &self.config.domain_labels);
         self.complexity.forward(&f, &mut hidden, &mut out);
         let complexity = 1.0 / (1.0 + (-out[0]).exp());
         let best = |v: &[(String, f32)]| {
