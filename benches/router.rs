@@ -1,5 +1,6 @@
-//! In-process figures for the request hot path: request parse and re-serialisation, and the
-//! cascade's answer checks on a 2 KB structured answer. `cargo bench --bench router`.
+//! In-process figures for the request hot path: request parse and re-serialisation, the routing
+//! decision, response serialisation (JSON and SSE), the cascade's answer checks on a 2 KB
+//! structured answer, and the classifier end to end. `cargo bench --bench router`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
@@ -76,6 +77,12 @@ fn bench(c: &mut Criterion) {
         let s = schema();
         b.iter(|| cache.get(black_box(&s)))
     });
+    c.bench_function("response_serialise_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&answer)))
+    });
+    c.bench_function("response_serialise_sse", |b| {
+        b.iter(|| switchyard::api::sse::completion_to_events(black_box(&answer), true))
+    });
 }
 
 /// A prompt of about `n` WordPiece tokens, from varied English text.
@@ -120,6 +127,22 @@ fn classifier(c: &mut Criterion) {
             b.iter(|| model.tokens(black_box(&p)))
         });
     }
+    // The routing decision for the model `switchyard` under the default policy: rules (keywords,
+    // regex, metadata) over the prompt, then the tier for the scores. The scores are computed
+    // once outside the loop so this measures the policy alone.
+    let policy = switchyard::routing::Policy::default_for_classify();
+    let prompt = prompt_of(&model, 128);
+    let scores = model.classify(&prompt);
+    let metadata = json!({"team": "search", "region": "us"});
+    c.bench_function("routing_decision_128_tokens", |b| {
+        b.iter(|| {
+            let p = black_box(&prompt);
+            match policy.rule_for(p, Some(&metadata)) {
+                Some(rule) => (rule.tier.clone(), rule.name.clone()),
+                None => policy.tier_for_scores(black_box(&scores), None),
+            }
+        })
+    });
     c.bench_function("load_embedded_model", |b| {
         b.iter(switchyard::classifier::Classifier::embedded)
     });

@@ -52,6 +52,13 @@ pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningSer
     let state = Arc::new(AppState::new(Arc::new(config), metrics, classifier)?);
     let router = app(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
+    // Without TCP_NODELAY, the small last writes of a stream wait for the client's delayed ACK
+    // (about 40 ms on Linux) under Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
