@@ -197,27 +197,26 @@ pub fn outcome_complexity(weak: bool, strong: bool) -> f32 {
     }
 }
 
-/// Every labelled example under `data` (the shared data directory) and `handwritten`.
-/// Per-source caps keep the big sources from drowning the small ones.
-pub fn read_all(
-    data: &Path,
-    handwritten: &Path,
-    cap_per_source: usize,
-) -> Result<Vec<Example>, EvalError> {
-    let mut out = Vec::new();
-    let p = data.join("prompts");
+/// GSM8K (`question`): grade-school maths.
+pub fn read_gsm8k(path: &Path) -> Result<Vec<Example>, EvalError> {
+    read_jsonl(path)?
+        .into_iter()
+        .map(|(line, v)| {
+            Ok(ex(
+                str_field(path, line, &v, "question")?,
+                Some("math"),
+                Some("general"),
+                None,
+                "gsm8k".into(),
+            ))
+        })
+        .collect()
+}
 
-    for (line, v) in read_jsonl(&p.join("gsm8k-train.jsonl"))? {
-        out.push(ex(
-            str_field(&p.join("gsm8k-train.jsonl"), line, &v, "question")?,
-            Some("math"),
-            Some("general"),
-            None,
-            "gsm8k".into(),
-        ));
-    }
-    let math = p.join("math-train.jsonl");
-    for (line, v) in read_jsonl(&math)? {
+/// MATH (`problem`, `level` "Level 1".."Level 5", `type`): the level is the difficulty.
+pub fn read_math(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
+    for (line, v) in read_jsonl(path)? {
         let level = v
             .get("level")
             .and_then(Value::as_str)
@@ -228,7 +227,7 @@ pub fn read_all(
             .unwrap_or("unknown")
             .to_string();
         let mut e = ex(
-            str_field(&math, line, &v, "problem")?,
+            str_field(path, line, &v, "problem")?,
             Some("math"),
             Some("general"),
             level.map(|l| 0.1 + 0.2 * (l - 1.0)),
@@ -237,9 +236,14 @@ pub fn read_all(
         e.difficulty = level;
         out.push(e);
     }
-    let pubmed = p.join("pubmedqa.jsonl");
-    for (line, v) in read_jsonl(&pubmed)? {
-        let q = str_field(&pubmed, line, &v, "question")?;
+    Ok(out)
+}
+
+/// PubMedQA (`question`, `contexts`): closed QA over the given abstracts.
+pub fn read_pubmedqa(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
+    for (line, v) in read_jsonl(path)? {
+        let q = str_field(path, line, &v, "question")?;
         let ctx: Vec<&str> = v
             .get("contexts")
             .and_then(Value::as_array)
@@ -253,13 +257,18 @@ pub fn read_all(
             "pubmedqa".into(),
         ));
     }
-    let headlines = p.join("headlines-train.csv");
+    Ok(out)
+}
+
+/// FrugalGPT's HEADLINES CSV (no header; "Q: <headline> A:" then the label).
+pub fn read_headlines(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
-        .from_path(&headlines)
-        .map_err(|e| file_err(&headlines, e.to_string()))?;
+        .from_path(path)
+        .map_err(|e| file_err(path, e.to_string()))?;
     for rec in rdr.records() {
-        let rec = rec.map_err(|e| file_err(&headlines, e.to_string()))?;
+        let rec = rec.map_err(|e| file_err(path, e.to_string()))?;
         let text = rec
             .get(0)
             .unwrap_or("")
@@ -272,20 +281,30 @@ pub fn read_all(
             out.push(ex(format!("Does this headline say the price of gold went up, down, stayed neutral, or none? {text}"), Some("classification"), Some("finance"), None, "headlines".into()));
         }
     }
-    let ifeval = p.join("ifeval.jsonl");
-    for (line, v) in read_jsonl(&ifeval)? {
-        out.push(ex(
-            str_field(&ifeval, line, &v, "prompt")?,
-            None,
-            Some("general"),
-            None,
-            "ifeval".into(),
-        ));
-    }
-    // LegalBench: the task's base prompt with a test row filled in.
-    let lb = p.join("legalbench");
-    let mut tasks: Vec<PathBuf> = std::fs::read_dir(&lb)
-        .map_err(|e| file_err(&lb, e.to_string()))?
+    Ok(out)
+}
+
+/// IFEval (`prompt`): instruction following, no intent label.
+pub fn read_ifeval(path: &Path) -> Result<Vec<Example>, EvalError> {
+    read_jsonl(path)?
+        .into_iter()
+        .map(|(line, v)| {
+            Ok(ex(
+                str_field(path, line, &v, "prompt")?,
+                None,
+                Some("general"),
+                None,
+                "ifeval".into(),
+            ))
+        })
+        .collect()
+}
+
+/// LegalBench (`<task>/base_prompt.txt` with `test.tsv` rows filled in).
+pub fn read_legalbench(dir: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
+    let mut tasks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| file_err(dir, e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
@@ -340,9 +359,15 @@ pub fn read_all(
             ));
         }
     }
-    let lr = data.join("routing-outcomes/llmrouter/train.jsonl");
-    for (line, v) in read_jsonl(&lr)? {
-        let q = str_field(&lr, line, &v, "question")?;
+    Ok(out)
+}
+
+/// LLMRouter's `train.jsonl` (`question`, `scores` per model, `task_name`), as labelled prompts:
+/// complexity is one minus the mean score over its models.
+pub fn read_llmrouter_prompts(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let mut out = Vec::new();
+    for (line, v) in read_jsonl(path)? {
+        let q = str_field(path, line, &v, "question")?;
         let task = v
             .get("task_name")
             .and_then(Value::as_str)
@@ -362,21 +387,55 @@ pub fn read_all(
             format!("llmrouter/{task}"),
         ));
     }
-    for o in read_mmlu_outcomes(
+    Ok(out)
+}
+
+/// RouteLLM's MMLU outcomes as labelled prompts (complexity from the outcomes).
+pub fn read_mmlu_prompts(
+    dir: &Path,
+    contaminated: Option<&Path>,
+) -> Result<Vec<Example>, EvalError> {
+    Ok(read_mmlu_outcomes(dir, contaminated)?
+        .into_iter()
+        .map(|o| {
+            ex(
+                o.prompt,
+                Some("open_qa"),
+                Some(mmlu_domain(&o.subject)),
+                Some(outcome_complexity(o.weak, o.strong)),
+                format!("mmlu/{}", o.subject),
+            )
+        })
+        .collect())
+}
+
+/// Every labelled example under `data` (the shared data directory) and `handwritten`.
+/// Per-source caps keep the big sources from drowning the small ones.
+pub fn read_all(
+    data: &Path,
+    handwritten: &Path,
+    cap_per_source: usize,
+) -> Result<Vec<Example>, EvalError> {
+    let p = data.join("prompts");
+    let mut out = read_gsm8k(&p.join("gsm8k-train.jsonl"))?;
+    out.extend(read_math(&p.join("math-train.jsonl"))?);
+    out.extend(read_pubmedqa(&p.join("pubmedqa.jsonl"))?);
+    out.extend(read_headlines(&p.join("headlines-train.csv"))?);
+    out.extend(read_ifeval(&p.join("ifeval.jsonl"))?);
+    out.extend(read_legalbench(&p.join("legalbench"))?);
+    out.extend(read_llmrouter_prompts(
+        &data.join("routing-outcomes/llmrouter/train.jsonl"),
+    )?);
+    out.extend(read_mmlu_prompts(
         &data.join("routing-outcomes/routellm-mmlu"),
         Some(&data.join("routing-outcomes/routellm-mmlu-contaminated.jsonl")),
-    )? {
-        out.push(ex(
-            o.prompt,
-            Some("open_qa"),
-            Some(mmlu_domain(&o.subject)),
-            Some(outcome_complexity(o.weak, o.strong)),
-            format!("mmlu/{}", o.subject),
-        ));
-    }
+    )?);
     out.extend(read_handwritten(handwritten)?);
+    Ok(cap(out, cap_per_source))
+}
 
-    // Cap each source, deterministically (every k-th row).
+/// At most `cap_per_source` examples from each source, deterministically (every k-th row).
+pub fn cap(out: Vec<Example>, cap_per_source: usize) -> Vec<Example> {
     let mut by_source: BTreeMap<String, Vec<Example>> = BTreeMap::new();
     for e in out {
         by_source.entry(e.source.clone()).or_default().push(e);
@@ -390,7 +449,7 @@ pub fn read_all(
             capped.extend((0..cap_per_source).map(|i| rows[(i as f64 * step) as usize].clone()));
         }
     }
-    Ok(capped)
+    capped
 }
 
 /// The project's hand-written examples (`training-data/*.jsonl`).
