@@ -59,6 +59,12 @@ pub enum Command {
         /// At most this many examples from one source (file, task or subject).
         #[arg(long, default_value_t = 2500)]
         cap_per_source: usize,
+        /// Dataset files (eval/dataset.schema.json) with more labelled prompts to train on.
+        #[arg(long)]
+        extra: Vec<PathBuf>,
+        /// Dataset files whose prompts must stay out of training, e.g. an evaluation split.
+        #[arg(long)]
+        exclude: Vec<PathBuf>,
     },
     /// Score prompts with the router model: one prompt as an argument, or JSON lines on stdin.
     Classify {
@@ -114,11 +120,98 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// Read a public source in its publisher's format and write it in the dataset format
+    /// (eval/dataset.schema.json), de-duplicated, minus prompts in --exclude files.
+    Import {
+        /// routellm-mmlu, routellm-gsm8k, llmrouter, math, gsm8k, legalbench, pubmedqa,
+        /// headlines, ifeval or handwritten.
+        #[arg(long)]
+        source: String,
+        /// The source's file or directory.
+        #[arg(long)]
+        input: PathBuf,
+        /// The dataset file to write (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset files whose prompts (normalised text) must not appear in this one, e.g. the
+        /// training split when writing an evaluation split.
+        #[arg(long)]
+        exclude: Vec<PathBuf>,
+    },
+    /// The router model against labelled prompts: accuracy, macro-F1, per-label precision and
+    /// recall, confusion, calibration, complexity correlation, latency.
+    Classify {
+        #[arg(long)]
+        data: PathBuf,
+        /// Keep only the sources this model folder held out of training (its metrics.json).
+        #[arg(long)]
+        held_out_of: Option<PathBuf>,
+        /// A model folder; default: the embedded model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Also write report.md, report.json and SVG plots here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Routing between a cheap and a strong model on recorded outcomes: the threshold sweep,
+    /// APGR, CPT, cost saved at 95% quality and AIQ, with every baseline.
+    Route {
+        #[arg(long)]
+        data: PathBuf,
+        /// Keep only the sources this model folder held out of training (its metrics.json).
+        #[arg(long)]
+        held_out_of: Option<PathBuf>,
+        /// The recorded model that stands for the cheap tier (default: from --config).
+        #[arg(long)]
+        cheap: Option<String>,
+        /// The recorded model that stands for the strong tier (default: from --config).
+        #[arg(long)]
+        strong: Option<String>,
+        /// A router config: the default and strong tiers' first targets name the models and prices.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// $ per million tokens in,out, for outcomes with token counts but no cost.
+        #[arg(long)]
+        cheap_price: Option<String>,
+        #[arg(long)]
+        strong_price: Option<String>,
+        /// Complexity threshold of the operating point to report (default: the config's).
+        #[arg(long)]
+        threshold: Option<f64>,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Random-routing seeds to average.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Two models side by side on the same data, with paired bootstrap intervals.
+    Compare {
+        #[arg(long)]
+        data: PathBuf,
+        /// A model folder, or "embedded".
+        a: String,
+        /// A model folder, or "embedded".
+        b: String,
+        /// With --strong, also compare APGR on the recorded outcomes.
+        #[arg(long)]
+        cheap: Option<String>,
+        #[arg(long)]
+        strong: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        resamples: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Replay recorded cheap-model answers through the cascade's checks (the server's own code)
     /// and compare with always-cheap, always-strong, the oracle and routing alone.
     Cascade {
         /// A RouteLLM responses CSV (prompt, a True/False column per model, <model>_response),
-        /// e.g. ../shared/data/routing-outcomes/routellm-gsm8k-half.csv
+        /// e.g. ../shared/data/routing-outcomes/routellm-gsm8k-half.csv, or a dataset .jsonl
+        /// whose outcomes carry answers.
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "mistralai/Mixtral-8x7B-Instruct-v0.1")]

@@ -99,6 +99,11 @@ pub struct RawServer {
     pub body_read_timeout: Option<HumanDuration>,
     /// Largest non-streaming answer accepted from an upstream, in bytes.
     pub max_upstream_response_bytes: Option<usize>,
+    /// A JSON-lines file to append one record per answered request to (the evaluation dataset
+    /// format). Off by default.
+    pub decision_log: Option<std::path::PathBuf>,
+    /// Also write each request's prompt text into the decision log. Off by default.
+    pub decision_log_prompts: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +390,8 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     pub body_read_timeout: Duration,
     pub max_upstream_response_bytes: usize,
+    pub decision_log: Option<std::path::PathBuf>,
+    pub decision_log_prompts: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1060,6 +1067,8 @@ impl RawConfig {
                     .server
                     .max_upstream_response_bytes
                     .unwrap_or(32 * 1024 * 1024),
+                decision_log: self.server.decision_log,
+                decision_log_prompts: self.server.decision_log_prompts.unwrap_or(false),
             },
             default_tier: self.routing.default_tier,
             routing,

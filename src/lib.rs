@@ -67,6 +67,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             epochs,
             seed,
             cap_per_source,
+            extra,
+            exclude,
         } => {
             let args = classifier::train::TrainArgs {
                 data,
@@ -78,6 +80,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 epochs,
                 seed,
                 cap_per_source,
+                extra,
+                exclude,
             };
             let m = tokio::task::spawn_blocking(move || classifier::train::run(&args)).await??;
             println!("{}", serde_json::to_string_pretty(&m)?);
@@ -144,8 +148,120 @@ fn parse_check(name: &str) -> anyhow::Result<config::Check> {
     })
 }
 
+fn model_arg(name: &str) -> anyhow::Result<classifier::Classifier> {
+    if name == "embedded" {
+        load_model(None)
+    } else {
+        load_model(Some(name.into()))
+    }
+}
+
+fn model_name(dir: &Option<std::path::PathBuf>) -> String {
+    dir.as_ref().map_or("the embedded model".into(), |d| {
+        format!("`{}`", d.display())
+    })
+}
+
 fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
+    use eval::commands;
     match what {
+        EvalCommand::Import {
+            source,
+            input,
+            out,
+            exclude,
+        } => eprint!("{}", commands::import_cmd(&source, &input, &out, &exclude)?),
+        EvalCommand::Classify {
+            data,
+            held_out_of,
+            model,
+            out,
+        } => {
+            let m = load_model(model.clone())?;
+            print!(
+                "{}",
+                commands::classify_cmd(
+                    &data,
+                    held_out_of.as_deref(),
+                    &m,
+                    &model_name(&model),
+                    out.as_deref()
+                )?
+            );
+        }
+        EvalCommand::Route {
+            data,
+            held_out_of,
+            cheap,
+            strong,
+            config,
+            cheap_price,
+            strong_price,
+            threshold,
+            model,
+            seeds,
+            out,
+        } => {
+            let price =
+                |flag: &str, v: Option<String>| v.map(|t| parse_price(flag, &t)).transpose();
+            let tm = commands::tier_models(
+                config.as_deref(),
+                cheap,
+                strong,
+                price("--cheap-price", cheap_price)?,
+                price("--strong-price", strong_price)?,
+                threshold,
+            )?;
+            let m = load_model(model.clone())?;
+            print!(
+                "{}",
+                commands::route_cmd(
+                    &data,
+                    held_out_of.as_deref(),
+                    &tm,
+                    &m,
+                    &model_name(&model),
+                    seeds,
+                    out.as_deref()
+                )?
+            );
+        }
+        EvalCommand::Compare {
+            data,
+            a,
+            b,
+            cheap,
+            strong,
+            resamples,
+            seed,
+            out,
+        } => {
+            let (ma, mb) = (model_arg(&a)?, model_arg(&b)?);
+            let tm = match (cheap, strong) {
+                (Some(c), Some(s)) => Some(commands::tier_models(
+                    None,
+                    Some(c),
+                    Some(s),
+                    None,
+                    None,
+                    None,
+                )?),
+                (None, None) => None,
+                _ => anyhow::bail!("--cheap and --strong go together"),
+            };
+            print!(
+                "{}",
+                commands::compare_cmd(
+                    &data,
+                    (&a, &ma),
+                    (&b, &mb),
+                    tm.as_ref(),
+                    resamples,
+                    seed,
+                    out.as_deref()
+                )?
+            );
+        }
         EvalCommand::Cascade {
             data,
             cheap_model,
@@ -161,25 +277,24 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|c| parse_check(c))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let rows = eval::data::read_routellm_answers(&data, &cheap_model, &strong_model)?;
+            let rows = if data.extension().is_some_and(|e| e == "jsonl") {
+                let records = eval::dataset::read(&data)?;
+                eval::data::answer_pairs(&records, &cheap_model, &strong_model)
+            } else {
+                eval::data::read_routellm_answers(&data, &cheap_model, &strong_model)?
+            };
+            if rows.is_empty() {
+                anyhow::bail!(
+                    "{}: no prompt has answers from both {cheap_model:?} and {strong_model:?}",
+                    data.display()
+                );
+            }
             let cfg = config::cascade_for_eval(checks);
             let report = eval::cascade::evaluate(&rows, &cfg, cheap, strong);
             let md = report.markdown(&data.display().to_string());
             print!("{md}");
             if let Some(dir) = out {
-                let write = |name: &str, text: String| {
-                    let p = dir.join(name);
-                    std::fs::write(&p, text).map_err(|e| eval::EvalError::Write {
-                        path: p.display().to_string(),
-                        message: e.to_string(),
-                    })
-                };
-                std::fs::create_dir_all(&dir).map_err(|e| eval::EvalError::Write {
-                    path: dir.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                write("report.md", md)?;
-                write("report.json", serde_json::to_string_pretty(&report)?)?;
+                eval::commands::write_report(&dir, &md, &serde_json::to_value(&report)?)?;
             }
         }
     }

@@ -49,7 +49,20 @@ pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningSer
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let classifier = load_classifier(&config.routing.classifier)?;
-    let state = Arc::new(AppState::new(Arc::new(config), metrics, classifier)?);
+    let log = match &config.server.decision_log {
+        Some(path) => Some(
+            crate::api::decision_log::DecisionLog::open(path, config.server.decision_log_prompts)
+                .map_err(|e| {
+                anyhow::anyhow!("server.decision_log: cannot open {}: {e}", path.display())
+            })?,
+        ),
+        None => None,
+    };
+    let mut state = AppState::new(Arc::new(config), metrics, classifier)?;
+    if let Some(log) = log {
+        state = state.with_decision_log(log);
+    }
+    let state = Arc::new(state);
     let router = app(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     // Without TCP_NODELAY, the small last writes of a stream wait for the client's delayed ACK

@@ -1,6 +1,7 @@
 //! The HTTP surface: OpenAI-compatible handlers, the decision headers, health and metrics.
 //! Nothing below `api/` knows about axum.
 
+pub mod decision_log;
 pub mod request;
 pub mod sse;
 
@@ -54,6 +55,7 @@ pub struct AppState {
     models: Bytes,
     next_id: AtomicU64,
     id_prefix: String,
+    pub decision_log: Option<decision_log::DecisionLog>,
 }
 
 impl AppState {
@@ -76,7 +78,14 @@ impl AppState {
             models,
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:08x}", fastrand::u32(..)),
+            decision_log: None,
         })
+    }
+
+    /// Records every answered request in `log`.
+    pub fn with_decision_log(mut self, log: decision_log::DecisionLog) -> AppState {
+        self.decision_log = Some(log);
+        self
     }
 }
 
@@ -232,9 +241,55 @@ struct Decision {
     rule: Option<String>,
     scores: Option<(String, String, f32)>,
     policy: Option<String>,
+    /// What the decision log records of the prompt: its size, and its text when enabled.
+    prompt_chars: Option<usize>,
+    prompt: Option<String>,
 }
 
 impl Decision {
+    /// The decision log's record of an answered request (`eval/dataset.schema.json`).
+    fn record(
+        &self,
+        target: &TargetRuntime,
+        stream: bool,
+        latency: Duration,
+        overhead: Duration,
+    ) -> crate::eval::dataset::Record {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut outcomes = std::collections::BTreeMap::new();
+        outcomes.insert(
+            target.cfg.model.clone(),
+            crate::eval::dataset::Outcome {
+                cost_usd: self.cost_usd,
+                latency_ms: Some(ms(latency)),
+                ..Default::default()
+            },
+        );
+        let (intent, domain, complexity) = match &self.scores {
+            Some((i, d, c)) => (Some(i.clone()), Some(d.clone()), Some(*c)),
+            None => (None, None, None),
+        };
+        crate::eval::dataset::Record {
+            id: Some(self.request_id.clone()),
+            source: Some("switchyard/decision-log".into()),
+            prompt: self.prompt.clone(),
+            outcomes,
+            decision: Some(json!({
+                "unix_ms": unix_ms,
+                "tier": self.tier, "target": self.target, "reason": self.reason,
+                "rule": self.rule, "policy": self.policy,
+                "scores": {"intent": intent, "domain": domain, "complexity": complexity},
+                "features": {"prompt_chars": self.prompt_chars},
+                "cascade": self.cascade, "stream": stream,
+                "latency_ms": ms(latency), "overhead_ms": ms(overhead), "cost_usd": self.cost_usd,
+            })),
+            ..Default::default()
+        }
+    }
+
     fn headers(&self, trace: &Trace, overhead: Duration) -> HeaderMap {
         let mut h = HeaderMap::new();
         let mut put = |name: &'static str, v: HeaderValue| {
@@ -308,6 +363,8 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
         rule: None,
         scores: None,
         policy: None,
+        prompt_chars: None,
+        prompt: None,
     };
     let trace = Trace::default();
     let result = handle_chat(&s, req, start, &trace, &mut decision).await;
@@ -348,6 +405,12 @@ async fn handle_chat(
     };
     let chat = ChatRequest::parse(&bytes).map_err(|e| (e, false))?;
     let stream = chat.stream;
+    if let Some(log) = &s.decision_log {
+        let messages = chat.body.get("messages").and_then(|m| m.as_array());
+        let text = crate::classifier::prompt_text(messages.map_or(&[][..], Vec::as_slice));
+        decision.prompt_chars = Some(text.chars().count());
+        decision.prompt = log.prompts.then_some(text);
+    }
     let (mut plan, reason) = routing::plan(&s.config, &chat.model).map_err(|e| (e, stream))?;
     decision.reason = reason.as_str();
     if let routing::Reason::Router { threshold } = reason {
@@ -537,6 +600,9 @@ fn answered(
         .observe(first_byte.duration_since(start).as_secs_f64());
     let oh = overhead(start, trace, Some(at));
     s.metrics.overhead.observe(oh.as_secs_f64());
+    if let Some(log) = &s.decision_log {
+        log.record(&decision.record(target, stream, first_byte.duration_since(start), oh));
+    }
     (decision.headers(trace, oh), tier_labels)
 }
 

@@ -50,6 +50,11 @@ pub struct TrainArgs {
     pub epochs: usize,
     pub seed: u64,
     pub cap_per_source: usize,
+    /// Dataset files (`eval/dataset.schema.json`) whose labelled prompts join the training data.
+    pub extra: Vec<PathBuf>,
+    /// Dataset files whose prompts (normalised text) are kept out of training and validation,
+    /// e.g. an evaluation split.
+    pub exclude: Vec<PathBuf>,
 }
 
 fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -597,7 +602,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         args.data.display(),
         args.handwritten.display()
     );
-    let all = datasets::read_all(&args.data, &args.handwritten, args.cap_per_source)?;
+    let mut all = datasets::read_all(&args.data, &args.handwritten, args.cap_per_source)?;
+    for f in &args.extra {
+        let records = crate::eval::dataset::read(f)?;
+        eprintln!("{} labelled prompts from {}", records.len(), f.display());
+        all.extend(records.iter().map(crate::eval::import::to_example));
+    }
+    if !args.exclude.is_empty() {
+        let excluded = crate::eval::import::prompt_set(&args.exclude)?;
+        let before = all.len();
+        all.retain(|e| !excluded.contains(&crate::eval::dataset::normalise(&e.prompt)));
+        eprintln!(
+            "{} prompts left out: they are in the --exclude files",
+            before - all.len()
+        );
+    }
     let (mut train, val): (Vec<Example>, Vec<Example>) = all
         .into_iter()
         .partition(|e| !is_validation(&e.source, args.seed));

@@ -94,6 +94,28 @@ pub fn read_routellm_answers(
     Ok(out)
 }
 
+/// The same pairs from dataset records (`eval/dataset.schema.json`) whose outcomes for both
+/// models carry an `answer`; a quality of 0.5 or more counts as correct.
+pub fn answer_pairs(
+    records: &[super::dataset::Record],
+    cheap: &str,
+    strong: &str,
+) -> Vec<AnswerPair> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let (c, s) = (r.outcomes.get(cheap)?, r.outcomes.get(strong)?);
+            Some(AnswerPair {
+                prompt: r.text(),
+                cheap_answer: c.answer.clone()?,
+                cheap_correct: c.quality? >= 0.5,
+                strong_answer: s.answer.clone()?,
+                strong_correct: s.quality? >= 0.5,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,15 @@
 //! Offline evaluation: replaying recorded outcomes through the very code the server runs.
 
 pub mod cascade;
+pub mod classify;
+pub mod commands;
 pub mod data;
+pub mod dataset;
 pub mod datasets;
+pub mod import;
 pub mod metrics;
+pub mod plot;
+pub mod route;
 
 /// An error in an input file, naming the file, the line and the field.
 #[derive(Debug, thiserror::Error)]

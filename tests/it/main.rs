@@ -6,6 +6,7 @@
 mod cascade;
 mod chaos;
 mod classifier;
+mod eval;
 mod gateway;
 mod harness;
 mod hostile;

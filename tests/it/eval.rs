@@ -1,0 +1,280 @@
+//! The eval harness through the binary, on small hand-written datasets, and the server's
+//! decision log read back through the same dataset reader.
+
+use serde_json::{json, Value};
+
+use crate::harness::{chat_body, providers, router, sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("switchyard-eval-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The four prompts of the metrics' hand-worked example, with prices per prompt.
+fn four_prompts(dir: &std::path::Path) -> std::path::PathBuf {
+    let rows = [
+        (
+            "Say hello to my team for me, please, and thank them.",
+            1.0,
+            1.0,
+        ),
+        ("Thanks!", 1.0, 0.0),
+        (
+            "Prove that there are infinitely many primes p with p ≡ 3 (mod 4), in full detail.",
+            0.0,
+            1.0,
+        ),
+        (
+            "Derive the closed form of the sum of k^3 for k = 1..n and prove it by induction.",
+            0.0,
+            1.0,
+        ),
+    ];
+    let text: String = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (p, w, s))| {
+            json!({"id": format!("t/{i}"), "prompt": p, "outcomes": {
+                "small": {"quality": w, "cost_usd": 0.001},
+                "big": {"quality": s, "cost_usd": 0.01}}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let p = dir.join("four.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn route_reports_the_hand_computed_baselines() {
+    let dir = tmpdir("route");
+    let data = four_prompts(&dir);
+    let out = dir.join("report");
+    let (ok, md, err) = run(&[
+        "eval",
+        "route",
+        "--data",
+        data.to_str().unwrap(),
+        "--cheap",
+        "small",
+        "--strong",
+        "big",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(md.contains("| always-cheap | 50.0% | 0.0% |"), "{md}");
+    assert!(md.contains("| always-strong | 75.0% | 100.0% |"), "{md}");
+    // Oracle: strong on the two proofs only → 100% at half the prompts.
+    assert!(md.contains("| oracle | 100.0% | 50.0% |"), "{md}");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> = j["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[..2], ["router (complexity)", "prompt length"]);
+    assert!(names[2].starts_with("random"));
+    // Prompt length sends the two long proofs first: the best possible order here, APGR 1.375.
+    let length_apgr = j["strategies"][1]["apgr"].as_f64().unwrap();
+    assert!((length_apgr - 1.375).abs() < 1e-9, "{length_apgr}");
+    let svg = std::fs::read_to_string(out.join("cost_quality.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("prompt length"));
+}
+
+#[test]
+fn classify_reports_heads_calibration_and_plots() {
+    let dir = tmpdir("classify");
+    let data = dir.join("labelled.jsonl");
+    let rows = [
+        json!({"prompt": "Write a Python function that reverses a linked list.", "intent": "coding", "domain": "general"}),
+        json!({"prompt": "Solve for x: 3x + 7 = 22.", "intent": "math", "domain": "general", "difficulty": 1}),
+        json!({"prompt": "Find all real solutions of x^4 - 5x^2 + 4 = 0 and prove there are no others.", "intent": "math", "difficulty": 4}),
+        json!({"prompt": "Is a non-compete clause enforceable in California?", "domain": "legal", "difficulty": 3}),
+        json!({"messages": [{"role": "user", "content": "hey, how are you doing today?"}], "intent": "chat"}),
+    ];
+    std::fs::write(
+        &data,
+        rows.iter()
+            .map(|r| r.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = dir.join("report");
+    let (ok, md, err) = run(&[
+        "eval",
+        "classify",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        md.contains("## intent head") && md.contains("## domain head"),
+        "{md}"
+    );
+    assert!(md.contains("| difficulty | 3 |"), "{md}");
+    for f in [
+        "report.md",
+        "report.json",
+        "confusion_intent.svg",
+        "confusion_domain.svg",
+        "calibration.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(j["heads"][0]["n"], 4);
+    assert!(j["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn malformed_data_names_file_line_and_field() {
+    let dir = tmpdir("bad");
+    let data = dir.join("bad.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"ok\"}\n{\"prompt\": \"x\", \"outcomes\": {\"m\": {\"quality\": \"good\"}}}\n").unwrap();
+    let (ok, _, err) = run(&[
+        "eval",
+        "route",
+        "--data",
+        data.to_str().unwrap(),
+        "--cheap",
+        "m",
+        "--strong",
+        "n",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.jsonl:2:") && err.contains("outcomes.m.quality"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "eval", "import", "--source", "nope", "--input", ".", "--out", "x.jsonl",
+    ]);
+    assert!(!ok && err.contains("unknown source"), "{err}");
+}
+
+#[test]
+fn import_dedupes_and_excludes_another_split() {
+    let dir = tmpdir("import");
+    let src = dir.join("gsm8k.jsonl");
+    std::fs::write(
+        &src,
+        "{\"question\": \"Tom has 3 apples. How many?\"}\n{\"question\": \"tom has 3 apples, how many\"}\n{\"question\": \"Ann runs 5 km a day. How far in a week?\"}\n{\"question\": \"A train leaves at 3pm.\"}\n",
+    )
+    .unwrap();
+    let held = dir.join("held.jsonl");
+    std::fs::write(&held, "{\"prompt\": \"A train leaves at 3PM!\"}\n").unwrap();
+    let out = dir.join("out.jsonl");
+    let (ok, _, err) = run(&[
+        "eval",
+        "import",
+        "--source",
+        "gsm8k",
+        "--input",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--exclude",
+        held.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("dropped 1 also in --exclude files and 1 duplicates"),
+        "{err}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["intent"], "math");
+    assert_eq!(lines[0]["source"], "gsm8k");
+}
+
+#[test]
+fn compare_gives_a_paired_interval() {
+    let dir = tmpdir("compare");
+    let data = four_prompts(&dir);
+    let (ok, md, err) = run(&[
+        "eval",
+        "compare",
+        "--data",
+        data.to_str().unwrap(),
+        "embedded",
+        "embedded",
+        "--cheap",
+        "small",
+        "--strong",
+        "big",
+        "--resamples",
+        "50",
+    ]);
+    assert!(ok, "{err}");
+    // The same model on both sides: no difference, and an interval of exactly zero.
+    assert!(md.contains("| +0.000 | [+0.000, +0.000] |"), "{md}");
+}
+
+#[tokio::test]
+async fn decision_log_records_answers_in_the_dataset_format() {
+    let dir = tmpdir("log");
+    for prompts in [false, true] {
+        let log = dir.join(format!("decisions-{prompts}.jsonl"));
+        let up = sim("up").await;
+        let h = router(&format!(
+            "[server]\ndecision_log = {log:?}\ndecision_log_prompts = {prompts}\n[routing]\ndefault_tier = \"cheap\"\nstrong_tier = \"strong\"\n{}\n[tiers.cheap]\ntargets = [{{ provider = \"up\", model = \"small\" }}]\n[tiers.strong]\ntargets = [{{ provider = \"up\", model = \"big\" }}]\n",
+            providers(&[("up", up.base_url())])
+        ))
+        .await;
+        let r = h.post(&chat_body("switchyard")).await;
+        assert_eq!(r.status, 200);
+        let id = r.header("x-switchyard-request-id");
+        let mut records = Vec::new();
+        for _ in 0..200 {
+            if let Ok(rs) = switchyard::eval::dataset::read(&log) {
+                if !rs.is_empty() {
+                    records = rs;
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(records.len(), 1, "no record in {}", log.display());
+        let rec = &records[0];
+        assert_eq!(rec.id.as_deref(), Some(id.as_str()));
+        assert_eq!(rec.prompt.is_some(), prompts);
+        let d = rec.decision.as_ref().unwrap();
+        assert_eq!(d["reason"], "classifier");
+        assert!(d["scores"]["complexity"].as_f64().is_some());
+        assert_eq!(d["tier"], r.header("x-switchyard-tier").as_str());
+        assert!(rec.outcomes.values().all(|o| o.latency_ms.is_some()));
+        if prompts {
+            assert_eq!(
+                rec.prompt.as_deref(),
+                Some("What is the capital of France?")
+            );
+        } else {
+            let raw = std::fs::read_to_string(&log).unwrap();
+            assert!(!raw.contains("capital of France"), "{raw}");
+        }
+    }
+}
