@@ -761,3 +761,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tier_tests {
+    use super::*;
+
+    #[test]
+    fn tiers_map_to_models_from_the_config_or_flags() {
+        let dir = std::env::temp_dir().join(format!("switchyard-tiers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("r.toml");
+        std::fs::write(
+            &cfg,
+            r#"
+[routing]
+default_tier = "cheap"
+strong_tier = "big"
+complexity_threshold = 0.4
+[providers.p]
+base_url = "http://127.0.0.1:1/v1"
+api_key_env = "SOME_KEY_NOBODY_SET"
+[tiers.cheap]
+targets = [{ provider = "p", model = "small-a", price = { input = 0.5, output = 1.5 } }, { provider = "p", model = "small-b" }]
+[tiers.big]
+targets = [{ provider = "p", model = "large" }]
+"#,
+        )
+        .unwrap();
+        let tm = tier_models(Some(&cfg), None, None, None, None, None).unwrap();
+        assert_eq!(
+            (tm.cheap.as_str(), tm.strong.as_str(), tm.threshold),
+            ("small-a", "large", 0.4)
+        );
+        assert_eq!(
+            tm.cheap_price.map(|p| (p.input, p.output)),
+            Some((0.5, 1.5))
+        );
+        assert!(tm.strong_price.is_none());
+        // Flags win over the config.
+        let tm = tier_models(
+            Some(&cfg),
+            None,
+            Some("other".into()),
+            None,
+            None,
+            Some(0.7),
+        )
+        .unwrap();
+        assert_eq!((tm.strong.as_str(), tm.threshold), ("other", 0.7));
+        let e = tier_models(None, Some("a".into()), None, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--strong"), "{e}");
+    }
+}
