@@ -42,9 +42,17 @@ pub enum Command {
         /// The project's hand-written examples.
         #[arg(long, default_value = "training-data")]
         training_data: PathBuf,
-        /// A local sentence-encoder directory (all-MiniLM-L6-v2; scripts/fetch-encoder gets it).
+        /// The sentence encoder: a local directory (all-MiniLM-L6-v2; scripts/fetch-encoder gets
+        /// it), or a Hugging Face name (from its cache, or downloaded when online).
         #[arg(long, default_value = "target/encoders/all-minilm-l6-v2")]
         encoder: PathBuf,
+        /// static: distil the encoder into token embeddings (microseconds per prompt; the
+        /// default model). encoder: run the whole encoder per prompt (milliseconds).
+        #[arg(long, value_enum, default_value = "static")]
+        backbone: Backbone,
+        /// A Markdown report to include in the model card, e.g. `eval compare` of the backbones.
+        #[arg(long)]
+        compare_report: Option<PathBuf>,
         #[arg(long, default_value = "models/router")]
         out: PathBuf,
         /// Dimension of the static token embeddings.
@@ -116,6 +124,12 @@ pub enum Command {
         #[arg(long, default_value_t = 12)]
         words: usize,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backbone {
+    Static,
+    Encoder,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +204,9 @@ pub enum EvalCommand {
     Compare {
         #[arg(long)]
         data: PathBuf,
+        /// Keep only the sources this model folder held out of training (its metrics.json).
+        #[arg(long)]
+        held_out_of: Option<PathBuf>,
         /// A model folder, or "embedded".
         a: String,
         /// A model folder, or "embedded".

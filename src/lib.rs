@@ -69,6 +69,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             cap_per_source,
             extra,
             exclude,
+            backbone,
+            compare_report,
         } => {
             let args = classifier::train::TrainArgs {
                 data,
@@ -82,6 +84,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 cap_per_source,
                 extra,
                 exclude,
+                encoder_backbone: backbone == cli::Backbone::Encoder,
+                compare_report,
             };
             let m = tokio::task::spawn_blocking(move || classifier::train::run(&args)).await??;
             println!("{}", serde_json::to_string_pretty(&m)?);
@@ -228,6 +232,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
         }
         EvalCommand::Compare {
             data,
+            held_out_of,
             a,
             b,
             cheap,
@@ -253,6 +258,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 "{}",
                 commands::compare_cmd(
                     &data,
+                    held_out_of.as_deref(),
                     (&a, &ma),
                     (&b, &mb),
                     tm.as_ref(),

