@@ -50,9 +50,9 @@ pub enum Command {
         /// default model). encoder: run the whole encoder per prompt (milliseconds).
         #[arg(long, value_enum, default_value = "static")]
         backbone: Backbone,
-        /// A Markdown report to include in the model card, e.g. `eval compare` of the backbones.
+        /// Markdown reports to include in the model card, e.g. `eval compare` of the backbones.
         #[arg(long)]
-        compare_report: Option<PathBuf>,
+        compare_report: Vec<PathBuf>,
         #[arg(long, default_value = "models/router")]
         out: PathBuf,
         /// Dimension of the static token embeddings.

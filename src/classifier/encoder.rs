@@ -226,6 +226,91 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::{Init, VarMap};
+
+    /// A two-layer, 8-dimensional BERT with random weights and an 11-token vocabulary, saved as
+    /// a real encoder directory, and a model folder whose heads read it.
+    fn tiny(root: &Path) -> PathBuf {
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "prove", "the", "theorem", ",",
+            ".",
+        ];
+        let enc = root.join("enc");
+        let model = root.join("model");
+        std::fs::create_dir_all(&enc).unwrap();
+        std::fs::create_dir_all(&model).unwrap();
+        let vocab = words.join("\n") + "\n";
+        std::fs::write(enc.join("vocab.txt"), &vocab).unwrap();
+        std::fs::write(model.join("vocab.txt"), &vocab).unwrap();
+        let config = serde_json::json!({"vocab_size": words.len(), "hidden_size": 8, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 16, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+            "max_position_embeddings": 32, "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+            "pad_token_id": 0, "position_embedding_type": "absolute", "model_type": "bert"});
+        std::fs::write(enc.join("config.json"), config.to_string()).unwrap();
+        let cfg: Config = serde_json::from_value(config).unwrap();
+        let vm = VarMap::new();
+        BertModel::load(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        vm.save(enc.join("model.safetensors")).unwrap();
+        let heads = VarMap::new();
+        let vb = VarBuilder::from_varmap(&heads, DType::F32, &Device::Cpu);
+        let inputs = 8 + super::super::EXTRA_FEATURES;
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.3,
+        };
+        for (name, out) in [("intent", 3), ("domain", 2), ("complexity", 1)] {
+            vb.get_with_hints((4, inputs), &format!("{name}.w1"), init)
+                .unwrap();
+            vb.get_with_hints(4, &format!("{name}.b1"), init).unwrap();
+            vb.get_with_hints((out, 4), &format!("{name}.w2"), init)
+                .unwrap();
+            vb.get_with_hints(out, &format!("{name}.b2"), init).unwrap();
+        }
+        heads.save(model.join("model.safetensors")).unwrap();
+        let mc = serde_json::json!({"format": 1, "dim": 8, "hidden": 4, "head_tokens": 6, "tail_tokens": 2,
+            "intent_labels": ["chat", "math", "coding"], "domain_labels": ["general", "legal"],
+            "encoder": "a tiny random BERT", "backbone_encoder": "../enc"});
+        std::fs::write(model.join("config.json"), mc.to_string()).unwrap();
+        model
+    }
+
+    #[test]
+    fn a_tiny_encoder_backbone_loads_pools_and_classifies() {
+        let root =
+            std::env::temp_dir().join(format!("switchyard-tiny-bert-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = tiny(&root);
+        let c = super::super::Classifier::load(&dir).unwrap();
+        assert!(!c.is_static());
+        let s = c.classify("Hello, world. Prove the theorem.");
+        let total: f32 = s.intent_scores.iter().map(|x| x.1).sum();
+        assert!(
+            (total - 1.0).abs() < 1e-4 && s.complexity.is_finite(),
+            "{s:?}"
+        );
+        // Mean pooling ignores padding: a prompt's vector is the same alone and beside a longer one.
+        let enc = c.encoder().unwrap();
+        let short = c.tokens("hello world");
+        let long = c.tokens("prove the theorem , hello world .");
+        let alone = enc.embed(&[&short]).unwrap();
+        let batched = enc.embed(&[&short, &long]).unwrap();
+        for (a, b) in alone[0].iter().zip(&batched[0]) {
+            assert!((a - b).abs() < 1e-5, "{:?} vs {:?}", alone[0], batched[0]);
+        }
+        let norm: f32 = batched[1].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        // Head + tail cap: a long prompt is cut to max_tokens (6 + 2 + [CLS] [SEP]).
+        assert_eq!(enc.max_tokens, 10);
+        // A model whose dim disagrees with the encoder is refused, naming config.json.
+        let cfg = std::fs::read_to_string(dir.join("config.json"))
+            .unwrap()
+            .replace("\"dim\":8", "\"dim\":16");
+        std::fs::write(dir.join("config.json"), cfg).unwrap();
+        let e = super::super::Classifier::load(&dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
+    }
 
     #[test]
     fn resolve_finds_a_directory_then_the_cache_layout() {

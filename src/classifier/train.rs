@@ -57,8 +57,8 @@ pub struct TrainArgs {
     pub exclude: Vec<PathBuf>,
     /// Run the whole encoder per prompt instead of distilling it into static embeddings.
     pub encoder_backbone: bool,
-    /// A Markdown report (e.g. `eval compare` of the two backbones) to include in the model card.
-    pub compare_report: Option<PathBuf>,
+    /// Markdown reports (e.g. `eval compare` of the two backbones) to include in the model card.
+    pub compare_report: Vec<PathBuf>,
 }
 
 fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -731,12 +731,15 @@ fn finish(
     val: &[Example],
     val_sources: Vec<String>,
 ) -> anyhow::Result<Metrics> {
-    let compare = match &args.compare_report {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
-        }
-        None => None,
-    };
+    let compare = args
+        .compare_report
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|text| (p.display().to_string(), text))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let model = Classifier::load(&args.out)?;
     let mmlu = datasets::read_mmlu_outcomes(
         &args.data.join("routing-outcomes/routellm-mmlu"),
@@ -768,7 +771,7 @@ fn finish(
     )?;
     std::fs::write(
         args.out.join("README.md"),
-        model_card(args, config, vocab_size, &metrics, compare.as_deref()),
+        model_card(args, config, vocab_size, &metrics, &compare),
     )?;
     let mut manifest = String::new();
     for f in [
@@ -866,7 +869,7 @@ pub fn model_card(
     config: &ModelConfig,
     vocab_size: usize,
     m: &Metrics,
-    compare: Option<&str>,
+    compare: &[(String, String)],
 ) -> String {
     let mut s = String::new();
     s.push_str("# switchyard router model\n\n");
@@ -924,7 +927,7 @@ pub fn model_card(
             args.encoder.display()
         ));
     }
-    if let Some(r) = &args.compare_report {
+    for r in &args.compare_report {
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
@@ -972,14 +975,15 @@ a hand-written group) are held out for validation, about one in five by a hash o
             r.apgr_random
         ));
     }
-    if let Some(report) = compare {
+    if !compare.is_empty() {
         s.push_str("## Static embeddings against the full encoder\n\n");
-        s.push_str(&format!(
-            "From `{}` (regenerate it with the command in its first lines):\n\n",
-            args.compare_report
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        ));
+        s.push_str("Made by `scripts/eval-reports --with-encoder`. The full-encoder model is `switchyard train --backbone encoder \
+            --cap-per-source 150` (encoding every prompt takes about 7 minutes on 2 cores, so it reads at most 150 prompts per \
+            source); the first comparison pits it against static embeddings trained on the same prompts, the second against \
+            this model. Both score the prompts of the sources this model held out; B − A comes with a paired bootstrap interval.\n\n");
+    }
+    for (path, report) in compare {
+        s.push_str(&format!("From `{path}`:\n\n"));
         // The report's own title is dropped; its body is quoted as it is.
         for line in report
             .lines()
