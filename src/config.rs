@@ -95,6 +95,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     /// Requests handled at once; more are shed with 429.
     pub max_concurrency: Option<usize>,
+    /// How long a client may take to send its request headers (the connection is closed after).
+    pub header_read_timeout: Option<HumanDuration>,
     /// How long a client may take to send its request body (408 after).
     pub body_read_timeout: Option<HumanDuration>,
     /// Largest non-streaming answer accepted from an upstream, in bytes.
@@ -388,6 +390,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub max_concurrency: usize,
+    pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_upstream_response_bytes: usize,
     pub decision_log: Option<std::path::PathBuf>,
@@ -1054,11 +1057,26 @@ impl RawConfig {
             ));
         }
         let routing = routing_of(&self.routing, &tiers)?;
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                &self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", &self.server.body_read_timeout),
+        ] {
+            if d.as_ref().is_some_and(|d| d.0.is_zero()) {
+                return Err(err(key, "must be greater than zero"));
+            }
+        }
         Ok(Config {
             server: ServerConfig {
                 listen,
                 max_body_bytes,
                 max_concurrency,
+                header_read_timeout: self
+                    .server
+                    .header_read_timeout
+                    .map_or(Duration::from_secs(10), |d| d.0),
                 body_read_timeout: self
                     .server
                     .body_read_timeout

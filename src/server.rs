@@ -65,26 +65,67 @@ pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningSer
     let state = Arc::new(state);
     let router = app(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    // Without TCP_NODELAY, the small last writes of a stream wait for the client's delayed ACK
-    // (about 40 ms on Linux) under Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let header_timeout = state.config.server.header_read_timeout;
+    let task = tokio::spawn(serve(listener, router, header_timeout, stopped));
     Ok(RunningServer {
         addr,
         state,
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// Accepts connections until `stopped`, then lets every open connection finish its requests.
+///
+/// hyper directly rather than `axum::serve`, for two settings that one does not expose: a
+/// deadline for a client to send its request headers (slow-header clients hold a connection and
+/// a task each), and TCP_NODELAY (without it, a stream's small last writes wait for the client's
+/// delayed ACK, about 40 ms on Linux).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: std::time::Duration,
+    mut stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+                let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut stopped => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The model the config asks for: the embedded one (if the binary has it), a folder, or none.

@@ -141,3 +141,45 @@ async fn long_multibyte_prompts_are_routed_not_crashed() {
         assert_eq!(r.header("x-switchyard-decision"), "classifier");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    // Slowloris: a connection that sends headers a byte at a time, or stops halfway, must not
+    // hold a connection and a task for ever.
+    let (h, a) = setup("header_read_timeout = \"300ms\"").await;
+    let mut s = tokio::net::TcpStream::connect(h.router.addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: a")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    // The server closes the connection (hyper sends no response here): EOF or a reset.
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("the server kept a half-sent request open");
+    if let Ok(n) = read {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(a.calls(), 0);
+    // A prompt client on another connection is unaffected.
+    assert_eq!(h.post(&chat_body("switchyard/cheap")).await.status, 200);
+}
+
+#[test]
+fn zero_read_timeouts_are_config_errors() {
+    for key in ["header_read_timeout", "body_read_timeout"] {
+        let toml = format!(
+            "[server]\n{key} = \"0s\"\n[routing]\ndefault_tier = \"t\"\n[providers.p]\nbase_url = \"http://127.0.0.1:1/v1\"\n[tiers.t]\ntargets = [{{ provider = \"p\", model = \"m\" }}]\n"
+        );
+        let e = switchyard::config::Config::from_toml(&toml, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("server.{key}")), "{e}");
+    }
+}
