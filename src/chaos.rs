@@ -27,12 +27,9 @@ pub struct Upstreams {
     dead_url: String,
 }
 
-fn faulty(model: &str, seed: u64, share: f64) -> SimSpec {
-    let mut s = SimSpec::new(model);
-    s.seed = seed;
-    s.words = 8;
-    s.chunk_delay = Duration::from_millis(2);
-    let kinds = [
+/// Every kind of fault the faulty upstreams inject.
+fn fault_kinds() -> Vec<Fault> {
+    vec![
         Fault::Status {
             code: 500,
             retry_after: None,
@@ -58,7 +55,15 @@ fn faulty(model: &str, seed: u64, share: f64) -> SimSpec {
         Fault::TruncatedStream,
         Fault::AbortStream,
         Fault::ErrorEvent,
-    ];
+    ]
+}
+
+fn faulty(model: &str, seed: u64, share: f64) -> SimSpec {
+    let mut s = SimSpec::new(model);
+    s.seed = seed;
+    s.words = 8;
+    s.chunk_delay = Duration::from_millis(2);
+    let kinds = fault_kinds();
     let each = share / kinds.len() as f64;
     s.random_faults = kinds.into_iter().map(|f| (each, f)).collect();
     s
@@ -85,6 +90,13 @@ impl Upstreams {
         let mut sims = Vec::new();
         for (name, spec) in specs {
             sims.push((name.to_string(), SimServer::start(spec).await?));
+        }
+        // Random faults alone can miss a rare kind in a short run (the breakers keep load off
+        // the faulty targets): the first calls to faulty-d, the reasoning tier's first target,
+        // get one of each kind, in order. (faulty-a is left to random faults, so its breaker
+        // can be seen to recover.)
+        if let Some((_, d)) = sims.iter().find(|(n, _)| n == "faulty-d") {
+            d.script(fault_kinds());
         }
         Ok(Upstreams { sims, dead_url })
     }
