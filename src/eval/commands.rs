@@ -74,6 +74,22 @@ pub fn keep_held_out(records: &mut Vec<Record>, model_dir: &Path) -> Result<(), 
     Ok(())
 }
 
+/// The records of a dataset file, only those of the sources `held_out` names if given.
+fn read_records(data: &Path, held_out: Option<&Path>) -> Result<Vec<Record>, EvalError> {
+    let mut records = dataset::read(data)?;
+    if let Some(dir) = held_out {
+        keep_held_out(&mut records, dir)?;
+    }
+    Ok(records)
+}
+
+/// The same, less decision-log records written without their prompt (nothing to classify).
+fn records_with_text(data: &Path, held_out: Option<&Path>) -> Result<Vec<Record>, EvalError> {
+    let mut records = read_records(data, held_out)?;
+    records.retain(|r| !r.text().trim().is_empty());
+    Ok(records)
+}
+
 /// How a report names its data: the file, and the model whose held-out sources were kept.
 fn data_label(data: &Path, held_out: Option<&Path>) -> String {
     match held_out {
@@ -218,12 +234,7 @@ pub fn classify_cmd(
     model_name: &str,
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
-    let mut records = dataset::read(data)?;
-    if let Some(dir) = held_out {
-        keep_held_out(&mut records, dir)?;
-    }
-    // Decision-log records written without their prompt have nothing to classify.
-    records.retain(|r| !r.text().trim().is_empty());
+    let records = records_with_text(data, held_out)?;
     let report = classify::evaluate(model, &records, &bar(records.len(), "classifying"));
     let what = data_label(data, held_out);
     let md = classify_report_md(&what, model_name, &report);
@@ -508,10 +519,7 @@ pub fn route_cmd(
     seeds: u64,
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
-    let mut records = dataset::read(data)?;
-    if let Some(dir) = held_out {
-        keep_held_out(&mut records, dir)?;
-    }
+    let records = read_records(data, held_out)?;
     let run = route_run(&records, tm, model, seeds);
     if run.pairs.is_empty() {
         return Err(EvalError::File {
@@ -601,11 +609,7 @@ pub fn compare_cmd(
     seed: u64,
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
-    let mut records = dataset::read(data)?;
-    if let Some(dir) = held_out {
-        keep_held_out(&mut records, dir)?;
-    }
-    records.retain(|r| !r.text().trim().is_empty());
+    let records = records_with_text(data, held_out)?;
     let texts: Vec<String> = records.iter().map(Record::text).collect();
     let pb = bar(texts.len() * 2, "scoring with both models");
     // Scores, and each prompt's classification time in microseconds, sorted.
