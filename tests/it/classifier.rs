@@ -218,18 +218,14 @@ async fn calibrate_finds_the_threshold_for_a_strong_share() {
     )
     .unwrap();
     std::fs::write(&path, prompts).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["calibrate", "--strong-share", "0.25", "--prompts"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let (ok, text, err) = crate::harness::run_switchyard(&[
+        "calibrate".as_ref(),
+        "--strong-share".as_ref(),
+        "0.25".as_ref(),
+        "--prompts".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
     let t: f64 = text
         .lines()
         .next()

@@ -5,8 +5,6 @@ use serde_json::{json, Value};
 
 use crate::harness::{chat_body, providers, router, sim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
 fn tmpdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("switchyard-eval-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -15,12 +13,7 @@ fn tmpdir(name: &str) -> std::path::PathBuf {
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::run_switchyard(args)
 }
 
 /// The four prompts of the metrics' hand-worked example, with prices per prompt.

@@ -188,3 +188,16 @@ pub async fn spawn_router(
     wait_ready(&format!("http://127.0.0.1:{port}")).await;
     child
 }
+
+/// Runs the `switchyard` binary to completion: (success, stdout, stderr).
+pub fn run_switchyard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -186,16 +186,7 @@ async fn a_bad_config_never_starts_and_names_the_key() {
         );
     }
     let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local.toml");
-    let out = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = run_switchyard(&["check".as_ref(), "--config".as_ref(), good.as_os_str()]);
+    assert!(ok, "{err}");
     let _ = std::fs::remove_file(cfg);
 }
