@@ -30,6 +30,8 @@ def load_safetensors(path):
             vals = list(struct.unpack("<%df" % (len(data) // 4), data))
         elif meta["dtype"] == "F16":
             vals = list(struct.unpack("<%de" % (len(data) // 2), data))
+        elif meta["dtype"] == "I8":
+            vals = list(struct.unpack("<%db" % len(data), data))
         else:
             raise SystemExit("unsupported dtype " + meta["dtype"])
         out[name] = (vals, meta["shape"])
@@ -96,30 +98,41 @@ def main():
     vocab = {t: i for i, t in enumerate(open(DIR + "/vocab.txt", encoding="utf-8").read().split("\n")) if t or i == 0}
     w = load_safetensors(DIR + "/model.safetensors")
     emb, (V, D) = w["embeddings"][0], w["embeddings"][1]
+    scales = w["embedding_scales"][0]
+    weights = w["token_weights"][0]
+    E = cfg.get("edge_tokens", 0)
+
+    def pool(ids, weighted):
+        f = [0.0] * D
+        for i in ids:
+            k = scales[i] * (weights[i] if weighted else 1.0)
+            row = emb[i * D:(i + 1) * D]
+            f = [a + k * b for a, b in zip(f, row)]
+        norm = math.sqrt(sum(x * x for x in f))
+        return [x / norm for x in f] if norm > 0 else f
+
     results = []
     for p in PROMPTS:
         ids = [i for word in basic_tokenize(p) for i in wordpiece(word, vocab)]
         H, T = cfg["head_tokens"], cfg["tail_tokens"]
         if len(ids) > H + T:
             ids = ids[:H] + ids[-T:]
-        f = [0.0] * D
-        for i in ids:
-            row = emb[i * D:(i + 1) * D]
-            f = [a + b for a, b in zip(f, row)]
-        norm = math.sqrt(sum(x * x for x in f))
-        f = [x / norm for x in f] if norm > 0 else f
         visible = [c for c in p if not c.isspace()]
         v = max(len(visible), 1)
         digits = sum(c.isdigit() and c.isascii() for c in visible)
         code = sum(c in "{}[]();=<>_\\$^|#*" for c in visible)
         lines = p.count("\n") + 1
-        f += [math.log(len(ids) + 1) / math.log(512), digits / v, code / v, min(math.log(lines) / 5, 1.0)]
+        f = [math.log(len(ids) + 1) / math.log(512), digits / v, code / v, min(math.log(lines) / 5, 1.0)]
+        f += pool(ids, True)
+        if E > 0:
+            f += pool(ids[:E], False) + pool(ids[-E:], False)
 
         def head(name):
             w1, (h, n_in) = w[name + ".w1"][0], w[name + ".w1"][1]
             b1 = w[name + ".b1"][0]
             w2, (o, _) = w[name + ".w2"][0], w[name + ".w2"][1]
             b2 = w[name + ".b2"][0]
+            # A head reads the first n_in features (the complexity head only a prefix).
             hid = [max(0.0, sum(w1[j * n_in + k] * f[k] for k in range(n_in)) + b1[j]) for j in range(h)]
             return [sum(w2[j * h + k] * hid[k] for k in range(h)) + b2[j] for j in range(o)]
 

@@ -56,10 +56,17 @@ pub enum Command {
         #[arg(long, default_value = "models/router")]
         out: PathBuf,
         /// Dimension of the static token embeddings.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         dim: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         hidden: usize,
+        /// The first and last this many tokens of a prompt are also pooled on their own (0: off).
+        #[arg(long, default_value_t = 8)]
+        edge_tokens: usize,
+        /// The complexity head reads only this many leading dimensions of the pooled embedding
+        /// (its top principal components), which generalises better than all of them (0: all).
+        #[arg(long, default_value_t = 64)]
+        complexity_dims: usize,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
         #[arg(long, default_value_t = 7)]
@@ -67,6 +74,10 @@ pub enum Command {
         /// At most this many examples from one source (file, task or subject).
         #[arg(long, default_value_t = 2500)]
         cap_per_source: usize,
+        /// The loss weight of a hand-written example against a public one, for intent and
+        /// domain: the hand-written examples are few but the only everyday-voice prompts.
+        #[arg(long, default_value_t = 20.0)]
+        handwritten_weight: f32,
         /// Dataset files (eval/dataset.schema.json) with more labelled prompts to train on.
         #[arg(long)]
         extra: Vec<PathBuf>,

@@ -267,7 +267,7 @@ mod tests {
             vb.get_with_hints(out, &format!("{name}.b2"), init).unwrap();
         }
         heads.save(model.join("model.safetensors")).unwrap();
-        let mc = serde_json::json!({"format": 1, "dim": 8, "hidden": 4, "head_tokens": 6, "tail_tokens": 2,
+        let mc = serde_json::json!({"format": 2, "dim": 8, "hidden": 4, "head_tokens": 6, "tail_tokens": 2,
             "intent_labels": ["chat", "math", "coding"], "domain_labels": ["general", "legal"],
             "encoder": "a tiny random BERT", "backbone_encoder": "../enc"});
         std::fs::write(model.join("config.json"), mc.to_string()).unwrap();

@@ -21,7 +21,12 @@ use serde_json::Value;
 
 use wordpiece::WordPiece;
 
-/// Extra features after the pooled embedding: log length, digit share, code-symbol share,
+/// The model folder format this build reads and writes. Format 2 put the surface features
+/// first, stored the embeddings as int8 and added the edge pools; a format 1 folder must be
+/// retrained.
+pub const MODEL_FORMAT: u32 = 2;
+
+/// Extra features before the pooled embedding: log length, digit share, code-symbol share,
 /// line count.
 pub const EXTRA_FEATURES: usize = 4;
 
@@ -49,6 +54,15 @@ pub struct ModelConfig {
     /// Tokens read from the start of a long prompt, and from its end.
     pub head_tokens: usize,
     pub tail_tokens: usize,
+    /// The first and the last this many tokens of a prompt, each pooled again on their own and
+    /// unweighted: the instruction ("summarise", "classify", "why") and the closing question
+    /// after a pasted text. 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edge_tokens: usize,
+    /// The complexity head reads the extra features and only the first this many dimensions
+    /// of the main pool (the leading principal components); 0: every feature.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub complexity_dims: usize,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -57,6 +71,26 @@ pub struct ModelConfig {
     /// directory (relative to the model folder or the working directory) or a Hugging Face name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_encoder: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl ModelConfig {
+    /// The length of the feature vector the heads read.
+    pub fn inputs(&self) -> usize {
+        let pools = if self.edge_tokens > 0 { 3 } else { 1 };
+        self.dim * pools + EXTRA_FEATURES
+    }
+
+    /// The length of the feature prefix the complexity head reads.
+    pub fn complexity_inputs(&self) -> usize {
+        match self.complexity_dims {
+            0 => self.inputs(),
+            d => EXTRA_FEATURES + d.min(self.dim),
+        }
+    }
 }
 
 /// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights.
@@ -72,7 +106,9 @@ pub struct Head {
 }
 
 impl Head {
+    /// Runs the head on the first `inputs` features of `x`.
     pub fn forward(&self, x: &[f32], hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
+        let x = &x[..self.inputs.min(x.len())];
         hidden.clear();
         for h in 0..self.hidden {
             let row = &self.w1[h * self.inputs..(h + 1) * self.inputs];
@@ -129,8 +165,8 @@ impl Scores {
 pub struct Classifier {
     pub config: ModelConfig,
     tokenizer: WordPiece,
-    /// `[vocab, dim]`, row-major, frequency weights folded in (empty with an encoder backbone).
-    embeddings: Vec<f32>,
+    /// The static token embeddings (empty with an encoder backbone).
+    table: StaticTable,
     /// The full-encoder backbone, when the model has one.
     encoder: Option<encoder::Encoder>,
     pub intent: Head,
@@ -270,31 +306,94 @@ pub fn select_tokens(tokenizer: &WordPiece, text: &str, head: usize, tail: usize
     out
 }
 
-/// The features the heads read: the L2-normalised mean of the tokens' static embeddings,
-/// then the extra features. Shared by training and inference.
-pub fn pooled_features(
-    embeddings: &[f32],
-    dim: usize,
-    ids: &[u32],
-    extra: [f32; EXTRA_FEATURES],
-) -> Vec<f32> {
-    let mut f = vec![0f32; dim + EXTRA_FEATURES];
-    for &id in ids {
-        let start = id as usize * dim;
-        if let Some(row) = embeddings.get(start..start + dim) {
-            for (a, b) in f[..dim].iter_mut().zip(row) {
-                *a += b;
+/// The static token embeddings: one row per vocabulary token, stored as int8 with a scale per
+/// row, and a weight per token (its rarity) for the main pool.
+#[derive(Debug, Clone, Default)]
+pub struct StaticTable {
+    pub dim: usize,
+    /// `[vocab, dim]`, row-major.
+    pub rows: Vec<i8>,
+    /// A row's values are `rows × scale`.
+    pub scales: Vec<f32>,
+    /// The weight of a token in the main pool (the edge pools are unweighted).
+    pub weights: Vec<f32>,
+}
+
+impl StaticTable {
+    /// Quantises f32 rows (`[vocab, dim]`) to int8 with a scale per row.
+    pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>) -> StaticTable {
+        let mut rows = Vec::with_capacity(values.len());
+        let mut scales = Vec::with_capacity(values.len() / dim.max(1));
+        for row in values.chunks_exact(dim.max(1)) {
+            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            rows.extend(
+                row.iter()
+                    .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        StaticTable {
+            dim,
+            rows,
+            scales,
+            weights,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Adds each token's row, times its scale and (when `weighted`) its weight, into `out`, then
+    /// L2-normalises the sum.
+    fn pool_into(&self, ids: &[u32], weighted: bool, out: &mut [f32]) {
+        let dim = self.dim;
+        for &id in ids {
+            let t = id as usize;
+            let (Some(row), Some(scale)) =
+                (self.rows.get(t * dim..(t + 1) * dim), self.scales.get(t))
+            else {
+                continue;
+            };
+            let k = if weighted {
+                scale * self.weights.get(t).copied().unwrap_or(1.0)
+            } else {
+                *scale
+            };
+            for (a, b) in out.iter_mut().zip(row) {
+                *a += k * f32::from(*b);
+            }
+        }
+        let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            for x in out.iter_mut() {
+                *x /= norm;
             }
         }
     }
-    let norm = f[..dim].iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        for x in &mut f[..dim] {
-            *x /= norm;
+
+    /// The features the heads read: the extra features, the L2-normalised weighted mean of the
+    /// tokens' rows, then (when `edge` > 0) the unweighted means of the first and of the last
+    /// `edge` tokens' rows. Shared by training and inference.
+    pub fn features(&self, ids: &[u32], edge: usize, extra: [f32; EXTRA_FEATURES]) -> Vec<f32> {
+        let dim = self.dim;
+        let pools = if edge > 0 { 3 } else { 1 };
+        let mut f = vec![0f32; EXTRA_FEATURES + dim * pools];
+        f[..EXTRA_FEATURES].copy_from_slice(&extra);
+        let mut chunks = f[EXTRA_FEATURES..].chunks_exact_mut(dim);
+        if let Some(main) = chunks.next() {
+            self.pool_into(ids, true, main);
         }
+        if edge > 0 {
+            let n = ids.len();
+            let ends = [&ids[..n.min(edge)], &ids[n.saturating_sub(edge)..]];
+            for (out, span) in chunks.zip(ends) {
+                self.pool_into(span, false, out);
+            }
+        }
+        f
     }
-    f[dim..].copy_from_slice(&extra);
-    f
 }
 
 fn tensor_f32(
@@ -324,6 +423,47 @@ fn tensor_f32(
         }
     };
     Ok((v, shape))
+}
+
+/// The static table of a model file: `embeddings` as int8 with `embedding_scales` and
+/// `token_weights`, or (as older models stored it) f16/f32 with the weights folded in.
+fn static_table(
+    st: &safetensors::SafeTensors<'_>,
+    path: &str,
+    vocab: usize,
+    dim: usize,
+) -> Result<StaticTable, ModelError> {
+    let t = st
+        .tensor("embeddings")
+        .map_err(|e| load_err(path, format!("tensor embeddings: {e}")))?;
+    if t.shape() != [vocab, dim] {
+        return Err(load_err(
+            path,
+            format!(
+                "embeddings shape {:?} does not match the vocabulary and dim",
+                t.shape()
+            ),
+        ));
+    }
+    if t.dtype() != safetensors::Dtype::I8 {
+        let (values, _) = tensor_f32(st, "embeddings", path)?;
+        return Ok(StaticTable::quantise(dim, &values, vec![1.0; vocab]));
+    }
+    let rows: Vec<i8> = t.data().iter().map(|b| *b as i8).collect();
+    let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
+    let (weights, s2) = tensor_f32(st, "token_weights", path)?;
+    if s1 != [vocab] || s2 != [vocab] {
+        return Err(load_err(
+            path,
+            "embedding_scales and token_weights must have one value per token",
+        ));
+    }
+    Ok(StaticTable {
+        dim,
+        rows,
+        scales,
+        weights,
+    })
 }
 
 fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Head, ModelError> {
@@ -358,12 +498,21 @@ impl Classifier {
     ) -> Result<Classifier, ModelError> {
         let config: ModelConfig = serde_json::from_slice(config_json)
             .map_err(|e| load_err(format!("{origin}/config.json"), e.to_string()))?;
+        if config.format != MODEL_FORMAT {
+            return Err(load_err(
+                format!("{origin}/config.json"),
+                format!(
+                    "format {} but this build reads format {MODEL_FORMAT}: retrain the model with `switchyard train`",
+                    config.format
+                ),
+            ));
+        }
         let tokenizer = WordPiece::from_vocab(vocab)
             .ok_or_else(|| load_err(format!("{origin}/vocab.txt"), "no [UNK] token"))?;
         let wpath = format!("{origin}/model.safetensors");
         let st = safetensors::SafeTensors::deserialize(weights)
             .map_err(|e| load_err(&wpath, e.to_string()))?;
-        let (embeddings, encoder) = match &config.backbone_encoder {
+        let (table, encoder) = match &config.backbone_encoder {
             Some(source) => {
                 let dir = encoder::resolve(source, Some(Path::new(origin)), None)?;
                 let max = config.head_tokens + config.tail_tokens + 2;
@@ -377,23 +526,17 @@ impl Classifier {
                         ),
                     ));
                 }
-                (Vec::new(), Some(enc))
+                (StaticTable::default(), Some(enc))
             }
-            None => {
-                let (embeddings, shape) = tensor_f32(&st, "embeddings", &wpath)?;
-                if shape != [tokenizer.vocab_size(), config.dim] {
-                    return Err(load_err(
-                        &wpath,
-                        format!("embeddings shape {shape:?} does not match the vocabulary and dim"),
-                    ));
-                }
-                (embeddings, None)
-            }
+            None => (
+                static_table(&st, &wpath, tokenizer.vocab_size(), config.dim)?,
+                None,
+            ),
         };
         let intent = head(&st, "intent", &wpath)?;
         let domain = head(&st, "domain", &wpath)?;
         let complexity = head(&st, "complexity", &wpath)?;
-        let inputs = config.dim + EXTRA_FEATURES;
+        let inputs = config.inputs();
         if intent.outputs != config.intent_labels.len()
             || domain.outputs != config.domain_labels.len()
             || complexity.outputs != 1
@@ -403,16 +546,18 @@ impl Classifier {
                 "head sizes do not match the labels in config.json",
             ));
         }
-        if [intent.inputs, domain.inputs, complexity.inputs] != [inputs; 3] {
+        if [intent.inputs, domain.inputs, complexity.inputs]
+            != [inputs, inputs, config.complexity_inputs()]
+        {
             return Err(load_err(
                 &wpath,
-                "head inputs do not match dim + extra features",
+                "head inputs do not match dim, edge pooling and extra features",
             ));
         }
         Ok(Classifier {
             config,
             tokenizer,
-            embeddings,
+            table,
             encoder,
             intent,
             domain,
@@ -482,13 +627,13 @@ impl Classifier {
                 }
             };
             f.resize(self.config.dim, 0.0);
-            f.extend_from_slice(&extra_features(text, ids.len()));
-            return f;
+            let mut out = extra_features(text, ids.len()).to_vec();
+            out.extend_from_slice(&f);
+            return out;
         }
-        pooled_features(
-            &self.embeddings,
-            self.config.dim,
+        self.table.features(
             ids,
+            self.config.edge_tokens,
             extra_features(text, ids.len()),
         )
     }
@@ -565,6 +710,41 @@ mod tests {
             )))
             .unwrap()
         })
+    }
+
+    #[test]
+    fn quantised_rows_stay_within_half_a_step() {
+        let values = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 3.0, -0.001];
+        let t = StaticTable::quantise(4, &values, vec![1.0, 1.0]);
+        for (row, chunk) in values.chunks(4).enumerate() {
+            for (k, v) in chunk.iter().enumerate() {
+                let got = f32::from(t.rows[row * 4 + k]) * t.scales[row];
+                assert!(
+                    (got - v).abs() <= t.scales[row] / 2.0 + 1e-6,
+                    "{v} vs {got}"
+                );
+            }
+        }
+        // An all-zero row pools to nothing rather than dividing by zero.
+        assert_eq!(
+            t.features(&[1], 0, [0.0; EXTRA_FEATURES]).len(),
+            EXTRA_FEATURES + 4
+        );
+    }
+
+    #[test]
+    fn a_model_of_another_format_is_refused_by_name() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["format"] = 1.into();
+        let err =
+            Classifier::from_parts(config.to_string().as_bytes(), "[UNK]\n", &[], "old-model")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("old-model/config.json") && err.contains("format 1"),
+            "{err}"
+        );
     }
 
     #[test]

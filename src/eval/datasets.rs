@@ -111,8 +111,9 @@ fn llmrouter_intent(task: &str) -> Option<&'static str> {
     Some(match task {
         "math" | "gsm8k" => "math",
         "mbpp" | "human_eval" => "coding",
-        "natural_qa" | "trivia_qa" | "mmlu" => "open_qa",
-        "commonsense_qa" | "openbook_qa" | "arc_challenge" | "gpqa" => "reasoning",
+        // Science exam questions (OpenBookQA, ARC) read like any factual question.
+        "natural_qa" | "trivia_qa" | "mmlu" | "openbook_qa" | "arc_challenge" => "open_qa",
+        "commonsense_qa" | "gpqa" => "reasoning",
         "commongen" => "creative_writing",
         _ => return None,
     })
