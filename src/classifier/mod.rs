@@ -341,10 +341,6 @@ impl StaticTable {
         }
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.scales.len()
-    }
-
     /// Adds each token's row, times its scale and (when `weighted`) its weight, into `out`, then
     /// L2-normalises the sum.
     fn pool_into(&self, ids: &[u32], weighted: bool, out: &mut [f32]) {
@@ -425,8 +421,8 @@ fn tensor_f32(
     Ok((v, shape))
 }
 
-/// The static table of a model file: `embeddings` as int8 with `embedding_scales` and
-/// `token_weights`, or (as older models stored it) f16/f32 with the weights folded in.
+/// The static table of a model file: `embeddings` as int8, with `embedding_scales` and
+/// `token_weights`.
 fn static_table(
     st: &safetensors::SafeTensors<'_>,
     path: &str,
@@ -446,8 +442,10 @@ fn static_table(
         ));
     }
     if t.dtype() != safetensors::Dtype::I8 {
-        let (values, _) = tensor_f32(st, "embeddings", path)?;
-        return Ok(StaticTable::quantise(dim, &values, vec![1.0; vocab]));
+        return Err(load_err(
+            path,
+            format!("embeddings are {:?}, not I8", t.dtype()),
+        ));
     }
     let rows: Vec<i8> = t.data().iter().map(|b| *b as i8).collect();
     let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
