@@ -77,11 +77,20 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// How many pooled vectors the features hold: the weighted mean, and the two edge pools when
+/// `edge_tokens` > 0.
+fn pools(edge_tokens: usize) -> usize {
+    if edge_tokens > 0 {
+        3
+    } else {
+        1
+    }
+}
+
 impl ModelConfig {
     /// The length of the feature vector the heads read.
     pub fn inputs(&self) -> usize {
-        let pools = if self.edge_tokens > 0 { 3 } else { 1 };
-        self.dim * pools + EXTRA_FEATURES
+        self.dim * pools(self.edge_tokens) + EXTRA_FEATURES
     }
 
     /// The length of the feature prefix the complexity head reads.
@@ -374,8 +383,7 @@ impl StaticTable {
     /// `edge` tokens' rows. Shared by training and inference.
     pub fn features(&self, ids: &[u32], edge: usize, extra: [f32; EXTRA_FEATURES]) -> Vec<f32> {
         let dim = self.dim;
-        let pools = if edge > 0 { 3 } else { 1 };
-        let mut f = vec![0f32; EXTRA_FEATURES + dim * pools];
+        let mut f = vec![0f32; EXTRA_FEATURES + dim * pools(edge)];
         f[..EXTRA_FEATURES].copy_from_slice(&extra);
         let mut chunks = f[EXTRA_FEATURES..].chunks_exact_mut(dim);
         if let Some(main) = chunks.next() {

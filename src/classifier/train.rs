@@ -253,11 +253,7 @@ fn class_targets(
     let mut totals = vec![0f32; labels.len()];
     for (i, r) in rows.iter().enumerate() {
         if let Some(k) = get(r).and_then(|l| labels.iter().position(|x| *x == l)) {
-            let o = if r.source.starts_with("handwritten-") {
-                handwritten
-            } else {
-                1.0
-            };
+            let o = if r.handwritten { handwritten } else { 1.0 };
             idx.push(i as u32);
             y.push(k as u32);
             origin.push(o);
@@ -739,7 +735,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     let trained = train_heads(&train, &feats, HeadOptions::new(args, &config))?;
 
     std::fs::create_dir_all(&args.out)?;
-    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
         (
             "embeddings".into(),
@@ -749,13 +744,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         ),
         (
             "embedding_scales".into(),
-            f32_bytes(&table.scales),
+            f32_le_bytes(&table.scales),
             safetensors::Dtype::F32,
             vec![raw.len()],
         ),
         (
             "token_weights".into(),
-            f32_bytes(&table.weights),
+            f32_le_bytes(&table.weights),
             safetensors::Dtype::F32,
             vec![raw.len()],
         ),
@@ -868,6 +863,10 @@ fn model_config(
     }
 }
 
+fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// The trained heads as f32 safetensors entries.
 fn head_tensors(trained: &Trained) -> Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> {
     trained
@@ -876,7 +875,7 @@ fn head_tensors(trained: &Trained) -> Vec<(String, Vec<u8>, safetensors::Dtype, 
         .map(|(name, data, shape)| {
             (
                 name.clone(),
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                f32_le_bytes(data),
                 safetensors::Dtype::F32,
                 shape.clone(),
             )
@@ -943,9 +942,8 @@ fn pct(x: f64) -> String {
 }
 
 /// The surface features, as the model card names them.
-fn surface_text() -> &'static str {
-    "four surface features (log length, digit share, code-symbol share, line count),"
-}
+const SURFACE_TEXT: &str =
+    "four surface features (log length, digit share, code-symbol share, line count),";
 
 /// The part of the model card both backbones share: the heads.
 fn heads_text(config: &ModelConfig, handwritten_weight: f32) -> String {
@@ -986,7 +984,7 @@ pub fn model_card(
             config.dim,
             config.head_tokens,
             config.tail_tokens,
-            surface_text(),
+            SURFACE_TEXT,
             heads_text(config, args.handwritten_weight),
         ));
     } else {
@@ -998,7 +996,7 @@ pub fn model_card(
              scales and token weights, heads f32); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
             vocab_size,
             config.dim,
-            surface_text(),
+            SURFACE_TEXT,
             config.head_tokens,
             config.tail_tokens,
             if config.edge_tokens > 0 {

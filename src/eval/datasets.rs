@@ -21,6 +21,9 @@ pub struct Example {
     /// A human difficulty rating where one exists (MATH level 1..5).
     pub difficulty: Option<f32>,
     pub source: String,
+    /// Written by people in everyday voice (`training-data/`), rather than taken from a public
+    /// exam or document set: training weighs these more.
+    pub handwritten: bool,
 }
 
 /// Recorded weak/strong correctness for a prompt (RouteLLM MMLU).
@@ -83,6 +86,7 @@ fn ex(
         complexity,
         difficulty: None,
         source,
+        handwritten: false,
     }
 }
 
@@ -473,13 +477,15 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
                 "creative_writing" => Some(0.25),
                 _ => None,
             };
-            out.push(ex(
+            let mut e = ex(
                 str_field(&f, line, &v, "prompt")?,
                 Some(&intent),
                 Some(&str_field(&f, line, &v, "domain")?),
                 prior,
                 str_field(&f, line, &v, "source")?,
-            ));
+            );
+            e.handwritten = true;
+            out.push(e);
         }
     }
     Ok(out)

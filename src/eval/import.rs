@@ -67,6 +67,11 @@ pub fn to_example(r: &Record) -> Example {
         complexity: r.complexity.map(|c| c as f32),
         difficulty: r.difficulty.map(|d| d as f32),
         source: r.source.clone().unwrap_or_else(|| "dataset".into()),
+        // `eval import --source handwritten` names its sources so.
+        handwritten: r
+            .source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("handwritten-")),
     }
 }
 
