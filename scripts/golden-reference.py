@@ -32,10 +32,23 @@ def load_safetensors(path):
             vals = list(struct.unpack("<%de" % (len(data) // 2), data))
         elif meta["dtype"] == "I8":
             vals = list(struct.unpack("<%db" % len(data), data))
+        elif meta["dtype"] == "U8":
+            vals = list(data)
         else:
             raise SystemExit("unsupported dtype " + meta["dtype"])
         out[name] = (vals, meta["shape"])
     return out
+
+def signed4(n):
+    return n - 16 if n >= 8 else n
+
+def unpack_int4(packed, shape):
+    """Two 4-bit two's-complement values per byte, the even column in the low nibble."""
+    vals = []
+    for b in packed:
+        vals.append(signed4(b & 0x0F))
+        vals.append(signed4(b >> 4))
+    return vals, [shape[0], shape[1] * 2]
 
 def is_punct(c):
     cp = ord(c)
@@ -97,7 +110,10 @@ def main():
     cfg = json.load(open(DIR + "/config.json"))
     vocab = {t: i for i, t in enumerate(open(DIR + "/vocab.txt", encoding="utf-8").read().split("\n")) if t or i == 0}
     w = load_safetensors(DIR + "/model.safetensors")
-    emb, (V, D) = w["embeddings"][0], w["embeddings"][1]
+    if cfg.get("embedding_bits", 8) == 4:
+        emb, (V, D) = unpack_int4(*w["embeddings"])
+    else:
+        emb, (V, D) = w["embeddings"][0], w["embeddings"][1]
     scales = w["embedding_scales"][0]
     weights = w["token_weights"][0]
     E = cfg.get("edge_tokens", 0)

@@ -56,8 +56,11 @@ pub enum Command {
         #[arg(long, default_value = "models/router")]
         out: PathBuf,
         /// Dimension of the static token embeddings.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 256)]
         dim: usize,
+        /// Bits per stored embedding value: 8, or 4 (two values packed in a byte, half the size).
+        #[arg(long, default_value_t = 4)]
+        embedding_bits: u32,
         #[arg(long, default_value_t = 128)]
         hidden: usize,
         /// The first and last this many tokens of a prompt are also pooled on their own (0: off).
@@ -69,6 +72,15 @@ pub enum Command {
         complexity_dims: usize,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
+        /// Epochs that tune the static token embeddings end to end with the intent and domain
+        /// losses before the heads are trained on the tuned table (0: the table stays as
+        /// distilled).
+        #[arg(long, default_value_t = 0)]
+        tune_epochs: usize,
+        /// The learning rate of the embedding tuning; its weight decay pulls every token back
+        /// towards its distilled vector.
+        #[arg(long, default_value_t = 1e-3)]
+        tune_lr: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// At most this many examples from one source (file, task or subject).

