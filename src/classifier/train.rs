@@ -1378,8 +1378,10 @@ a hand-written group) are held out for validation, about one in five by a hash o
         s.push('\n');
     }
     s.push_str("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does much worse on prompts \
-in everyday voice: `eval/reports/classify-everyday-dev` and `classify-everyday-test` (`scripts/eval-reports`) score it on the \
-hand-written sets in `eval/prompts/`, which no training run reads.\n\
+in everyday voice: `eval/reports/classify-everyday-dev`, `classify-everyday-test` and `classify-everyday-test-2` \
+(`scripts/eval-reports`) score it on the hand-written sets in `eval/prompts/`, which no training run reads.\n\
+- Complexity rates coding prompts low whatever their difficulty, and on `eval/reports/classify-difficulty` (prompts of every \
+intent with a developer's 1–5 rating) prompt length ranks difficulty better than the model does.\n\
 - The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
 - Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\
 - MMLU subjects labelled general but close to medicine (biology, human sexuality) are often scored medical: that lowers the medical \
