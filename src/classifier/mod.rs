@@ -90,7 +90,7 @@ fn is_eight(n: &u32) -> bool {
 
 /// How many pooled vectors the features hold: the weighted mean, and the two edge pools when
 /// `edge_tokens` > 0.
-fn pools(edge_tokens: usize) -> usize {
+pub(crate) fn pools(edge_tokens: usize) -> usize {
     if edge_tokens > 0 {
         3
     } else {
@@ -376,6 +376,15 @@ impl StaticTable {
             .collect()
     }
 
+    /// The `embeddings` tensor's bytes in the layout of [`embedding_layout`] for `bits`.
+    pub fn file_bytes(&self, bits: u32) -> Vec<u8> {
+        if bits == 4 {
+            self.pack_nibbles()
+        } else {
+            self.rows.iter().map(|x| *x as u8).collect()
+        }
+    }
+
     /// The inverse of [`StaticTable::pack_nibbles`].
     pub fn unpack_nibbles(bytes: &[u8]) -> Vec<i8> {
         bytes
@@ -463,6 +472,17 @@ fn tensor_f32(
     Ok((v, shape))
 }
 
+/// How a table of `bits`-bit values with `dim` columns is stored: its dtype and the columns of
+/// its `embeddings` tensor. 8 bits: one `I8` per value; 4 bits: two values packed in each `U8`.
+/// `None` for any other layout.
+pub fn embedding_layout(bits: u32, dim: usize) -> Option<(safetensors::Dtype, usize)> {
+    match bits {
+        8 => Some((safetensors::Dtype::I8, dim)),
+        4 if dim % 2 == 0 => Some((safetensors::Dtype::U8, dim / 2)),
+        _ => None,
+    }
+}
+
 /// The static table of a model file: `embeddings` as int8 (or int4 packed two to a byte), with
 /// `embedding_scales` and `token_weights`.
 fn static_table(
@@ -475,17 +495,12 @@ fn static_table(
     let t = st
         .tensor("embeddings")
         .map_err(|e| load_err(path, format!("tensor embeddings: {e}")))?;
-    // 8 bits: one I8 per value; 4 bits: two values packed in each U8.
-    let (dtype, columns) = match bits {
-        8 => (safetensors::Dtype::I8, dim),
-        4 if dim % 2 == 0 => (safetensors::Dtype::U8, dim / 2),
-        _ => {
-            return Err(load_err(
-                path,
-                format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
-            ))
-        }
-    };
+    let (dtype, columns) = embedding_layout(bits, dim).ok_or_else(|| {
+        load_err(
+            path,
+            format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
+        )
+    })?;
     if t.shape() != [vocab, columns] {
         return Err(load_err(
             path,

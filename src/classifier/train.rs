@@ -391,7 +391,7 @@ pub fn tune_table(
     let device = Device::Cpu;
     let dim = table.dim;
     let vocab = table.rows.len() / dim.max(1);
-    let pools = if opts.edge_tokens > 0 { 3 } else { 1 };
+    let pools = super::pools(opts.edge_tokens);
     let f = EXTRA_FEATURES + dim * pools;
     let init = Tensor::from_slice(table.rows, (vocab, dim), &device)?;
     let delta = candle_core::Var::zeros((vocab, dim), DType::F32, &device)?;
@@ -492,7 +492,7 @@ fn pooled_batch(
         .max()
         .unwrap_or(0)
         .max(1);
-    let pools = if edge > 0 { 3 } else { 1 };
+    let pools = super::pools(edge);
     let mut flat = vec![0u32; b * len];
     let mut mask = vec![0f32; b * pools * len];
     let mut extra = Vec::with_capacity(b * EXTRA_FEATURES);
@@ -518,9 +518,10 @@ fn pooled_batch(
     let emb = (init.index_select(&flat, 0)? + delta.as_tensor().index_select(&flat, 0)?)?
         .reshape((b, len, table.dim))?;
     let mask = Tensor::from_vec(mask, (b, pools, len), &device)?;
-    let pooled = mask.matmul(&emb)?; // [b, pools, dim]
-                                     // The epsilon sits inside the root: a prompt with no tokens pools to zero, where the root's
-                                     // gradient would be infinite.
+    // [b, pools, dim]
+    let pooled = mask.matmul(&emb)?;
+    // The epsilon sits inside the root: a prompt with no tokens pools to zero, where the root's
+    // gradient would be infinite.
     let norm = (pooled.sqr()?.sum_keepdim(2)? + 1e-12)?.sqrt()?;
     let pooled = pooled
         .broadcast_div(&norm)?
@@ -883,13 +884,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             val_sources,
         );
     }
-    if !(args.embedding_bits == 8 || (args.embedding_bits == 4 && args.dim % 2 == 0)) {
-        anyhow::bail!(
-            "--embedding-bits {} with --dim {}: use 8, or 4 with an even dim",
-            args.embedding_bits,
-            args.dim
-        );
-    }
+    let (dtype, columns) =
+        super::embedding_layout(args.embedding_bits, args.dim).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--embedding-bits {} with --dim {}: use 8, or 4 with an even dim",
+                args.embedding_bits,
+                args.dim
+            )
+        })?;
     let raw = distill(&encoder_dir, &wp)?;
     eprintln!("PCA to {} dimensions", args.dim);
     let (comps, mean) = pca(&raw, args.dim);
@@ -975,21 +977,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
-        if args.embedding_bits == 4 {
-            (
-                "embeddings".into(),
-                table.pack_nibbles(),
-                safetensors::Dtype::U8,
-                vec![raw.len(), args.dim / 2],
-            )
-        } else {
-            (
-                "embeddings".into(),
-                table.rows.iter().map(|x| *x as u8).collect(),
-                safetensors::Dtype::I8,
-                vec![raw.len(), args.dim],
-            )
-        },
+        (
+            "embeddings".into(),
+            table.file_bytes(args.embedding_bits),
+            dtype,
+            vec![raw.len(), columns],
+        ),
         (
             "embedding_scales".into(),
             f32_le_bytes(&table.scales),
