@@ -385,6 +385,15 @@ impl StaticTable {
         }
     }
 
+    /// The rows from the `embeddings` tensor's bytes: the inverse of [`StaticTable::file_bytes`].
+    pub fn rows_from_file(bytes: &[u8], bits: u32) -> Vec<i8> {
+        if bits == 4 {
+            StaticTable::unpack_nibbles(bytes)
+        } else {
+            bytes.iter().map(|b| *b as i8).collect()
+        }
+    }
+
     /// The inverse of [`StaticTable::pack_nibbles`].
     pub fn unpack_nibbles(bytes: &[u8]) -> Vec<i8> {
         bytes
@@ -516,11 +525,7 @@ fn static_table(
             format!("embeddings are {:?}, not {dtype:?} ({bits}-bit)", t.dtype()),
         ));
     }
-    let rows: Vec<i8> = if bits == 4 {
-        StaticTable::unpack_nibbles(t.data())
-    } else {
-        t.data().iter().map(|b| *b as i8).collect()
-    };
+    let rows = StaticTable::rows_from_file(t.data(), bits);
     let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
     let (weights, s2) = tensor_f32(st, "token_weights", path)?;
     if s1 != [vocab] || s2 != [vocab] {

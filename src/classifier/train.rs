@@ -366,6 +366,19 @@ pub struct TuneOptions {
     pub handwritten_weight: f32,
 }
 
+impl TuneOptions {
+    fn new(args: &TrainArgs) -> TuneOptions {
+        TuneOptions {
+            epochs: args.tune_epochs,
+            lr: args.tune_lr,
+            hidden: args.hidden,
+            edge_tokens: args.edge_tokens,
+            seed: args.seed,
+            handwritten_weight: args.handwritten_weight,
+        }
+    }
+}
+
 /// The static table as the tuning reads it: the distilled rows (`[vocab, dim]`, f32) and each
 /// token's weight in the main pool.
 pub struct TableInit<'a> {
@@ -420,29 +433,27 @@ pub fn tune_table(
     ];
     // Batches of prompts of similar length waste little on padding; their order is shuffled.
     let batch = 512usize;
-    let mut batches: Vec<(usize, Vec<u32>)> = Vec::new();
+    // Each batch: the head, positions in that head's targets, and the prompts they are.
+    let mut batches: Vec<(usize, Vec<u32>, Vec<usize>)> = Vec::new();
     for (h, (idx, _, _)) in sets.iter().enumerate() {
         let idx = idx.to_vec1::<u32>()?;
         let mut order: Vec<u32> = (0..idx.len() as u32).collect();
         order.sort_by_key(|&k| (ids[idx[k as usize] as usize].len(), k));
-        batches.extend(order.chunks(batch).map(|c| (h, c.to_vec())));
+        batches.extend(order.chunks(batch).map(|c| {
+            let members = c.iter().map(|&k| idx[k as usize] as usize).collect();
+            (h, c.to_vec(), members)
+        }));
     }
     let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x7ab1e);
     let pb = progress(opts.epochs as u64, "tuning embeddings");
     for _epoch in 0..opts.epochs {
         rng.shuffle(&mut batches);
         let mut total = 0.0f32;
-        for (h, sel) in &batches {
-            let (idx, y, w) = &sets[*h];
+        for (h, sel, members) in &batches {
+            let (_, y, w) = &sets[*h];
             let sel_t = Tensor::from_slice(sel, sel.len(), &device)?;
-            let members: Vec<usize> = idx
-                .index_select(&sel_t, 0)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|i| i as usize)
-                .collect();
             let x = pooled_batch(
-                &members,
+                members,
                 ids,
                 extras,
                 &table,
@@ -922,30 +933,23 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             emb.push(v as f32);
         }
     }
+    // Each training prompt's tokens and surface features, for the tuning and the features.
+    let ids: Vec<Vec<u32>> = train
+        .iter()
+        .map(|e| super::select_tokens(&wp, &e.prompt, head, tail))
+        .collect();
+    let extras: Vec<[f32; EXTRA_FEATURES]> = train
+        .iter()
+        .zip(&ids)
+        .map(|(e, t)| extra_features(&e.prompt, t.len()))
+        .collect();
     let emb = if args.tune_epochs > 0 {
-        let ids: Vec<Vec<u32>> = train
-            .iter()
-            .map(|e| super::select_tokens(&wp, &e.prompt, head, tail))
-            .collect();
-        let extras: Vec<[f32; EXTRA_FEATURES]> = train
-            .iter()
-            .zip(&ids)
-            .map(|(e, t)| extra_features(&e.prompt, t.len()))
-            .collect();
         let table = TableInit {
             dim: args.dim,
             rows: &emb,
             weights: &weights,
         };
-        let opts = TuneOptions {
-            epochs: args.tune_epochs,
-            lr: args.tune_lr,
-            hidden: args.hidden,
-            edge_tokens: args.edge_tokens,
-            seed: args.seed,
-            handwritten_weight: args.handwritten_weight,
-        };
-        tune_table(&train, &ids, &extras, table, opts)?
+        tune_table(&train, &ids, &extras, table, TuneOptions::new(args))?
     } else {
         emb
     };
@@ -960,16 +964,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             .into(),
         None,
     );
-    let featurise = |e: &Example| {
-        let ids = super::select_tokens(&wp, &e.prompt, head, tail);
-        table.features(&ids, args.edge_tokens, extra_features(&e.prompt, ids.len()))
-    };
     let pb = progress(train.len() as u64, "featurising");
-    let feats: Vec<Vec<f32>> = train
+    let feats: Vec<Vec<f32>> = ids
         .iter()
-        .map(|e| {
+        .zip(&extras)
+        .map(|(t, x)| {
             pb.inc(1);
-            featurise(e)
+            table.features(t, args.edge_tokens, *x)
         })
         .collect();
     pb.finish();
