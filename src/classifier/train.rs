@@ -1388,6 +1388,76 @@ precision above.\n- Complexity learns from recorded outcomes of specific models 
 mod tests {
     use super::*;
 
+    fn example(prompt: &str, intent: &str, domain: &str) -> Example {
+        Example {
+            prompt: prompt.into(),
+            intent: Some(intent.into()),
+            domain: Some(domain.into()),
+            complexity: None,
+            difficulty: None,
+            source: "test".into(),
+            handwritten: false,
+        }
+    }
+
+    #[test]
+    fn tuning_pools_as_inference_does_and_moves_only_the_tokens_it_saw() {
+        let (vocab, dim, edge) = (12usize, 4usize, 2usize);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let rows: Vec<f32> = (0..vocab * dim).map(|_| rng.f32() - 0.5).collect();
+        let weights: Vec<f32> = (0..vocab).map(|t| 0.5 + t as f32 / 10.0).collect();
+        let ids = vec![vec![1, 2, 3, 4, 5], vec![6, 7], vec![], vec![2, 2, 8]];
+        let extras: Vec<[f32; EXTRA_FEATURES]> = (0..ids.len())
+            .map(|i| [i as f32 / 10.0, 0.1, 0.2, 0.3])
+            .collect();
+        let table = TableInit {
+            dim,
+            rows: &rows,
+            weights: &weights,
+        };
+
+        // With a zero delta the batch features are the inference features (unquantised).
+        let device = Device::Cpu;
+        let init = Tensor::from_slice(&rows, (vocab, dim), &device).unwrap();
+        let delta = candle_core::Var::zeros((vocab, dim), DType::F32, &device).unwrap();
+        let members: Vec<usize> = (0..ids.len()).collect();
+        let x = pooled_batch(&members, &ids, &extras, &table, &init, &delta, edge)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let exact = crate::classifier::StaticTable::quantise(dim, &rows, weights.clone(), 8);
+        for (i, t) in ids.iter().enumerate() {
+            let want = exact.features(t, edge, extras[i]);
+            for (a, b) in x[i].iter().zip(&want) {
+                // int8 against f32: within the quantisation error.
+                assert!((a - b).abs() < 0.02, "prompt {i}: {a} vs {b}");
+            }
+        }
+
+        // One epoch moves the rows of tokens the prompts used and no others.
+        let train: Vec<Example> = vec![
+            example("a", "math", "general"),
+            example("b", "chat", "legal"),
+            example("c", "chat", "general"),
+            example("d", "coding", "finance"),
+        ];
+        let opts = TuneOptions {
+            epochs: 1,
+            lr: 1e-2,
+            hidden: 8,
+            edge_tokens: edge,
+            seed: 1,
+            handwritten_weight: 1.0,
+        };
+        let tuned = tune_table(&train, &ids, &extras, table, opts).unwrap();
+        let seen: HashSet<u32> = ids.iter().flatten().copied().collect();
+        for t in 0..vocab {
+            let moved = (0..dim).any(|k| tuned[t * dim + k] != rows[t * dim + k]);
+            assert_eq!(moved, seen.contains(&(t as u32)), "token {t}");
+        }
+        assert!(tuned.iter().all(|v| v.is_finite()));
+    }
+
     #[test]
     fn principal_components_have_a_fixed_sign() {
         // Points along (1, -2): the component is ±(1, -2)/√5; its largest entry must be positive.
