@@ -39,6 +39,12 @@ def load_safetensors(path):
         out[name] = (vals, meta["shape"])
     return out
 
+def softmax(z):
+    m = max(z)
+    e = [math.exp(x - m) for x in z]
+    s = sum(e)
+    return [x / s for x in e]
+
 def signed4(n):
     return n - 16 if n >= 8 else n
 
@@ -142,6 +148,16 @@ def main():
         f += pool(ids, True)
         if E > 0:
             f += pool(ids[:E], False) + pool(ids[-E:], False)
+        if cfg.get("domain_lexicon"):
+            # Over the lexicon rows of the prompt's distinct tokens: the softmax of their sum
+            # (the naive-Bayes posterior), then their max.
+            lex, (_, n) = w["domain_lexicon"]
+            rows = [lex[i * n:(i + 1) * n] for i in sorted(set(ids))]
+            if rows:
+                f += softmax([sum(r[d] for r in rows) for d in range(n)])
+                f += [max(r[d] for r in rows) for d in range(n)]
+            else:
+                f += [0.0] * (2 * n)
 
         def head(name):
             w1, (h, n_in) = w[name + ".w1"][0], w[name + ".w1"][1]
@@ -151,12 +167,6 @@ def main():
             # A head reads the first n_in features (the complexity head only a prefix).
             hid = [max(0.0, sum(w1[j * n_in + k] * f[k] for k in range(n_in)) + b1[j]) for j in range(h)]
             return [sum(w2[j * h + k] * hid[k] for k in range(h)) + b2[j] for j in range(o)]
-
-        def softmax(z):
-            m = max(z)
-            e = [math.exp(x - m) for x in z]
-            s = sum(e)
-            return [x / s for x in e]
 
         results.append({
             "prompt": p,

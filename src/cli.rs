@@ -61,7 +61,8 @@ pub enum Command {
         /// Bits per stored embedding value: 8, or 4 (two values packed in a byte, half the size).
         #[arg(long, default_value_t = 4)]
         embedding_bits: u32,
-        #[arg(long, default_value_t = 128)]
+        /// Hidden units of the intent and domain heads (the complexity head has half).
+        #[arg(long, default_value_t = 64)]
         hidden: usize,
         /// The first and last this many tokens of a prompt are also pooled on their own (0: off).
         #[arg(long, default_value_t = 8)]
@@ -70,6 +71,10 @@ pub enum Command {
         /// (its top principal components), which generalises better than all of them (0: all).
         #[arg(long, default_value_t = 64)]
         complexity_dims: usize,
+        /// Smoothing of the domain lexicon, a naive-Bayes table of which tokens each domain's
+        /// prompts hold, read by the heads beside the pooled embedding (0: no lexicon).
+        #[arg(long, default_value_t = 0.1)]
+        lexicon_alpha: f64,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
         /// Epochs that tune the static token embeddings end to end with the intent and domain

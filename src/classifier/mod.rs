@@ -66,6 +66,10 @@ pub struct ModelConfig {
     /// of the main pool (the leading principal components); 0: every feature.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub complexity_dims: usize,
+    /// Whether the model holds a domain lexicon (`domain_lexicon` in the weights): its posterior
+    /// and max over a prompt's distinct tokens follow the other features.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub domain_lexicon: bool,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -78,6 +82,10 @@ pub struct ModelConfig {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn eight() -> u32 {
@@ -101,7 +109,16 @@ pub(crate) fn pools(edge_tokens: usize) -> usize {
 impl ModelConfig {
     /// The length of the feature vector the heads read.
     pub fn inputs(&self) -> usize {
-        self.dim * pools(self.edge_tokens) + EXTRA_FEATURES
+        self.dim * pools(self.edge_tokens) + EXTRA_FEATURES + self.lexicon_inputs()
+    }
+
+    /// The lexicon's features: a posterior and a max per domain label, or none.
+    pub fn lexicon_inputs(&self) -> usize {
+        if self.domain_lexicon {
+            2 * self.domain_labels.len()
+        } else {
+            0
+        }
     }
 
     /// The length of the feature prefix the complexity head reads.
@@ -189,6 +206,7 @@ pub struct Classifier {
     table: StaticTable,
     /// The full-encoder backbone, when the model has one.
     encoder: Option<encoder::Encoder>,
+    lexicon: Option<Lexicon>,
     pub intent: Head,
     pub domain: Head,
     pub complexity: Head,
@@ -452,6 +470,54 @@ impl StaticTable {
     }
 }
 
+/// The domain lexicon: for every token, how much likelier a prompt holding it is in each domain
+/// (naive-Bayes log-likelihoods over which tokens a prompt holds, each row centred on its mean).
+/// Pooled vectors blur one "dividend" or "penicillin" among a prompt's other words; the lexicon's
+/// max over the prompt keeps it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lexicon {
+    pub labels: usize,
+    /// `[vocab, labels]`, row-major.
+    pub rows: Vec<f32>,
+}
+
+impl Lexicon {
+    /// Appends the naive-Bayes posterior over the domains (the softmax of the sum of the rows of
+    /// the distinct tokens in `ids`), then those rows' max (zeros for a prompt with none).
+    pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
+        let n = self.labels;
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let start = out.len();
+        out.resize(start + 2 * n, 0.0);
+        let (post, max) = out[start..].split_at_mut(n);
+        let mut seen = 0usize;
+        for &id in &distinct {
+            let at = id as usize * n;
+            let Some(row) = self.rows.get(at..at + n) else {
+                continue;
+            };
+            for ((p, x), &v) in post.iter_mut().zip(max.iter_mut()).zip(row) {
+                *p += v;
+                *x = if seen == 0 { v } else { x.max(v) };
+            }
+            seen += 1;
+        }
+        if seen > 0 {
+            let top = post.iter().copied().fold(f32::MIN, f32::max);
+            let mut z = 0.0;
+            for p in post.iter_mut() {
+                *p = (*p - top).exp();
+                z += *p;
+            }
+            for p in post {
+                *p /= z;
+            }
+        }
+    }
+}
+
 fn tensor_f32(
     st: &safetensors::SafeTensors<'_>,
     name: &str,
@@ -615,6 +681,19 @@ impl Classifier {
                 None,
             ),
         };
+        let lexicon = if config.domain_lexicon {
+            let (rows, shape) = tensor_f32(&st, "domain_lexicon", &wpath)?;
+            let labels = config.domain_labels.len();
+            if shape != [tokenizer.vocab_size(), labels] {
+                return Err(load_err(
+                    &wpath,
+                    format!("domain_lexicon shape {shape:?} does not match the vocabulary and the domain labels"),
+                ));
+            }
+            Some(Lexicon { labels, rows })
+        } else {
+            None
+        };
         let intent = head(&st, "intent", &wpath)?;
         let domain = head(&st, "domain", &wpath)?;
         let complexity = head(&st, "complexity", &wpath)?;
@@ -633,7 +712,7 @@ impl Classifier {
         {
             return Err(load_err(
                 &wpath,
-                "head inputs do not match dim, edge pooling and extra features",
+                "head inputs do not match dim, edge pooling, extra features and the lexicon",
             ));
         }
         Ok(Classifier {
@@ -641,6 +720,7 @@ impl Classifier {
             tokenizer,
             table,
             encoder,
+            lexicon,
             intent,
             domain,
             complexity,
@@ -700,6 +780,15 @@ impl Classifier {
     }
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
+        let mut f = self.pooled_features(ids, text);
+        if let Some(lexicon) = &self.lexicon {
+            lexicon.features_into(ids, &mut f);
+        }
+        f
+    }
+
+    /// The features before the lexicon's: the surface features and the pooled embedding.
+    fn pooled_features(&self, ids: &[u32], text: &str) -> Vec<f32> {
         if let Some(enc) = &self.encoder {
             let mut f = match enc.embed(&[ids]) {
                 Ok(mut v) => v.pop().unwrap_or_default(),
@@ -850,6 +939,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("embedding_bits 3"), "{err}");
+    }
+
+    #[test]
+    fn the_lexicon_reads_each_distinct_token_once() {
+        let lex = Lexicon {
+            labels: 2,
+            rows: vec![1.0, -1.0, -3.0, 3.0, 0.5, -0.5],
+        };
+        let mut f = vec![9.0];
+        // Token 1 twice and an id past the table: the softmax of rows 0 + 1, their max.
+        lex.features_into(&[0, 1, 1, 7], &mut f);
+        let e = (-4f32).exp();
+        let want = [9.0, e / (1.0 + e), 1.0 / (1.0 + e), 1.0, 3.0];
+        assert!(
+            f.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{f:?}"
+        );
+        let mut empty = Vec::new();
+        lex.features_into(&[], &mut empty);
+        assert_eq!(empty, vec![0.0; 4]);
+    }
+
+    #[test]
+    fn a_lexicon_of_the_wrong_shape_is_refused() {
+        let m = model();
+        assert!(m.config.domain_lexicon, "the default model has a lexicon");
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["domain_labels"] = serde_json::json!(["general", "legal", "medical"]);
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+        let err = Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("domain_lexicon shape"), "{err}");
     }
 
     #[test]

@@ -458,6 +458,22 @@ pub fn cap(out: Vec<Example>, cap_per_source: usize) -> Vec<Example> {
 }
 
 /// The project's hand-written examples (`training-data/*.jsonl`).
+/// The optional `difficulty` of a hand-written example: a whole number from 1 to 5.
+fn rating(path: &Path, line: u64, v: &Value) -> Result<Option<f32>, EvalError> {
+    let Some(d) = v.get("difficulty") else {
+        return Ok(None);
+    };
+    match d.as_u64() {
+        Some(r @ 1..=5) => Ok(Some(r as f32)),
+        _ => Err(EvalError::Field {
+            file: path.display().to_string(),
+            line,
+            field: "difficulty".into(),
+            message: format!("expected a whole number from 1 to 5, found {d}"),
+        }),
+    }
+}
+
 pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| file_err(dir, e.to_string()))?
@@ -469,13 +485,17 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
     for f in files {
         for (line, v) in read_jsonl(&f)? {
             let intent = str_field(&f, line, &v, "intent")?;
-            // Priors for tasks a cheap model rarely gets wrong; documented in the model card.
-            let prior = match intent.as_str() {
-                "chat" => Some(0.05),
-                "brainstorming" | "rewrite" => Some(0.15),
-                "summarization" | "extraction" | "classification" => Some(0.2),
-                "creative_writing" => Some(0.25),
-                _ => None,
+            // A writer's 1–5 rating maps like a MATH level; without one, priors for the tasks a
+            // cheap model rarely gets wrong. Both are documented in the model card.
+            let prior = match rating(&f, line, &v)? {
+                Some(r) => Some(0.1 + 0.2 * (r - 1.0)),
+                None => match intent.as_str() {
+                    "chat" => Some(0.05),
+                    "brainstorming" | "rewrite" => Some(0.15),
+                    "summarization" | "extraction" | "classification" => Some(0.2),
+                    "creative_writing" => Some(0.25),
+                    _ => None,
+                },
             };
             let mut e = ex(
                 str_field(&f, line, &v, "prompt")?,

@@ -271,3 +271,52 @@ async fn decision_log_records_answers_in_the_dataset_format() {
         }
     }
 }
+
+#[test]
+fn a_handwritten_rating_sets_complexity_and_a_bad_one_is_named() {
+    let dir = tmpdir("rated");
+    let good = dir.join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::write(
+        good.join("rated.jsonl"),
+        "{\"prompt\": \"Prove it\", \"intent\": \"math\", \"domain\": \"general\", \"difficulty\": 4, \"source\": \"handwritten-rated-0\"}\n{\"prompt\": \"hi\", \"intent\": \"chat\", \"domain\": \"general\", \"source\": \"handwritten-rated-1\"}\n{\"prompt\": \"2+2\", \"intent\": \"math\", \"domain\": \"general\", \"source\": \"handwritten-rated-2\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("out.jsonl");
+    let import = |input: &std::path::Path| {
+        run(&[
+            "eval",
+            "import",
+            "--source",
+            "handwritten",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = import(&good);
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A rating maps like a MATH level (4 → 0.7); chat keeps its prior; maths unrated has none.
+    assert!((lines[0]["complexity"].as_f64().unwrap() - 0.7).abs() < 1e-6);
+    assert!((lines[1]["complexity"].as_f64().unwrap() - 0.05).abs() < 1e-6);
+    assert!(lines[2].get("complexity").is_none_or(Value::is_null));
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("rated.jsonl"),
+        "{\"prompt\": \"x\", \"intent\": \"math\", \"domain\": \"general\", \"difficulty\": 7, \"source\": \"handwritten-rated-0\"}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = import(&bad);
+    assert!(!ok);
+    assert!(
+        err.contains("rated.jsonl:1") && err.contains("difficulty") && err.contains("1 to 5"),
+        "{err}"
+    );
+}
