@@ -112,6 +112,40 @@ pub fn normalise(text: &str) -> String {
     out
 }
 
+/// Words that say nothing about what a prompt asks, left out of [`content_words`].
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with",
+    "from", "into", "onto", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am",
+    "do", "does", "did", "doing", "have", "has", "had", "having", "i", "me", "my", "mine", "we",
+    "us", "our", "you", "your", "yours", "he", "him", "his", "she", "her", "it", "its", "they",
+    "them", "their", "this", "that", "these", "those", "there", "here", "what", "which", "who",
+    "whom", "whose", "when", "where", "why", "how", "can", "could", "would", "should", "will",
+    "shall", "may", "might", "must", "not", "no", "yes", "so", "than", "then", "too", "very",
+    "just", "also", "only", "some", "any", "all", "each", "every", "more", "most", "much", "many",
+    "such", "own", "same", "other", "another", "one", "please", "pls", "thanks", "thank", "hi",
+    "hey", "ok", "okay", "s", "t", "d", "ll", "m", "re", "ve", "don", "doesn", "didn", "isn",
+    "aren", "wasn", "weren", "won", "wouldn", "shouldn", "couldn", "get", "got", "make", "give",
+    "tell", "write", "say", "show", "use",
+];
+
+/// The distinct content words of a text: its [`normalise`]d words less [`STOP_WORDS`].
+pub fn content_words(text: &str) -> HashSet<String> {
+    normalise(text)
+        .split(' ')
+        .filter(|w| !w.is_empty() && !STOP_WORDS.contains(w))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether two prompts (their [`content_words`]) share at least half of the words in either
+/// (Jaccard ≥ 0.5): the same request reworded, which [`normalise`] alone misses ("How do I undo
+/// my last git commit but keep the changes?" against "How do I undo the last git commit but
+/// keep my changes?").
+pub fn near_duplicates(a: &HashSet<String>, b: &HashSet<String>) -> bool {
+    let shared = a.intersection(b).count();
+    shared > 0 && 2 * shared >= a.len() + b.len() - shared
+}
+
 fn field_err(
     file: &Path,
     line: u64,

@@ -219,7 +219,7 @@ async fn calibrate_finds_the_threshold_for_a_strong_share() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("training-data/mixed.jsonl"),
     )
     .unwrap();
-    std::fs::write(&path, prompts).unwrap();
+    std::fs::write(&path, &prompts).unwrap();
     let (ok, text, err) = crate::harness::run_switchyard(&[
         "calibrate".as_ref(),
         "--strong-share".as_ref(),
@@ -236,12 +236,77 @@ async fn calibrate_finds_the_threshold_for_a_strong_share() {
         .parse()
         .unwrap();
     assert!((0.0..=1.0).contains(&t), "{text}");
-    // 124 prompts: 25% above the threshold is 31 (ties aside).
+    // 25% of the prompts above the threshold, give or take one (ties aside).
+    let n = prompts.lines().count();
+    let want = n / 4;
     assert!(
-        text.contains("31 of 124 prompts")
-            || text.contains("30 of 124")
-            || text.contains("32 of 124"),
+        (want.saturating_sub(1)..=want + 2).any(|k| text.contains(&format!("{k} of {n} prompts"))),
         "{text}"
     );
     let _ = std::fs::remove_file(path);
+}
+
+/// The prompts of every `.jsonl` file in a folder of the repo, with their file and line.
+fn prompts_in(folder: &str) -> Vec<(String, usize, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(folder);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        for (i, line) in std::fs::read_to_string(&f).unwrap().lines().enumerate() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            out.push((
+                name.clone(),
+                i + 1,
+                v["prompt"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_training_prompt_rewords_an_evaluation_prompt() {
+    use switchyard::eval::dataset::{content_words, near_duplicates};
+    let eval: Vec<_> = prompts_in("eval/prompts")
+        .into_iter()
+        .map(|(f, l, p)| (f, l, content_words(&p)))
+        .collect();
+    let mut found = Vec::new();
+    for (file, line, prompt) in prompts_in("training-data") {
+        let words = content_words(&prompt);
+        for (ef, el, ew) in &eval {
+            if near_duplicates(&words, ew) {
+                found.push(format!(
+                    "training-data/{file}:{line} ~ eval/prompts/{ef}:{el}"
+                ));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn near_duplicates_are_rewordings_not_shared_phrasing() {
+    use switchyard::eval::dataset::{content_words, near_duplicates};
+    let near = |a: &str, b: &str| near_duplicates(&content_words(a), &content_words(b));
+    assert!(near(
+        "How do I undo my last git commit but keep the changes?",
+        "How do I undo the last git commit but keep my changes?"
+    ));
+    assert!(near(
+        "What are some ways to cut my monthly bills?",
+        "What are some ways I could cut my monthly bills?"
+    ));
+    assert!(!near(
+        "What's the difference between a will and a trust?",
+        "What's the difference between a cold and the flu?"
+    ));
+    assert!(!near("hi", "hello"));
+    assert!(!near("", ""));
 }
