@@ -927,17 +927,22 @@ mod tests {
         assert_eq!(StaticTable::unpack_nibbles(&table.pack_nibbles()), all);
     }
 
+    /// The error of loading the default model's weights under an altered `config.json`.
+    fn load_error(config: &serde_json::Value) -> String {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+        Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn a_four_bit_table_with_the_wrong_shape_is_refused() {
         let m = model();
         let mut config = serde_json::to_value(&m.config).unwrap();
         config["embedding_bits"] = 3.into();
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
-        let err = Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
-            .unwrap_err()
-            .to_string();
+        let err = load_error(&config);
         assert!(err.contains("embedding_bits 3"), "{err}");
     }
 
@@ -967,12 +972,7 @@ mod tests {
         assert!(m.config.domain_lexicon, "the default model has a lexicon");
         let mut config = serde_json::to_value(&m.config).unwrap();
         config["domain_labels"] = serde_json::json!(["general", "legal", "medical"]);
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
-        let err = Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
-            .unwrap_err()
-            .to_string();
+        let err = load_error(&config);
         assert!(err.contains("domain_lexicon shape"), "{err}");
     }
 
