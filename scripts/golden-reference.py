@@ -159,21 +159,42 @@ def main():
             else:
                 f += [0.0] * (2 * n)
 
-        def head(name):
+        def head(name, x):
             w1, (h, n_in) = w[name + ".w1"][0], w[name + ".w1"][1]
             b1 = w[name + ".b1"][0]
             w2, (o, _) = w[name + ".w2"][0], w[name + ".w2"][1]
             b2 = w[name + ".b2"][0]
-            # A head reads the first n_in features (the complexity head only a prefix).
-            hid = [max(0.0, sum(w1[j * n_in + k] * f[k] for k in range(n_in)) + b1[j]) for j in range(h)]
+            assert len(x) >= n_in, (name, len(x), n_in)
+            hid = [max(0.0, sum(w1[j * n_in + k] * x[k] for k in range(n_in)) + b1[j]) for j in range(h)]
             return [sum(w2[j * h + k] * hid[k] for k in range(h)) + b2[j] for j in range(o)]
+
+        intent = softmax(head("intent", f))
+        # The complexity head reads the surface features and the leading complexity_dims of the
+        # main pool (every feature when 0), then one complexity lexicon score per family, then
+        # the intent probabilities.
+        dims = cfg.get("complexity_dims", 0)
+        x = list(f[:4 + dims] if dims else f)
+        families = cfg.get("complexity_lexicon", [])
+        if families:
+            # A TF-IDF bag of the distinct tokens with an idf: (1 + ln tf) * idf, L2-normalised,
+            # times each family's column of weights.
+            idf = w["token_idf"][0]
+            lex, (_, k) = w["complexity_lexicon"]
+            bag = [(i, (1 + math.log(ids.count(i))) * idf[i]) for i in sorted(set(ids)) if idf[i] > 0]
+            norm = math.sqrt(sum(v * v for _, v in bag))
+            x += [sum(v / norm * lex[i * k + j] for i, v in bag) if norm > 0 else 0.0 for j in range(k)]
+        if cfg.get("complexity_intent"):
+            x += intent
+        # Platt scaling of the head's logit, when the model was calibrated.
+        a, b = cfg.get("complexity_calibration", [1.0, 0.0])
+        z = a * head("complexity", x)[0] + b
 
         results.append({
             "prompt": p,
             "token_ids": ids,
-            "intent": dict(zip(cfg["intent_labels"], softmax(head("intent")))),
-            "domain": dict(zip(cfg["domain_labels"], softmax(head("domain")))),
-            "complexity": 1 / (1 + math.exp(-head("complexity")[0])),
+            "intent": dict(zip(cfg["intent_labels"], intent)),
+            "domain": dict(zip(cfg["domain_labels"], softmax(head("domain", f)))),
+            "complexity": 1 / (1 + math.exp(-z)),
         })
     json.dump(results, sys.stdout, indent=1)
     print()

@@ -68,13 +68,24 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         edge_tokens: usize,
         /// The complexity head reads only this many leading dimensions of the pooled embedding
-        /// (its top principal components), which generalises better than all of them (0: all).
-        #[arg(long, default_value_t = 64)]
+        /// (its top principal components) besides the surface features, the complexity
+        /// lexicon and the intent probabilities: more of them fit the training subjects, not
+        /// difficulty (0: every feature).
+        #[arg(long, default_value_t = 8)]
         complexity_dims: usize,
         /// Smoothing of the domain lexicon, a naive-Bayes table of which tokens each domain's
         /// prompts hold, read by the heads beside the pooled embedding (0: no lexicon).
         #[arg(long, default_value_t = 0.1)]
         lexicon_alpha: f64,
+        /// Complexity lexicons to fit, comma-separated: a ridge regression over the prompts'
+        /// TF-IDF bags of tokens per family of complexity labels, read by the complexity head
+        /// ("outcomes": recorded outcomes of cheaper and stronger models; "levels": difficulty
+        /// ratings such as MATH levels). "none" for no lexicon.
+        #[arg(long, default_value = "outcomes,levels", value_delimiter = ',')]
+        complexity_lexicon: Vec<String>,
+        /// Whether the complexity head also reads the intent head's probabilities.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        complexity_intent: bool,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
         /// Epochs that tune the static token embeddings end to end with the intent and domain
@@ -160,6 +171,42 @@ pub enum Backbone {
     Encoder,
 }
 
+/// Which prompts of the data an evaluation keeps: those a model held out of its training.
+#[derive(Debug, clap::Args)]
+pub struct HeldOutArgs {
+    /// Keep only the prompts this model folder held out of training (its metrics.json): whole
+    /// sources, and rows of the sources it trained on.
+    #[arg(long)]
+    pub held_out_of: Option<PathBuf>,
+    /// Which of them: all, sources (subjects, tasks and files it never saw) or rows (held out of
+    /// the sources it trained on).
+    #[arg(long, value_enum, default_value = "all", requires = "held_out_of")]
+    pub held_out_split: HeldOutSplit,
+}
+
+impl HeldOutArgs {
+    pub fn get(&self) -> Option<crate::eval::commands::HeldOut<'_>> {
+        use crate::eval::commands::Split;
+        self.held_out_of
+            .as_deref()
+            .map(|dir| crate::eval::commands::HeldOut {
+                dir,
+                split: match self.held_out_split {
+                    HeldOutSplit::All => Split::All,
+                    HeldOutSplit::Sources => Split::Sources,
+                    HeldOutSplit::Rows => Split::Rows,
+                },
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeldOutSplit {
+    All,
+    Sources,
+    Rows,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Read a public source in its publisher's format and write it in the dataset format
@@ -185,9 +232,8 @@ pub enum EvalCommand {
     Classify {
         #[arg(long)]
         data: PathBuf,
-        /// Keep only the sources this model folder held out of training (its metrics.json).
-        #[arg(long)]
-        held_out_of: Option<PathBuf>,
+        #[command(flatten)]
+        held_out: HeldOutArgs,
         /// A model folder; default: the embedded model.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -200,9 +246,8 @@ pub enum EvalCommand {
     Route {
         #[arg(long)]
         data: PathBuf,
-        /// Keep only the sources this model folder held out of training (its metrics.json).
-        #[arg(long)]
-        held_out_of: Option<PathBuf>,
+        #[command(flatten)]
+        held_out: HeldOutArgs,
         /// The recorded model that stands for the cheap tier (default: from --config).
         #[arg(long)]
         cheap: Option<String>,
@@ -232,9 +277,8 @@ pub enum EvalCommand {
     Compare {
         #[arg(long)]
         data: PathBuf,
-        /// Keep only the sources this model folder held out of training (its metrics.json).
-        #[arg(long)]
-        held_out_of: Option<PathBuf>,
+        #[command(flatten)]
+        held_out: HeldOutArgs,
         /// A model folder, or "embedded".
         a: String,
         /// A model folder, or "embedded".

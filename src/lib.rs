@@ -68,6 +68,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             edge_tokens,
             complexity_dims,
             lexicon_alpha,
+            complexity_lexicon,
+            complexity_intent,
             epochs,
             tune_epochs,
             tune_lr,
@@ -90,6 +92,11 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 edge_tokens,
                 complexity_dims,
                 lexicon_alpha,
+                complexity_lexicon: complexity_lexicon
+                    .into_iter()
+                    .filter(|f| f != "none" && !f.is_empty())
+                    .collect(),
+                complexity_intent,
                 epochs,
                 tune_epochs,
                 tune_lr,
@@ -191,7 +198,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
         } => eprint!("{}", commands::import_cmd(&source, &input, &out, &exclude)?),
         EvalCommand::Classify {
             data,
-            held_out_of,
+            held_out,
             model,
             out,
         } => {
@@ -200,7 +207,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 "{}",
                 commands::classify_cmd(
                     &data,
-                    held_out_of.as_deref(),
+                    held_out.get(),
                     &m,
                     &model_name(&model),
                     out.as_deref()
@@ -209,7 +216,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
         }
         EvalCommand::Route {
             data,
-            held_out_of,
+            held_out,
             cheap,
             strong,
             config,
@@ -235,7 +242,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 "{}",
                 commands::route_cmd(
                     &data,
-                    held_out_of.as_deref(),
+                    held_out.get(),
                     &tm,
                     &m,
                     &model_name(&model),
@@ -246,7 +253,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
         }
         EvalCommand::Compare {
             data,
-            held_out_of,
+            held_out,
             a,
             b,
             cheap,
@@ -272,7 +279,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 "{}",
                 commands::compare_cmd(
                     &data,
-                    held_out_of.as_deref(),
+                    held_out.get(),
                     (&a, &ma),
                     (&b, &mb),
                     tm.as_ref(),

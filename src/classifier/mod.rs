@@ -70,6 +70,22 @@ pub struct ModelConfig {
     /// and max over a prompt's distinct tokens follow the other features.
     #[serde(default, skip_serializing_if = "is_false")]
     pub domain_lexicon: bool,
+    /// The families of complexity labels the model holds a complexity lexicon for
+    /// (`complexity_lexicon` and `token_idf` in the weights), e.g. `["outcomes", "levels"]`: one
+    /// score per family follows every other feature, and only the complexity head reads them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complexity_lexicon: Vec<String>,
+    /// Whether the complexity head reads the intent head's probabilities after its other
+    /// inputs: the kind of prompt tells which of them to trust (a maths problem's difficulty
+    /// lexicon, an exam question's outcome lexicon).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub complexity_intent: bool,
+    /// `[a, b]`: the complexity head's logit z becomes sigmoid(a·z + b), calibrated at training
+    /// to how often the cheap side of recorded outcomes was wrong (Platt scaling). The head
+    /// ranks prompts by what escalating buys; the calibration gives the score the meaning "how
+    /// likely the cheap model gets this wrong" without changing that order (a > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity_calibration: Option<[f32; 2]>,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -121,12 +137,44 @@ impl ModelConfig {
         }
     }
 
-    /// The length of the feature prefix the complexity head reads.
-    pub fn complexity_inputs(&self) -> usize {
+    /// The length of the feature prefix the complexity head reads before the complexity
+    /// lexicon's scores.
+    pub fn complexity_prefix(&self) -> usize {
         match self.complexity_dims {
             0 => self.inputs(),
             d => EXTRA_FEATURES + d.min(self.dim),
         }
+    }
+
+    /// The number of features the complexity head reads: the prefix, the complexity lexicon's
+    /// scores, then the intent probabilities if it reads them.
+    pub fn complexity_inputs(&self) -> usize {
+        self.complexity_prefix()
+            + self.complexity_lexicon.len()
+            + if self.complexity_intent {
+                self.intent_labels.len()
+            } else {
+                0
+            }
+    }
+
+    /// The complexity score of the complexity head's logit `z`.
+    pub fn calibrated_complexity(&self, z: f32) -> f32 {
+        let z = match self.complexity_calibration {
+            Some([a, b]) => a * z + b,
+            None => z,
+        };
+        1.0 / (1.0 + (-z).exp())
+    }
+
+    /// What the complexity head reads of a full feature vector (the heads' inputs followed by
+    /// the complexity lexicon's scores), before the intent probabilities: the prefix and the
+    /// scores.
+    pub fn complexity_view(&self, features: &[f32]) -> Vec<f32> {
+        let prefix = self.complexity_prefix().min(features.len());
+        let mut v = features[..prefix].to_vec();
+        v.extend_from_slice(features.get(self.inputs()..).unwrap_or_default());
+        v
     }
 }
 
@@ -184,7 +232,7 @@ pub struct Scores {
     pub intent_scores: Vec<(String, f32)>,
     pub domain: String,
     pub domain_scores: Vec<(String, f32)>,
-    /// 0..1: how likely a cheap model gets this wrong.
+    /// 0..1: how likely a cheap model gets this wrong where a stronger one gets it right.
     pub complexity: f32,
     pub tokens: usize,
 }
@@ -207,6 +255,7 @@ pub struct Classifier {
     /// The full-encoder backbone, when the model has one.
     encoder: Option<encoder::Encoder>,
     lexicon: Option<Lexicon>,
+    complexity_lexicon: Option<ComplexityLexicon>,
     pub intent: Head,
     pub domain: Head,
     pub complexity: Head,
@@ -518,6 +567,59 @@ impl Lexicon {
     }
 }
 
+/// The complexity lexicon: for every token, a weight per family of complexity labels (recorded
+/// outcomes, difficulty ratings), fitted by ridge regression on the training prompts' TF-IDF
+/// bags of tokens, and the token's idf. A pooled embedding blurs what makes a prompt hard for a
+/// cheap model (the rare words of a subject the cheap model is weak in, the kind of problem);
+/// a linear model over the tokens themselves keeps it, at the cost of one lookup per token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComplexityLexicon {
+    pub families: usize,
+    /// Per token: its idf, 0 for a token too rare in training to carry a weight.
+    pub idf: Vec<f32>,
+    /// `[vocab, families]`, row-major.
+    pub rows: Vec<f32>,
+}
+
+impl ComplexityLexicon {
+    /// The prompt's TF-IDF bag: each distinct token with a nonzero idf and its weight
+    /// (1 + ln tf) · idf, L2-normalised (as scikit-learn's `TfidfVectorizer(sublinear_tf=True)`).
+    pub fn bag(idf: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let mut bag: Vec<(u32, f32)> = Vec::new();
+        for run in sorted.chunk_by(|a, b| a == b) {
+            let t = run[0];
+            let w = idf.get(t as usize).copied().unwrap_or(0.0);
+            if w > 0.0 {
+                bag.push((t, (1.0 + (run.len() as f32).ln()) * w));
+            }
+        }
+        let norm = bag.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            for (_, w) in &mut bag {
+                *w /= norm;
+            }
+        }
+        bag
+    }
+
+    /// Appends one score per family: the prompt's TF-IDF bag times the family's weights.
+    pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
+        let n = self.families;
+        let start = out.len();
+        out.resize(start + n, 0.0);
+        for (t, w) in Self::bag(&self.idf, ids) {
+            let at = t as usize * n;
+            if let Some(row) = self.rows.get(at..at + n) {
+                for (o, v) in out[start..].iter_mut().zip(row) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
 fn tensor_f32(
     st: &safetensors::SafeTensors<'_>,
     name: &str,
@@ -694,6 +796,28 @@ impl Classifier {
         } else {
             None
         };
+        let complexity_lexicon = if config.complexity_lexicon.is_empty() {
+            None
+        } else {
+            let families = config.complexity_lexicon.len();
+            let vocab = tokenizer.vocab_size();
+            let (rows, shape) = tensor_f32(&st, "complexity_lexicon", &wpath)?;
+            let (idf, idf_shape) = tensor_f32(&st, "token_idf", &wpath)?;
+            if shape != [vocab, families] || idf_shape != [vocab] {
+                return Err(load_err(
+                    &wpath,
+                    format!(
+                        "complexity_lexicon shape {shape:?} and token_idf shape {idf_shape:?} do not match \
+                         the vocabulary and the families in config.json"
+                    ),
+                ));
+            }
+            Some(ComplexityLexicon {
+                families,
+                idf,
+                rows,
+            })
+        };
         let intent = head(&st, "intent", &wpath)?;
         let domain = head(&st, "domain", &wpath)?;
         let complexity = head(&st, "complexity", &wpath)?;
@@ -721,6 +845,7 @@ impl Classifier {
             table,
             encoder,
             lexicon,
+            complexity_lexicon,
             intent,
             domain,
             complexity,
@@ -784,6 +909,9 @@ impl Classifier {
         if let Some(lexicon) = &self.lexicon {
             lexicon.features_into(ids, &mut f);
         }
+        if let Some(lexicon) = &self.complexity_lexicon {
+            lexicon.features_into(ids, &mut f);
+        }
         f
     }
 
@@ -809,6 +937,19 @@ impl Classifier {
         )
     }
 
+    /// What the complexity head reads, from a prompt's features and its intent probabilities.
+    pub fn complexity_input(
+        &self,
+        features: &[f32],
+        intent: impl Iterator<Item = f32>,
+    ) -> Vec<f32> {
+        let mut cf = self.config.complexity_view(features);
+        if self.config.complexity_intent {
+            cf.extend(intent);
+        }
+        cf
+    }
+
     pub fn classify(&self, text: &str) -> Scores {
         let (f, tokens) = self.features(text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
@@ -820,8 +961,9 @@ impl Classifier {
         };
         let intent_scores = labelled(&self.intent, &self.config.intent_labels);
         let domain_scores = labelled(&self.domain, &self.config.domain_labels);
-        self.complexity.forward(&f, &mut hidden, &mut out);
-        let complexity = 1.0 / (1.0 + (-out[0]).exp());
+        let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
+        self.complexity.forward(&cf, &mut hidden, &mut out);
+        let complexity = self.config.calibrated_complexity(out[0]);
         let best = |v: &[(String, f32)]| {
             v.iter()
                 .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -974,6 +1116,60 @@ mod tests {
         config["domain_labels"] = serde_json::json!(["general", "legal", "medical"]);
         let err = load_error(&config);
         assert!(err.contains("domain_lexicon shape"), "{err}");
+    }
+
+    #[test]
+    fn the_complexity_lexicon_scores_a_tfidf_bag() {
+        // Token 0 has no idf (too rare in training); token 2 appears twice.
+        let lex = ComplexityLexicon {
+            families: 2,
+            idf: vec![0.0, 1.0, 2.0],
+            rows: vec![5.0, 5.0, 0.5, -1.0, 0.25, 2.0],
+        };
+        let mut f = vec![9.0];
+        lex.features_into(&[2, 0, 1, 2, 8], &mut f);
+        // Weights: token 1 → 1, token 2 → (1 + ln 2) · 2; L2-normalised.
+        let (a, b) = (1.0f32, (1.0 + 2f32.ln()) * 2.0);
+        let n = (a * a + b * b).sqrt();
+        let want = [9.0, (a * 0.5 + b * 0.25) / n, (b * 2.0 - a) / n];
+        assert!(
+            f.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-6),
+            "{f:?} vs {want:?}"
+        );
+        let mut empty = Vec::new();
+        lex.features_into(&[0], &mut empty);
+        assert_eq!(empty, vec![0.0; 2]);
+    }
+
+    #[test]
+    fn the_complexity_head_reads_a_prefix_the_scores_and_the_intent() {
+        let mut config = model().config.clone();
+        config.complexity_dims = 2;
+        config.complexity_lexicon = vec!["outcomes".into(), "levels".into()];
+        let mut f: Vec<f32> = (0..config.inputs()).map(|i| i as f32).collect();
+        f.extend([-1.0, -2.0]);
+        let view = config.complexity_view(&f);
+        assert_eq!(view, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0]);
+        config.complexity_intent = true;
+        assert_eq!(
+            config.complexity_inputs(),
+            view.len() + config.intent_labels.len()
+        );
+        config.complexity_dims = 0;
+        assert_eq!(config.complexity_view(&f), f);
+    }
+
+    #[test]
+    fn a_complexity_lexicon_of_the_wrong_shape_is_refused() {
+        let m = model();
+        assert!(
+            m.config.complexity_lexicon.len() > 1,
+            "the default model has complexity lexicons"
+        );
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["complexity_lexicon"] = serde_json::json!(["outcomes"]);
+        let err = load_error(&config);
+        assert!(err.contains("complexity_lexicon shape"), "{err}");
     }
 
     #[test]

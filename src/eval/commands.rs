@@ -10,6 +10,7 @@ use super::classify::{self, ClassifyReport};
 use super::dataset::{self, Record};
 use super::route::{self, Pair, Point, Strategy};
 use super::{import, plot, EvalError};
+use crate::classifier::train::RowRule;
 use crate::classifier::Classifier;
 use crate::config::{Config, Price};
 
@@ -48,54 +49,100 @@ fn num(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.3}"))
 }
 
-/// Keeps the records whose source a model held out of its training (`validation_sources` in
-/// the model folder's `metrics.json`), so the model is judged on prompts it has not seen.
-pub fn keep_held_out(records: &mut Vec<Record>, model_dir: &Path) -> Result<(), EvalError> {
-    let path = model_dir.join("metrics.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::File {
+/// Which of the prompts a model held out of its training an evaluation keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Whole held-out sources and held-out rows.
+    All,
+    /// Whole held-out sources (subjects, tasks, files it never saw).
+    Sources,
+    /// Rows held out of the sources it trained on (`validation_rows` in its metrics.json).
+    Rows,
+}
+
+/// The prompts a model folder held out of its training, as its `metrics.json` records them.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldOut<'a> {
+    pub dir: &'a Path,
+    pub split: Split,
+}
+
+/// Keeps the records a model held out of its training (`validation_sources` and the
+/// `validation_rows` rule in the model folder's `metrics.json`), so the model is judged on
+/// prompts it has not seen.
+pub fn keep_held_out(records: &mut Vec<Record>, held: HeldOut<'_>) -> Result<(), EvalError> {
+    let path = held.dir.join("metrics.json");
+    let bad = |message: String| EvalError::File {
         file: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| EvalError::File {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let sources: std::collections::HashSet<&str> = m
         .get("validation_sources")
         .and_then(|v| v.as_array())
-        .ok_or_else(|| EvalError::File {
-            file: path.display().to_string(),
-            message: "no \"validation_sources\" list".into(),
-        })?
+        .ok_or_else(|| bad("no \"validation_sources\" list".into()))?
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    records.retain(|r| r.source.as_deref().is_some_and(|s| sources.contains(s)));
+    // A model from before the row split held out no rows.
+    let rows = match m.get("validation_rows") {
+        Some(v) => Some((
+            serde_json::from_value::<RowRule>(v.clone())
+                .map_err(|e| bad(format!("validation_rows: {e}")))?,
+            m.get("seed")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad("no \"seed\"".into()))?,
+        )),
+        None => None,
+    };
+    records.retain(|r| {
+        let Some(source) = r.source.as_deref() else {
+            return false;
+        };
+        let whole = sources.contains(source);
+        let row = || {
+            !whole
+                && rows
+                    .as_ref()
+                    .is_some_and(|(rule, seed)| rule.holds_out(source, &r.text(), *seed))
+        };
+        match held.split {
+            Split::All => whole || row(),
+            Split::Sources => whole,
+            Split::Rows => row(),
+        }
+    });
     Ok(())
 }
 
-/// The records of a dataset file, only those of the sources `held_out` names if given.
-fn read_records(data: &Path, held_out: Option<&Path>) -> Result<Vec<Record>, EvalError> {
+/// The records of a dataset file, only those `held_out` names if given.
+fn read_records(data: &Path, held_out: Option<HeldOut<'_>>) -> Result<Vec<Record>, EvalError> {
     let mut records = dataset::read(data)?;
-    if let Some(dir) = held_out {
-        keep_held_out(&mut records, dir)?;
+    if let Some(held) = held_out {
+        keep_held_out(&mut records, held)?;
     }
     Ok(records)
 }
 
 /// The same, less decision-log records written without their prompt (nothing to classify).
-fn records_with_text(data: &Path, held_out: Option<&Path>) -> Result<Vec<Record>, EvalError> {
+fn records_with_text(data: &Path, held_out: Option<HeldOut<'_>>) -> Result<Vec<Record>, EvalError> {
     let mut records = read_records(data, held_out)?;
     records.retain(|r| !r.text().trim().is_empty());
     Ok(records)
 }
 
-/// How a report names its data: the file, and the model whose held-out sources were kept.
-fn data_label(data: &Path, held_out: Option<&Path>) -> String {
-    match held_out {
-        Some(d) => format!("{}, the sources {} held out", data.display(), d.display()),
-        None => data.display().to_string(),
-    }
+/// How a report names its data: the file, and what the model held out of it.
+fn data_label(data: &Path, held_out: Option<HeldOut<'_>>) -> String {
+    let Some(h) = held_out else {
+        return data.display().to_string();
+    };
+    let what = match h.split {
+        Split::All => "the sources and rows",
+        Split::Sources => "the sources",
+        Split::Rows => "the rows",
+    };
+    format!("{}, {what} {} held out", data.display(), h.dir.display())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +276,7 @@ pub fn classify_report_md(data: &str, model: &str, r: &ClassifyReport) -> String
 
 pub fn classify_cmd(
     data: &Path,
-    held_out: Option<&Path>,
+    held_out: Option<HeldOut<'_>>,
     model: &Classifier,
     model_name: &str,
     out: Option<&Path>,
@@ -512,7 +559,7 @@ pub fn route_plot(dir: &Path, run: &RouteRun) -> Result<(), EvalError> {
 #[allow(clippy::too_many_arguments)]
 pub fn route_cmd(
     data: &Path,
-    held_out: Option<&Path>,
+    held_out: Option<HeldOut<'_>>,
     tm: &TierModels,
     model: &Classifier,
     model_name: &str,
@@ -601,7 +648,7 @@ pub struct Diff {
 #[allow(clippy::too_many_arguments)]
 pub fn compare_cmd(
     data: &Path,
-    held_out: Option<&Path>,
+    held_out: Option<HeldOut<'_>>,
     a: (&str, &Classifier),
     b: (&str, &Classifier),
     tm: Option<&TierModels>,
@@ -768,6 +815,53 @@ pub fn compare_cmd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_out_keeps_the_sources_and_the_rows_a_model_left_out() {
+        let dir = std::env::temp_dir().join(format!("switchyard-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rule = RowRule::new();
+        let seed = 7;
+        let records: Vec<Record> = (0..200)
+            .flat_map(|i| {
+                ["mmlu/anatomy", "mmlu/virology", "legalbench/x"].map(|s| Record {
+                    source: Some(s.into()),
+                    prompt: Some(format!("Question {i}?")),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let metrics = |rows: bool| {
+            let mut m = json!({"validation_sources": ["mmlu/virology"], "seed": seed});
+            if rows {
+                m["validation_rows"] = serde_json::to_value(&rule).unwrap();
+            }
+            std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+        };
+        let kept = |split| {
+            let mut r = records.clone();
+            keep_held_out(&mut r, HeldOut { dir: &dir, split }).unwrap();
+            r
+        };
+        metrics(true);
+        let sources = kept(Split::Sources);
+        assert_eq!(sources.len(), 200);
+        assert!(sources
+            .iter()
+            .all(|r| r.source.as_deref() == Some("mmlu/virology")));
+        let rows = kept(Split::Rows);
+        assert!((5..=40).contains(&rows.len()), "{}", rows.len());
+        assert!(rows.iter().all(|r| {
+            r.source.as_deref() == Some("mmlu/anatomy")
+                && rule.holds_out("mmlu/anatomy", &r.text(), seed)
+        }));
+        assert_eq!(kept(Split::All).len(), sources.len() + rows.len());
+        // A model from before the row split held out whole sources only.
+        metrics(false);
+        assert!(kept(Split::Rows).is_empty());
+        assert_eq!(kept(Split::All).len(), 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn bootstrap_of_a_constant_is_that_constant() {

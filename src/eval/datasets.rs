@@ -16,10 +16,14 @@ pub struct Example {
     pub prompt: String,
     pub intent: Option<String>,
     pub domain: Option<String>,
-    /// 0..1, how likely a cheap model gets it wrong; `None` where unknown.
+    /// 0..1, how likely a cheap model gets it wrong where a stronger one gets it right (what
+    /// escalating buys); `None` where unknown.
     pub complexity: Option<f32>,
     /// A human difficulty rating where one exists (MATH level 1..5).
     pub difficulty: Option<f32>,
+    /// 0..1, how often the cheap side of recorded outcomes got it wrong; `None` where no
+    /// outcomes were recorded. Training calibrates the complexity score to it.
+    pub cheap_error: Option<f32>,
     pub source: String,
     /// Written by people in everyday voice (`training-data/`), rather than taken from a public
     /// exam or document set: training weighs these more.
@@ -35,7 +39,7 @@ pub struct Outcome {
     pub strong: bool,
 }
 
-fn file_err(path: &Path, message: impl Into<String>) -> EvalError {
+pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> EvalError {
     EvalError::File {
         file: path.display().to_string(),
         message: message.into(),
@@ -85,6 +89,7 @@ fn ex(
         domain: domain.map(str::to_string),
         complexity,
         difficulty: None,
+        cheap_error: None,
         source,
         handwritten: false,
     }
@@ -192,15 +197,24 @@ pub fn read_mmlu_outcomes(
     Ok(out)
 }
 
-/// Complexity from recorded outcomes: right by the weak model is easy, right only by the strong
-/// one is hard, wrong by both is hardest.
+/// Complexity from recorded outcomes, as what escalating the prompt buys: right only by the
+/// strong model is hard (0.9); right by the weak model is easy (0.1), and lowest (0.0) when the
+/// strong model got it wrong; wrong by both is scored like easy (0.1), since sending it to the
+/// strong model costs more and answers no better. Scoring "wrong by both" as hardest ranked the
+/// subjects both models fail first, and routing by it did no better than prompt length.
 pub fn outcome_complexity(weak: bool, strong: bool) -> f32 {
-    match (weak, strong) {
-        (true, _) => 0.1,
-        (false, true) => 0.85,
-        (false, false) => 0.95,
-    }
+    gain_complexity(f64::from(u8::from(weak)), f64::from(u8::from(strong)))
 }
+
+/// The same for qualities in 0..1: with the gain g = strong − cheap, 0.1 + 0.8·g when the strong
+/// side does better and 0.1 + 0.1·g when it does worse.
+pub fn gain_complexity(cheap: f64, strong: f64) -> f32 {
+    let g = (strong - cheap).clamp(-1.0, 1.0);
+    (0.1 + 0.8 * g.max(0.0) + 0.1 * g.min(0.0)) as f32
+}
+
+/// LLMRouter models of at least this many billion parameters count as its strong side.
+pub const LLMROUTER_STRONG_BILLIONS: f64 = 40.0;
 
 /// GSM8K (`question`): grade-school maths.
 pub fn read_gsm8k(path: &Path) -> Result<Vec<Example>, EvalError> {
@@ -216,6 +230,28 @@ pub fn read_gsm8k(path: &Path) -> Result<Vec<Example>, EvalError> {
             ))
         })
         .collect()
+}
+
+/// RouteLLM's GSM8K outcomes (`routellm-gsm8k-half.csv`) as labelled prompts: maths, with
+/// complexity from Mixtral/GPT-4 correctness.
+pub fn read_gsm8k_outcomes(path: &Path) -> Result<Vec<Example>, EvalError> {
+    Ok(super::data::read_routellm_answers(
+        path,
+        super::import::ROUTELLM_WEAK,
+        super::import::ROUTELLM_STRONG,
+    )?
+    .into_iter()
+    .map(|r| Example {
+        cheap_error: Some(f32::from(u8::from(!r.cheap_correct))),
+        ..ex(
+            r.prompt,
+            Some("math"),
+            Some("general"),
+            Some(outcome_complexity(r.cheap_correct, r.strong_correct)),
+            "routellm-gsm8k".into(),
+        )
+    })
+    .collect())
 }
 
 /// MATH (`problem`, `level` "Level 1".."Level 5", `type`): the level is the difficulty.
@@ -367,9 +403,35 @@ pub fn read_legalbench(dir: &Path) -> Result<Vec<Example>, EvalError> {
     Ok(out)
 }
 
-/// LLMRouter's `train.jsonl` (`question`, `scores` per model, `task_name`), as labelled prompts:
-/// complexity is one minus the mean score over its models.
+/// LLMRouter's model list, `llms.json` beside its `train.jsonl`: each model's size and prices.
+pub(crate) fn read_llm_list(train: &Path) -> Result<(PathBuf, BTreeMap<String, Value>), EvalError> {
+    let path = train.with_file_name("llms.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e.to_string()))?;
+    let models = serde_json::from_str(&text).map_err(|e| file_err(&path, e.to_string()))?;
+    Ok((path, models))
+}
+
+/// LLMRouter's `train.jsonl` (`question`, `scores` per model, `task_name`), as labelled prompts.
+/// Complexity is what escalating buys ([`gain_complexity`]): the mean score of its large models
+/// (at least [`LLMROUTER_STRONG_BILLIONS`] billion parameters, by the `size` in the `llms.json`
+/// beside it) against the mean of its small ones. One minus the share of models right (the
+/// prompt's difficulty) ranked prompts every model fails first, and routed worse than random.
 pub fn read_llmrouter_prompts(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let (sizes_path, models) = read_llm_list(path)?;
+    let strong = |model: &str| -> Result<bool, EvalError> {
+        models
+            .get(model)
+            .and_then(|m| m.get("size"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim().trim_end_matches(['B', 'b']).parse::<f64>().ok())
+            .map(|b| b >= LLMROUTER_STRONG_BILLIONS)
+            .ok_or_else(|| {
+                file_err(
+                    &sizes_path,
+                    format!("no size like \"7B\" for model {model:?}"),
+                )
+            })
+    };
     let mut out = Vec::new();
     for (line, v) in read_jsonl(path)? {
         let q = str_field(path, line, &v, "question")?;
@@ -377,20 +439,35 @@ pub fn read_llmrouter_prompts(path: &Path) -> Result<Vec<Example>, EvalError> {
             .get("task_name")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let scores: Vec<f64> = v
+        let (mut big, mut small) = (Vec::new(), Vec::new());
+        for (model, score) in v
             .get("scores")
             .and_then(Value::as_object)
-            .map(|m| m.values().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        let complexity = (!scores.is_empty())
-            .then(|| 1.0 - (scores.iter().sum::<f64>() / scores.len() as f64) as f32);
-        out.push(ex(
-            q,
-            llmrouter_intent(task),
-            Some("general"),
-            complexity,
-            format!("llmrouter/{task}"),
-        ));
+            .into_iter()
+            .flatten()
+        {
+            let Some(score) = score.as_f64() else {
+                continue;
+            };
+            if strong(model)? {
+                big.push(score);
+            } else {
+                small.push(score);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let complexity = (!big.is_empty() && !small.is_empty())
+            .then(|| gain_complexity(mean(&small), mean(&big)));
+        out.push(Example {
+            cheap_error: (!small.is_empty()).then(|| (1.0 - mean(&small)).clamp(0.0, 1.0) as f32),
+            ..ex(
+                q,
+                llmrouter_intent(task),
+                Some("general"),
+                complexity,
+                format!("llmrouter/{task}"),
+            )
+        });
     }
     Ok(out)
 }
@@ -402,8 +479,9 @@ pub fn read_mmlu_prompts(
 ) -> Result<Vec<Example>, EvalError> {
     Ok(read_mmlu_outcomes(dir, contaminated)?
         .into_iter()
-        .map(|o| {
-            ex(
+        .map(|o| Example {
+            cheap_error: Some(f32::from(u8::from(!o.weak))),
+            ..ex(
                 o.prompt,
                 Some("open_qa"),
                 Some(mmlu_domain(&o.subject)),
@@ -434,6 +512,9 @@ pub fn read_all(
     out.extend(read_mmlu_prompts(
         &data.join("routing-outcomes/routellm-mmlu"),
         Some(&data.join("routing-outcomes/routellm-mmlu-contaminated.jsonl")),
+    )?);
+    out.extend(read_gsm8k_outcomes(
+        &data.join("routing-outcomes/routellm-gsm8k-half.csv"),
     )?);
     out.extend(read_handwritten(handwritten)?);
     Ok(cap(out, cap_per_source))

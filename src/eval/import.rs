@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::dataset::{normalise, Outcome, Record};
-use super::datasets::{self, Example};
+use super::datasets::{self, file_err, Example};
 use super::EvalError;
 
 /// The weak and strong models of RouteLLM's recordings.
@@ -66,19 +66,14 @@ pub fn to_example(r: &Record) -> Example {
         domain: r.domain.clone(),
         complexity: r.complexity.map(|c| c as f32),
         difficulty: r.difficulty.map(|d| d as f32),
+        // A dataset record does not say which of its models is the cheap one.
+        cheap_error: None,
         source: r.source.clone().unwrap_or_else(|| "dataset".into()),
         // `eval import --source handwritten` names its sources so.
         handwritten: r
             .source
             .as_deref()
             .is_some_and(|s| s.starts_with("handwritten-")),
-    }
-}
-
-fn file_err(path: &Path, message: impl Into<String>) -> EvalError {
-    EvalError::File {
-        file: path.display().to_string(),
-        message: message.into(),
     }
 }
 
@@ -139,8 +134,9 @@ fn routellm_gsm8k(path: &Path) -> Result<Vec<Record>, EvalError> {
                 ..Default::default()
             };
             Record {
-                id: Some(format!("gsm8k/{}", i + 1)),
-                source: Some("gsm8k".into()),
+                id: Some(format!("routellm-gsm8k/{}", i + 1)),
+                // As `train` names it, so `--held-out-of` finds its held-out rows.
+                source: Some("routellm-gsm8k".into()),
                 intent: Some("math".into()),
                 domain: Some("general".into()),
                 outcomes: [
@@ -165,11 +161,7 @@ fn routellm_gsm8k(path: &Path) -> Result<Vec<Record>, EvalError> {
 /// LLMRouter: scores of 9 models per question, and cost from `llms.json`'s prices. The data has
 /// no answer lengths, so the cost counts the question's estimated tokens at each input price.
 fn llmrouter(path: &Path) -> Result<Vec<Record>, EvalError> {
-    let prices_path = path.with_file_name("llms.json");
-    let text =
-        std::fs::read_to_string(&prices_path).map_err(|e| file_err(&prices_path, e.to_string()))?;
-    let prices: BTreeMap<String, Value> =
-        serde_json::from_str(&text).map_err(|e| file_err(&prices_path, e.to_string()))?;
+    let (prices_path, prices) = datasets::read_llm_list(path)?;
     let price_of = |model: &str| -> Result<f64, EvalError> {
         prices
             .get(model)
