@@ -181,30 +181,18 @@ pub struct HeldOutArgs {
     /// Which of them: all, sources (subjects, tasks and files it never saw) or rows (held out of
     /// the sources it trained on).
     #[arg(long, value_enum, default_value = "all", requires = "held_out_of")]
-    pub held_out_split: HeldOutSplit,
+    pub held_out_split: crate::eval::commands::Split,
 }
 
 impl HeldOutArgs {
     pub fn get(&self) -> Option<crate::eval::commands::HeldOut<'_>> {
-        use crate::eval::commands::Split;
         self.held_out_of
             .as_deref()
             .map(|dir| crate::eval::commands::HeldOut {
                 dir,
-                split: match self.held_out_split {
-                    HeldOutSplit::All => Split::All,
-                    HeldOutSplit::Sources => Split::Sources,
-                    HeldOutSplit::Rows => Split::Rows,
-                },
+                split: self.held_out_split,
             })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HeldOutSplit {
-    All,
-    Sources,
-    Rows,
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,7 +50,7 @@ fn num(x: Option<f64>) -> String {
 }
 
 /// Which of the prompts a model held out of its training an evaluation keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     /// Whole held-out sources and held-out rows.
     All,
