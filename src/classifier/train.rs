@@ -711,9 +711,11 @@ pub fn train_heads(
     }
     pb.finish();
     // The complexity head trains second, on the trained intent head's probabilities when it
-    // reads them, with an optimiser of its own.
+    // reads them, with an optimiser of its own. The probabilities are detached: the intent
+    // head is done, and otherwise every complexity step would backpropagate through its
+    // forward pass over the whole training set.
     let xc = if complexity_intent {
-        let probs = candle_nn::ops::softmax(&forward(&heads[0], &data.x)?, D::Minus1)?;
+        let probs = candle_nn::ops::softmax(&forward(&heads[0], &data.x)?, D::Minus1)?.detach();
         Tensor::cat(&[&xc, &probs], 1)?
     } else {
         xc
