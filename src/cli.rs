@@ -106,6 +106,13 @@ pub enum Command {
         /// domain: the hand-written examples are few but the only everyday-voice prompts.
         #[arg(long, default_value_t = 20.0)]
         handwritten_weight: f32,
+        /// The share of the intent and domain heads' inputs zeroed at random at each training
+        /// step (seeded): the heads learn not to hang a decision on one input.
+        #[arg(long, default_value_t = 0.3, value_parser = unit_interval)]
+        dropout: f32,
+        /// The AdamW weight decay of the heads.
+        #[arg(long, default_value_t = 1e-4)]
+        weight_decay: f64,
         /// Dataset files (eval/dataset.schema.json) with more labelled prompts to train on.
         #[arg(long)]
         extra: Vec<PathBuf>,
@@ -308,4 +315,14 @@ pub enum EvalCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// A share in [0, 1): dropout of 1 would zero every input.
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in [0, 1)"))
+    }
 }
