@@ -99,6 +99,10 @@ pub enum Command {
         tune_lr: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Seeds only which sources and rows are held out for validation (default: --seed). Fix
+        /// it and vary --seed to measure how much the heads' random start alone moves a figure.
+        #[arg(long)]
+        split_seed: Option<u64>,
         /// At most this many examples from one source (file, task or subject).
         #[arg(long, default_value_t = 2500)]
         cap_per_source: usize,

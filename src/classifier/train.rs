@@ -65,6 +65,8 @@ pub struct TrainArgs {
     pub tune_epochs: usize,
     pub tune_lr: f64,
     pub seed: u64,
+    /// Seeds the validation split instead of `seed`, when given.
+    pub split_seed: Option<u64>,
     pub cap_per_source: usize,
     /// The loss weight of a hand-written example (intent and domain heads).
     pub handwritten_weight: f32,
@@ -81,6 +83,13 @@ pub struct TrainArgs {
     pub encoder_backbone: bool,
     /// Markdown reports (e.g. `eval compare` of the two backbones) to include in the model card.
     pub compare_report: Vec<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The seed of the validation split: `split_seed` if given, else `seed`.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
 }
 
 fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -926,6 +935,9 @@ pub struct Metrics {
     /// The rows held out of the sources trained on ([`RowRule`]).
     pub validation_rows: RowMetrics,
     pub seed: u64,
+    /// The seed of the validation split, when it is not `seed` (`--split-seed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
 }
 
 /// Validation on rows held out of sources the model otherwise trained on.
@@ -1102,7 +1114,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             before - all.len()
         );
     }
-    let (train, held) = split(all, args.seed);
+    let (train, held) = split(all, args.split_seed());
     eprintln!(
         "{} training examples, {} validation examples from {} held-out sources, {} held-out rows",
         train.len(),
@@ -1278,9 +1290,9 @@ fn finish(
         let (mut whole, mut rows) = (Vec::new(), Vec::new());
         for o in outcomes {
             let s = source(&o);
-            if is_validation(&s, args.seed) {
+            if is_validation(&s, args.split_seed()) {
                 whole.push(o);
-            } else if rule.holds_out(&s, &o.prompt, args.seed) {
+            } else if rule.holds_out(&s, &o.prompt, args.split_seed()) {
                 rows.push(o);
             }
         }
@@ -1311,6 +1323,7 @@ fn finish(
             routing_gsm8k: routing_metrics(&model, &gsm8k_rows),
         },
         seed: args.seed,
+        split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
     };
     std::fs::write(
         args.out.join("metrics.json"),
@@ -1979,6 +1992,9 @@ pub fn model_card(
         args.dropout,
         args.weight_decay
     );
+    if let Some(split_seed) = m.split_seed {
+        cmd.push_str(&format!(" --split-seed {split_seed}"));
+    }
     if args.tune_epochs > 0 && config.backbone_encoder.is_none() {
         cmd.push_str(&format!(
             " --tune-epochs {} --tune-lr {}",
@@ -2383,6 +2399,7 @@ mod tests {
             tune_epochs: 0,
             tune_lr: 0.0,
             seed: 1,
+            split_seed: None,
             cap_per_source: 100,
             handwritten_weight: 1.0,
             dropout: 0.0,

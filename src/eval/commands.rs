@@ -90,7 +90,9 @@ pub fn keep_held_out(records: &mut Vec<Record>, held: HeldOut<'_>) -> Result<(),
         Some(v) => Some((
             serde_json::from_value::<RowRule>(v.clone())
                 .map_err(|e| bad(format!("validation_rows: {e}")))?,
-            m.get("seed")
+            // The split's own seed when training set one (`--split-seed`), else the seed.
+            m.get("split_seed")
+                .or_else(|| m.get("seed"))
                 .and_then(serde_json::Value::as_u64)
                 .ok_or_else(|| bad("no \"seed\"".into()))?,
         )),
@@ -856,6 +858,15 @@ mod tests {
                 && rule.holds_out("mmlu/anatomy", &r.text(), seed)
         }));
         assert_eq!(kept(Split::All).len(), sources.len() + rows.len());
+        // A model trained with --split-seed held out the rows of that seed, not of its own.
+        let mut m = json!({"validation_sources": ["mmlu/virology"], "seed": seed + 1});
+        m["validation_rows"] = serde_json::to_value(&rule).unwrap();
+        std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+        let other = kept(Split::Rows);
+        assert_ne!(other, rows, "seed {} holds out other rows", seed + 1);
+        m["split_seed"] = json!(seed);
+        std::fs::write(dir.join("metrics.json"), m.to_string()).unwrap();
+        assert_eq!(kept(Split::Rows), rows);
         // A model from before the row split held out whole sources only.
         metrics(false);
         assert!(kept(Split::Rows).is_empty());
