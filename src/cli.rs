@@ -77,6 +77,10 @@ pub enum Command {
         /// prompts hold, read by the heads beside the pooled embedding (0: no lexicon).
         #[arg(long, default_value_t = 0.1)]
         lexicon_alpha: f64,
+        /// Also fit an intent lexicon, the same kind of table over the intent labels, read by
+        /// the heads after the domain lexicon (needs --lexicon-alpha above 0).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        intent_lexicon: bool,
         /// Complexity lexicons to fit, comma-separated: a ridge regression over the prompts'
         /// TF-IDF bags of tokens per family of complexity labels, read by the complexity head
         /// ("outcomes": recorded outcomes of cheaper and stronger models; "levels": difficulty

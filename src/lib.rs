@@ -68,6 +68,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             edge_tokens,
             complexity_dims,
             lexicon_alpha,
+            intent_lexicon,
             complexity_lexicon,
             complexity_intent,
             epochs,
@@ -95,6 +96,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 edge_tokens,
                 complexity_dims,
                 lexicon_alpha,
+                intent_lexicon,
                 complexity_lexicon: complexity_lexicon
                     .into_iter()
                     .filter(|f| f != "none" && !f.is_empty())

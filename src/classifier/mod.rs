@@ -70,6 +70,10 @@ pub struct ModelConfig {
     /// and max over a prompt's distinct tokens follow the other features.
     #[serde(default, skip_serializing_if = "is_false")]
     pub domain_lexicon: bool,
+    /// Whether the model holds an intent lexicon (`intent_lexicon` in the weights), the same
+    /// kind of table over the intent labels: its features follow the domain lexicon's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub intent_lexicon: bool,
     /// The families of complexity labels the model holds a complexity lexicon for
     /// (`complexity_lexicon` and `token_idf` in the weights), e.g. `["outcomes", "levels"]`: one
     /// score per family follows every other feature, and only the complexity head reads them.
@@ -128,13 +132,17 @@ impl ModelConfig {
         self.dim * pools(self.edge_tokens) + EXTRA_FEATURES + self.lexicon_inputs()
     }
 
-    /// The lexicon's features: a posterior and a max per domain label, or none.
+    /// The lexicons' features: a posterior and a max per domain label, then per intent label,
+    /// for each lexicon the model holds.
     pub fn lexicon_inputs(&self) -> usize {
+        let mut n = 0;
         if self.domain_lexicon {
-            2 * self.domain_labels.len()
-        } else {
-            0
+            n += 2 * self.domain_labels.len();
         }
+        if self.intent_lexicon {
+            n += 2 * self.intent_labels.len();
+        }
+        n
     }
 
     /// The length of the feature prefix the complexity head reads before the complexity
@@ -255,6 +263,7 @@ pub struct Classifier {
     /// The full-encoder backbone, when the model has one.
     encoder: Option<encoder::Encoder>,
     lexicon: Option<Lexicon>,
+    intent_lexicon: Option<Lexicon>,
     complexity_lexicon: Option<ComplexityLexicon>,
     pub intent: Head,
     pub domain: Head,
@@ -783,19 +792,32 @@ impl Classifier {
                 None,
             ),
         };
-        let lexicon = if config.domain_lexicon {
-            let (rows, shape) = tensor_f32(&st, "domain_lexicon", &wpath)?;
-            let labels = config.domain_labels.len();
+        let lexicon = |on: bool,
+                       name: &str,
+                       labels: usize|
+         -> Result<Option<Lexicon>, ModelError> {
+            if !on {
+                return Ok(None);
+            }
+            let (rows, shape) = tensor_f32(&st, name, &wpath)?;
             if shape != [tokenizer.vocab_size(), labels] {
                 return Err(load_err(
                     &wpath,
-                    format!("domain_lexicon shape {shape:?} does not match the vocabulary and the domain labels"),
+                    format!("{name} shape {shape:?} does not match the vocabulary and the labels"),
                 ));
             }
-            Some(Lexicon { labels, rows })
-        } else {
-            None
+            Ok(Some(Lexicon { labels, rows }))
         };
+        let intent_lexicon = lexicon(
+            config.intent_lexicon,
+            "intent_lexicon",
+            config.intent_labels.len(),
+        )?;
+        let lexicon = lexicon(
+            config.domain_lexicon,
+            "domain_lexicon",
+            config.domain_labels.len(),
+        )?;
         let complexity_lexicon = if config.complexity_lexicon.is_empty() {
             None
         } else {
@@ -845,6 +867,7 @@ impl Classifier {
             table,
             encoder,
             lexicon,
+            intent_lexicon,
             complexity_lexicon,
             intent,
             domain,
@@ -907,6 +930,9 @@ impl Classifier {
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
         let mut f = self.pooled_features(ids, text);
         if let Some(lexicon) = &self.lexicon {
+            lexicon.features_into(ids, &mut f);
+        }
+        if let Some(lexicon) = &self.intent_lexicon {
             lexicon.features_into(ids, &mut f);
         }
         if let Some(lexicon) = &self.complexity_lexicon {
@@ -1116,6 +1142,11 @@ mod tests {
         config["domain_labels"] = serde_json::json!(["general", "legal", "medical"]);
         let err = load_error(&config);
         assert!(err.contains("domain_lexicon shape"), "{err}");
+        // A config that promises an intent lexicon the weights do not hold is refused too.
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["intent_lexicon"] = serde_json::json!(true);
+        let err = load_error(&config);
+        assert!(err.contains("intent_lexicon"), "{err}");
     }
 
     #[test]

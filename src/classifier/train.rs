@@ -55,6 +55,9 @@ pub struct TrainArgs {
     pub complexity_dims: usize,
     /// Smoothing of the domain lexicon (0: none).
     pub lexicon_alpha: f64,
+    /// Also fit an intent lexicon, the same kind of table over the intent labels (needs
+    /// `lexicon_alpha` above 0).
+    pub intent_lexicon: bool,
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
     /// [`COMPLEXITY_FAMILIES`].
     pub complexity_lexicon: Vec<String>,
@@ -1205,7 +1208,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         })
         .collect();
     pb.finish();
-    let lexicon = add_lexicon(args, &train, &ids, raw.len(), &mut feats);
+    let lexicon = add_lexicons(args, &train, &ids, raw.len(), &mut feats);
     let (cfeats, complexity_lexicon) =
         complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
@@ -1377,6 +1380,7 @@ fn model_config(
             args.complexity_dims
         },
         domain_lexicon: args.lexicon_alpha > 0.0,
+        intent_lexicon: args.lexicon_alpha > 0.0 && args.intent_lexicon,
         complexity_lexicon: args.complexity_lexicon.clone(),
         complexity_intent: args.complexity_intent,
         complexity_calibration: None,
@@ -1391,32 +1395,69 @@ fn model_config(
 /// from a table that never counted it, as an unseen prompt's will.
 const LEXICON_FOLDS: usize = 5;
 
-/// Each domain counts as this many prompts in the lexicon, so that it carries no prior: the
+/// Each label counts as this many prompts in a lexicon, so that it carries no prior: the
 /// smoothing `--lexicon-alpha` is relative to it.
 const LEXICON_PROMPTS_PER_DOMAIN: f64 = 1000.0;
 
-/// Weighted counts of the distinct tokens in each domain's prompts, per fold.
+/// Which labels a lexicon is over: the domains, or the intents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LexiconOf {
+    Domain,
+    Intent,
+}
+
+impl LexiconOf {
+    fn labels(self) -> &'static [&'static str] {
+        match self {
+            LexiconOf::Domain => &DOMAINS,
+            LexiconOf::Intent => &INTENTS,
+        }
+    }
+
+    /// The weights entry's name.
+    fn name(self) -> &'static str {
+        match self {
+            LexiconOf::Domain => "domain_lexicon",
+            LexiconOf::Intent => "intent_lexicon",
+        }
+    }
+
+    /// The index of an example's label, if it has one of these.
+    fn label_of(self, e: &Example) -> Option<usize> {
+        let label = match self {
+            LexiconOf::Domain => e.domain.as_ref(),
+            LexiconOf::Intent => e.intent.as_ref(),
+        }?;
+        self.labels().iter().position(|x| x == label)
+    }
+}
+
+/// Weighted counts of the distinct tokens in each label's prompts, per fold.
 struct LexiconCounts {
     vocab: usize,
-    /// Per fold: `[vocab, domains]` counts.
+    /// The number of labels.
+    n: usize,
+    /// Per fold: `[vocab, labels]` counts.
     tokens: Vec<Vec<f64>>,
-    /// Per fold: the total weight of each domain's prompts.
+    /// Per fold: the total weight of each label's prompts.
     weight: Vec<Vec<f64>>,
 }
 
 impl LexiconCounts {
     /// Counts the training prompts; a hand-written one weighs `handwritten_weight`, as in the
     /// heads' loss. Prompt `i` falls in fold `i % LEXICON_FOLDS`.
-    fn new(rows: &[Example], ids: &[Vec<u32>], vocab: usize, handwritten_weight: f32) -> Self {
-        let n = DOMAINS.len();
+    fn new(
+        of: LexiconOf,
+        rows: &[Example],
+        ids: &[Vec<u32>],
+        vocab: usize,
+        handwritten_weight: f32,
+    ) -> Self {
+        let n = of.labels().len();
         let mut tokens = vec![vec![0f64; vocab * n]; LEXICON_FOLDS];
         let mut weight = vec![vec![0f64; n]; LEXICON_FOLDS];
         for (i, (e, t)) in rows.iter().zip(ids).enumerate() {
-            let Some(d) = e
-                .domain
-                .as_ref()
-                .and_then(|d| DOMAINS.iter().position(|x| x == d))
-            else {
+            let Some(d) = of.label_of(e) else {
                 continue;
             };
             let fold = i % LEXICON_FOLDS;
@@ -1439,15 +1480,16 @@ impl LexiconCounts {
         }
         LexiconCounts {
             vocab,
+            n,
             tokens,
             weight,
         }
     }
 
     /// The lexicon from every fold but `left_out`: `ln((count + alpha) / (total + alpha·vocab))`
-    /// per token and domain, each row centred on its mean and rounded to f16 as stored.
+    /// per token and label, each row centred on its mean and rounded to f16 as stored.
     fn table(&self, left_out: Option<usize>, alpha: f64) -> super::Lexicon {
-        let n = DOMAINS.len();
+        let n = self.n;
         let folds = (0..LEXICON_FOLDS).filter(|&f| Some(f) != left_out);
         let mut counts = vec![0f64; self.vocab * n];
         let mut weight = vec![0f64; n];
@@ -1491,19 +1533,40 @@ impl LexiconCounts {
     }
 }
 
-/// With `--lexicon-alpha` above 0: appends each training prompt's cross-fitted lexicon
-/// features to its row, and returns the lexicon of all of them as a weights entry.
-fn add_lexicon(
+/// With `--lexicon-alpha` above 0: appends each training prompt's cross-fitted domain lexicon
+/// features to its row, then (with `--intent-lexicon`) the intent lexicon's, and returns the
+/// lexicons of all of them as weights entries.
+fn add_lexicons(
     args: &TrainArgs,
     train: &[Example],
     ids: &[Vec<u32>],
     vocab: usize,
     feats: &mut [Vec<f32>],
-) -> Option<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> {
-    if args.lexicon_alpha <= 0.0 {
-        return None;
+) -> Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> {
+    let mut kinds = Vec::new();
+    if args.lexicon_alpha > 0.0 {
+        kinds.push(LexiconOf::Domain);
+        if args.intent_lexicon {
+            kinds.push(LexiconOf::Intent);
+        }
     }
-    let counts = LexiconCounts::new(train, ids, vocab, args.handwritten_weight);
+    kinds
+        .into_iter()
+        .map(|of| add_lexicon(of, args, train, ids, vocab, feats))
+        .collect()
+}
+
+/// Appends each training prompt's cross-fitted features of one lexicon to its row, and returns
+/// the lexicon of all of them as a weights entry.
+fn add_lexicon(
+    of: LexiconOf,
+    args: &TrainArgs,
+    train: &[Example],
+    ids: &[Vec<u32>],
+    vocab: usize,
+    feats: &mut [Vec<f32>],
+) -> (String, Vec<u8>, safetensors::Dtype, Vec<usize>) {
+    let counts = LexiconCounts::new(of, train, ids, vocab, args.handwritten_weight);
     let folds: Vec<super::Lexicon> = (0..LEXICON_FOLDS)
         .map(|f| counts.table(Some(f), args.lexicon_alpha))
         .collect();
@@ -1516,12 +1579,12 @@ fn add_lexicon(
         .iter()
         .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
         .collect();
-    Some((
-        "domain_lexicon".into(),
+    (
+        of.name().into(),
         bytes,
         safetensors::Dtype::F16,
-        vec![vocab, DOMAINS.len()],
-    ))
+        vec![vocab, of.labels().len()],
+    )
 }
 
 /// The families of complexity labels a complexity lexicon can be fitted for, each with the
@@ -1799,7 +1862,7 @@ fn run_encoder_backbone(
         format!("full encoder backbone from {source}"),
         Some(source.to_string()),
     );
-    let lexicon = add_lexicon(args, train, &ids, wp.vocab_size(), &mut feats);
+    let lexicon = add_lexicons(args, train, &ids, wp.vocab_size(), &mut feats);
     let (cfeats, complexity_lexicon) =
         complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
@@ -1992,6 +2055,9 @@ pub fn model_card(
         args.dropout,
         args.weight_decay
     );
+    if config.intent_lexicon {
+        cmd.push_str(" --intent-lexicon true");
+    }
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
@@ -2207,7 +2273,7 @@ mod tests {
             .collect();
         let mut ids: Vec<Vec<u32>> = (0..12).map(|i| vec![1 + (i % 2)]).collect();
         ids[0].push(3);
-        let counts = LexiconCounts::new(&train, &ids, 5, 1.0);
+        let counts = LexiconCounts::new(LexiconOf::Domain, &train, &ids, 5, 1.0);
         let legal = DOMAINS.iter().position(|d| *d == "legal").unwrap();
         let row = |l: &crate::classifier::Lexicon, t: usize| l.rows[t * 4..t * 4 + 4].to_vec();
         let all = counts.table(None, 0.1);
@@ -2222,6 +2288,33 @@ mod tests {
             .rows
             .chunks(4)
             .all(|r| r.iter().sum::<f32>().abs() < 1e-2));
+    }
+
+    #[test]
+    fn the_intent_lexicon_counts_intents() {
+        // Token 3 is in every maths prompt and in no other; all are general.
+        let train: Vec<Example> = INTENTS
+            .iter()
+            .cycle()
+            .take(48)
+            .map(|i| example("x", i, "general"))
+            .collect();
+        let ids: Vec<Vec<u32>> = train
+            .iter()
+            .map(|e| match e.intent.as_deref() {
+                Some("math") => vec![1, 3],
+                _ => vec![1, 2],
+            })
+            .collect();
+        let n = INTENTS.len();
+        let table = LexiconCounts::new(LexiconOf::Intent, &train, &ids, 5, 1.0).table(None, 0.1);
+        assert_eq!((table.labels, table.rows.len()), (n, 5 * n));
+        let math = INTENTS.iter().position(|i| *i == "math").unwrap();
+        let r = &table.rows[3 * n..4 * n];
+        assert!((0..n).all(|i| i == math || r[math] > r[i]), "{r:?}");
+        // Token 1 is in every prompt: it favours no intent.
+        let r1 = &table.rows[n..2 * n];
+        assert!(r1.iter().all(|x| x.abs() < 1e-2), "{r1:?}");
     }
 
     #[test]
@@ -2393,6 +2486,7 @@ mod tests {
             edge_tokens: 0,
             complexity_dims: 1,
             lexicon_alpha: 0.0,
+            intent_lexicon: false,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             complexity_intent: false,
             epochs: 1,
