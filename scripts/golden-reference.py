@@ -148,10 +148,12 @@ def main():
         f += pool(ids, True)
         if E > 0:
             f += pool(ids[:E], False) + pool(ids[-E:], False)
-        if cfg.get("domain_lexicon"):
+        for name in ("domain_lexicon", "intent_lexicon"):
+            if not cfg.get(name):
+                continue
             # Over the lexicon rows of the prompt's distinct tokens: the softmax of their sum
-            # (the naive-Bayes posterior), then their max.
-            lex, (_, n) = w["domain_lexicon"]
+            # (the naive-Bayes posterior), then their max. The domain lexicon's come first.
+            lex, (_, n) = w[name]
             rows = [lex[i * n:(i + 1) * n] for i in sorted(set(ids))]
             if rows:
                 f += softmax([sum(r[d] for r in rows) for d in range(n)])

@@ -79,7 +79,7 @@ pub enum Command {
         lexicon_alpha: f64,
         /// Also fit an intent lexicon, the same kind of table over the intent labels, read by
         /// the heads after the domain lexicon (needs --lexicon-alpha above 0).
-        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         intent_lexicon: bool,
         /// Complexity lexicons to fit, comma-separated: a ridge regression over the prompts'
         /// TF-IDF bags of tokens per family of complexity labels, read by the complexity head

@@ -1100,9 +1100,10 @@ mod tests {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
         let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
         let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
-        Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
-            .unwrap_err()
-            .to_string()
+        match Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m") {
+            Ok(_) => panic!("the model loaded with {config}"),
+            Err(e) => e.to_string(),
+        }
     }
 
     #[test]
@@ -1142,11 +1143,15 @@ mod tests {
         config["domain_labels"] = serde_json::json!(["general", "legal", "medical"]);
         let err = load_error(&config);
         assert!(err.contains("domain_lexicon shape"), "{err}");
-        // A config that promises an intent lexicon the weights do not hold is refused too.
+        // So is an intent lexicon that does not fit the intent labels.
+        assert!(
+            m.config.intent_lexicon,
+            "the default model has an intent lexicon"
+        );
         let mut config = serde_json::to_value(&m.config).unwrap();
-        config["intent_lexicon"] = serde_json::json!(true);
+        config["intent_labels"] = serde_json::json!(m.config.intent_labels[..11]);
         let err = load_error(&config);
-        assert!(err.contains("intent_lexicon"), "{err}");
+        assert!(err.contains("intent_lexicon shape"), "{err}");
     }
 
     #[test]

@@ -1397,7 +1397,7 @@ const LEXICON_FOLDS: usize = 5;
 
 /// Each label counts as this many prompts in a lexicon, so that it carries no prior: the
 /// smoothing `--lexicon-alpha` is relative to it.
-const LEXICON_PROMPTS_PER_DOMAIN: f64 = 1000.0;
+const LEXICON_PROMPTS_PER_LABEL: f64 = 1000.0;
 
 /// Which labels a lexicon is over: the domains, or the intents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1505,7 +1505,7 @@ impl LexiconCounts {
             .iter()
             .map(|&w| {
                 if w > 0.0 {
-                    LEXICON_PROMPTS_PER_DOMAIN / w
+                    LEXICON_PROMPTS_PER_LABEL / w
                 } else {
                     0.0
                 }
@@ -1931,11 +1931,18 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     let lexicon = if config.domain_lexicon {
         format!(
             "After those features comes the domain lexicon: a naive-Bayes table, per token and domain, of how likely a \
-             prompt of that domain is to hold the token (each domain counted as {LEXICON_PROMPTS_PER_DOMAIN} prompts, \
+             prompt of that domain is to hold the token (each domain counted as {LEXICON_PROMPTS_PER_LABEL} prompts, \
              hand-written ones weighted as below, smoothed by `--lexicon-alpha`, f16). A prompt adds its posterior over the \
              domains (the softmax of the sum over its distinct tokens) and the max of each domain's column: one \
              \"dividend\" or \"penicillin\" then counts, however much else the prompt says. The heads are trained on \
-             lexicon features cross-fitted over {LEXICON_FOLDS} folds, each from a table that never counted the prompt. "
+             lexicon features cross-fitted over {LEXICON_FOLDS} folds, each from a table that never counted the prompt. {}",
+            if config.intent_lexicon {
+                "An intent lexicon, the same kind of table over the intents, adds its posterior and maxima after the \
+                 domain lexicon's: one \"limerick\", \"tl;dr\" or \"spam\" then counts towards its intent, where the pooled \
+                 vectors of a prompt that quotes a paragraph mostly say what the paragraph is about. "
+            } else {
+                ""
+            }
         )
     } else {
         String::new()
