@@ -262,7 +262,7 @@ pub struct Classifier {
     table: StaticTable,
     /// The full-encoder backbone, when the model has one.
     encoder: Option<encoder::Encoder>,
-    lexicon: Option<Lexicon>,
+    domain_lexicon: Option<Lexicon>,
     intent_lexicon: Option<Lexicon>,
     complexity_lexicon: Option<ComplexityLexicon>,
     pub intent: Head,
@@ -528,10 +528,10 @@ impl StaticTable {
     }
 }
 
-/// The domain lexicon: for every token, how much likelier a prompt holding it is in each domain
-/// (naive-Bayes log-likelihoods over which tokens a prompt holds, each row centred on its mean).
-/// Pooled vectors blur one "dividend" or "penicillin" among a prompt's other words; the lexicon's
-/// max over the prompt keeps it.
+/// A domain or intent lexicon: for every token, how much likelier a prompt holding it is under
+/// each label (naive-Bayes log-likelihoods over which tokens a prompt holds, each row centred on
+/// its mean). Pooled vectors blur one "dividend" or "limerick" among a prompt's other words; the
+/// lexicon's max over the prompt keeps it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lexicon {
     pub labels: usize,
@@ -540,7 +540,7 @@ pub struct Lexicon {
 }
 
 impl Lexicon {
-    /// Appends the naive-Bayes posterior over the domains (the softmax of the sum of the rows of
+    /// Appends the naive-Bayes posterior over the labels (the softmax of the sum of the rows of
     /// the distinct tokens in `ids`), then those rows' max (zeros for a prompt with none).
     pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
         let n = self.labels;
@@ -813,7 +813,7 @@ impl Classifier {
             "intent_lexicon",
             config.intent_labels.len(),
         )?;
-        let lexicon = lexicon(
+        let domain_lexicon = lexicon(
             config.domain_lexicon,
             "domain_lexicon",
             config.domain_labels.len(),
@@ -866,7 +866,7 @@ impl Classifier {
             tokenizer,
             table,
             encoder,
-            lexicon,
+            domain_lexicon,
             intent_lexicon,
             complexity_lexicon,
             intent,
@@ -929,7 +929,7 @@ impl Classifier {
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
         let mut f = self.pooled_features(ids, text);
-        if let Some(lexicon) = &self.lexicon {
+        if let Some(lexicon) = &self.domain_lexicon {
             lexicon.features_into(ids, &mut f);
         }
         if let Some(lexicon) = &self.intent_lexicon {

@@ -2062,9 +2062,8 @@ pub fn model_card(
         args.dropout,
         args.weight_decay
     );
-    if config.intent_lexicon {
-        cmd.push_str(" --intent-lexicon true");
-    }
+    // Always spelled out: the flag defaults to true, so leaving it out would not say false.
+    cmd.push_str(&format!(" --intent-lexicon {}", config.intent_lexicon));
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
