@@ -539,19 +539,30 @@ pub struct Lexicon {
     pub rows: Vec<f32>,
 }
 
+/// A prompt's token ids, sorted, each once.
+pub fn distinct_ids(ids: &[u32]) -> Vec<u32> {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
 impl Lexicon {
     /// Appends the naive-Bayes posterior over the labels (the softmax of the sum of the rows of
     /// the distinct tokens in `ids`), then those rows' max (zeros for a prompt with none).
     pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
+        self.features_of_distinct(&distinct_ids(ids), out);
+    }
+
+    /// [`Lexicon::features_into`] for ids already sorted and deduplicated ([`distinct_ids`]), so
+    /// that a model's lexicons share one pass over a prompt's tokens.
+    pub fn features_of_distinct(&self, distinct: &[u32], out: &mut Vec<f32>) {
         let n = self.labels;
-        let mut distinct = ids.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
         let start = out.len();
         out.resize(start + 2 * n, 0.0);
         let (post, max) = out[start..].split_at_mut(n);
         let mut seen = 0usize;
-        for &id in &distinct {
+        for &id in distinct {
             let at = id as usize * n;
             let Some(row) = self.rows.get(at..at + n) else {
                 continue;
@@ -929,11 +940,12 @@ impl Classifier {
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
         let mut f = self.pooled_features(ids, text);
-        if let Some(lexicon) = &self.domain_lexicon {
-            lexicon.features_into(ids, &mut f);
-        }
-        if let Some(lexicon) = &self.intent_lexicon {
-            lexicon.features_into(ids, &mut f);
+        let distinct = distinct_ids(ids);
+        for lexicon in [&self.domain_lexicon, &self.intent_lexicon]
+            .into_iter()
+            .flatten()
+        {
+            lexicon.features_of_distinct(&distinct, &mut f);
         }
         if let Some(lexicon) = &self.complexity_lexicon {
             lexicon.features_into(ids, &mut f);

@@ -1467,10 +1467,7 @@ impl LexiconCounts {
                 1.0
             };
             weight[fold][d] += w;
-            let mut distinct = t.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            for id in distinct
+            for id in super::distinct_ids(t)
                 .into_iter()
                 .map(|id| id as usize)
                 .filter(|&id| id < vocab)
@@ -1608,10 +1605,7 @@ pub fn complexity_family(e: &Example) -> Option<&'static str> {
 pub fn token_idf(ids: &[Vec<u32>], vocab: usize) -> Vec<f32> {
     let mut df = vec![0u32; vocab];
     for t in ids {
-        let mut distinct = t.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        for id in distinct {
+        for id in super::distinct_ids(t) {
             if let Some(d) = df.get_mut(id as usize) {
                 *d += 1;
             }
