@@ -297,6 +297,44 @@ fn no_training_prompt_rewords_an_evaluation_prompt() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// The everyday test sets from test 4 on were written under the near-duplicate rule: none of
+/// their prompts rewords another evaluation prompt, in its own file or any other. (The older
+/// sets were written with an exact check only; their datasheet says so.)
+#[test]
+fn later_everyday_sets_reword_no_other_evaluation_prompt() {
+    use switchyard::eval::dataset::{content_words, near_duplicates};
+    let checked = |file: &str| {
+        file.strip_prefix("everyday-test-")
+            .and_then(|rest| rest.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 4)
+    };
+    let eval: Vec<_> = prompts_in("eval/prompts")
+        .into_iter()
+        .map(|(f, l, p)| (f, l, content_words(&p)))
+        .collect();
+    assert!(
+        eval.iter().filter(|(f, _, _)| checked(f)).count() >= 5 * 96,
+        "tests 4 to 8 are missing"
+    );
+    let mut found = Vec::new();
+    for (i, (file, line, words)) in eval.iter().enumerate() {
+        if !checked(file) {
+            continue;
+        }
+        for (j, (other, other_line, other_words)) in eval.iter().enumerate() {
+            // Each pair of checked prompts is reported once.
+            if i == j || (checked(other) && j < i) {
+                continue;
+            }
+            if near_duplicates(words, other_words) {
+                found.push(format!("{file}:{line} ~ {other}:{other_line}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 #[test]
 fn near_duplicates_are_rewordings_not_shared_phrasing() {
     use switchyard::eval::dataset::{content_words, near_duplicates};
