@@ -260,8 +260,9 @@ pub fn is_validation(source: &str, seed: u64) -> bool {
 }
 
 /// Which rows of the sources that are not held out whole are held out as well: one prompt in
-/// `one_in` of the sources whose names start with one of `sources`, by a hash of its normalised
-/// text and the seed (so a duplicate falls on the same side). By default these are the sources
+/// `one_in` of the sources whose names start with one of `sources`, by a hash of its text
+/// ([`hash_text`]) and the seed; [`split`] then keeps any copy of a held-out prompt out of
+/// training. By default these are the sources
 /// whose prompts carry a complexity label from recorded outcomes or difficulty levels (MMLU
 /// subjects, MATH subjects, LLMRouter tasks, RouteLLM's GSM8K outcomes): a deployed router mostly meets prompts like those
 /// it was trained on, and held-out subjects alone measure only the harder question of subjects
@@ -286,7 +287,7 @@ impl RowRule {
     pub fn holds_out(&self, source: &str, prompt: &str, seed: u64) -> bool {
         self.one_in > 0
             && self.sources.iter().any(|p| source.starts_with(p.as_str()))
-            && source_hash(&normalise(prompt), seed ^ 0x0000_0a11_5ca1_ab1e) % self.one_in == 0
+            && source_hash(&hash_text(prompt), seed ^ 0x0000_0a11_5ca1_ab1e) % self.one_in == 0
     }
 }
 
@@ -296,7 +297,10 @@ impl Default for RowRule {
     }
 }
 
-pub fn normalise(text: &str) -> String {
+/// The text a row's hold-out hash reads: case and spacing folded, punctuation kept. It stays
+/// as it is so that the same rows stay held out; which prompts count as the same prompt is
+/// [`crate::eval::dataset::normalise`]'s to say.
+pub fn hash_text(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -970,9 +974,11 @@ pub struct Held {
     pub rows: Vec<Example>,
 }
 
-/// Splits labelled examples into training examples and what is held out. No prompt (normalised
-/// text) sits on both sides.
+/// Splits labelled examples into training examples and what is held out. No prompt sits on
+/// both sides, up to case, spacing and punctuation ([`crate::eval::dataset::normalise`], as
+/// `eval import` compares prompts).
 pub fn split(all: Vec<Example>, seed: u64) -> (Vec<Example>, Held) {
+    use crate::eval::dataset::normalise;
     let (train, val): (Vec<Example>, Vec<Example>) = all
         .into_iter()
         .partition(|e| !is_validation(&e.source, seed));
@@ -2596,13 +2602,18 @@ mod tests {
                 all.push(e);
             }
         }
-        // The same prompt twice, once in other white space and case.
-        let mut twin = example("QUESTION  7?", "open_qa", "general");
-        twin.source = "mmlu/virology".into();
-        all.push(twin);
+        // The same prompts again, in other white space, case and punctuation.
+        for (i, source) in [(7, "mmlu/virology"), (8, "handwritten-chat-0")] {
+            let mut twin = example(&format!("QUESTION  {i} ..."), "open_qa", "general");
+            twin.source = source.into();
+            all.push(twin);
+        }
         let (train, held) = split(all, 7);
-        let text =
-            |v: &[Example]| -> HashSet<String> { v.iter().map(|e| normalise(&e.prompt)).collect() };
+        let text = |v: &[Example]| -> HashSet<String> {
+            v.iter()
+                .map(|e| crate::eval::dataset::normalise(&e.prompt))
+                .collect()
+        };
         let (t, r, v) = (text(&train), text(&held.rows), text(&held.sources_examples));
         assert!(t.is_disjoint(&r) && t.is_disjoint(&v) && r.is_disjoint(&v));
         // Rows are held out only of the sources the rule names, about one in ten of them.

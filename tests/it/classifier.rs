@@ -297,6 +297,23 @@ fn no_training_prompt_rewords_an_evaluation_prompt() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// No hand-written training prompt repeats another, up to case, spacing and punctuation: a
+/// repeat would count twice in training, and could sit on both sides of the validation split.
+#[test]
+fn no_training_prompt_is_written_twice() {
+    let mut first = std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for (file, line, prompt) in prompts_in("training-data") {
+        let key = switchyard::eval::dataset::normalise(&prompt);
+        if let Some((f, l)) = first.get(&key) {
+            found.push(format!("training-data/{file}:{line} repeats {f}:{l}"));
+        } else {
+            first.insert(key, (file, line));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 /// The everyday test sets from test 4 on were written under the near-duplicate rule: none of
 /// their prompts rewords another evaluation prompt, in its own file or any other. (The older
 /// sets were written with an exact check only; their datasheet says so.)
