@@ -170,7 +170,13 @@ def main():
             hid = [max(0.0, sum(w1[j * n_in + k] * x[k] for k in range(n_in)) + b1[j]) for j in range(h)]
             return [sum(w2[j * h + k] * hid[k] for k in range(h)) + b2[j] for j in range(o)]
 
-        intent = softmax(head("intent", f))
+        def mean_of_members(name):
+            # An ensemble's members are "name", "name.1", …; the model reports their mean.
+            n = cfg.get("ensemble", 1)
+            members = [softmax(head(name if m == 0 else "%s.%d" % (name, m), f)) for m in range(n)]
+            return [sum(p) / n for p in zip(*members)]
+
+        intent = mean_of_members("intent")
         # The complexity head reads the surface features and the leading complexity_dims of the
         # main pool (every feature when 0), then one complexity lexicon score per family, then
         # the intent probabilities.
@@ -195,7 +201,7 @@ def main():
             "prompt": p,
             "token_ids": ids,
             "intent": dict(zip(cfg["intent_labels"], intent)),
-            "domain": dict(zip(cfg["domain_labels"], softmax(head("domain", f)))),
+            "domain": dict(zip(cfg["domain_labels"], mean_of_members("domain"))),
             "complexity": 1 / (1 + math.exp(-z)),
         })
     json.dump(results, sys.stdout, indent=1)

@@ -81,6 +81,11 @@ pub enum Command {
         /// the heads after the domain lexicon (needs --lexicon-alpha above 0).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         intent_lexicon: bool,
+        /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
+        /// model averages their probabilities, so that no single seed decides a borderline
+        /// prompt.
+        #[arg(long, default_value_t = 3)]
+        ensemble: usize,
         /// Complexity lexicons to fit, comma-separated: a ridge regression over the prompts'
         /// TF-IDF bags of tokens per family of complexity labels, read by the complexity head
         /// ("outcomes": recorded outcomes of cheaper and stronger models; "levels": difficulty

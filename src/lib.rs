@@ -69,6 +69,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             complexity_dims,
             lexicon_alpha,
             intent_lexicon,
+            ensemble,
             complexity_lexicon,
             complexity_intent,
             epochs,
@@ -97,6 +98,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 complexity_dims,
                 lexicon_alpha,
                 intent_lexicon,
+                ensemble,
                 complexity_lexicon: complexity_lexicon
                     .into_iter()
                     .filter(|f| f != "none" && !f.is_empty())

@@ -98,10 +98,31 @@ pub struct ModelConfig {
     /// directory (relative to the model folder or the working directory) or a Hugging Face name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_encoder: Option<String>,
+    /// How many intent and domain heads the model averages (`intent`, `intent.1`, …): members
+    /// trained from different seeds, whose average depends less on any one seed.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ensemble: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The weights name of member `member` of an ensemble of `head`s: the first keeps the plain name.
+pub(crate) fn member_name(head: &str, member: usize) -> String {
+    if member == 0 {
+        head.to_string()
+    } else {
+        format!("{head}.{member}")
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -265,8 +286,9 @@ pub struct Classifier {
     domain_lexicon: Option<Lexicon>,
     intent_lexicon: Option<Lexicon>,
     complexity_lexicon: Option<ComplexityLexicon>,
-    pub intent: Head,
-    pub domain: Head,
+    /// The intent heads of the ensemble (one, for most models), then the domain heads.
+    pub intent: Vec<Head>,
+    pub domain: Vec<Head>,
     pub complexity: Head,
 }
 
@@ -851,12 +873,27 @@ impl Classifier {
                 rows,
             })
         };
-        let intent = head(&st, "intent", &wpath)?;
-        let domain = head(&st, "domain", &wpath)?;
+        if config.ensemble == 0 {
+            return Err(load_err(
+                format!("{origin}/config.json"),
+                "ensemble: at least one head of each kind",
+            ));
+        }
+        let members = |name: &str| -> Result<Vec<Head>, ModelError> {
+            (0..config.ensemble)
+                .map(|m| head(&st, &member_name(name, m), &wpath))
+                .collect()
+        };
+        let intent = members("intent")?;
+        let domain = members("domain")?;
         let complexity = head(&st, "complexity", &wpath)?;
         let inputs = config.inputs();
-        if intent.outputs != config.intent_labels.len()
-            || domain.outputs != config.domain_labels.len()
+        if intent
+            .iter()
+            .any(|h| h.outputs != config.intent_labels.len())
+            || domain
+                .iter()
+                .any(|h| h.outputs != config.domain_labels.len())
             || complexity.outputs != 1
         {
             return Err(load_err(
@@ -864,8 +901,8 @@ impl Classifier {
                 "head sizes do not match the labels in config.json",
             ));
         }
-        if [intent.inputs, domain.inputs, complexity.inputs]
-            != [inputs, inputs, config.complexity_inputs()]
+        if intent.iter().chain(&domain).any(|h| h.inputs != inputs)
+            || complexity.inputs != config.complexity_inputs()
         {
             return Err(load_err(
                 &wpath,
@@ -992,10 +1029,24 @@ impl Classifier {
         let (f, tokens) = self.features(text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
-        let mut labelled = |head: &Head, labels: &[String]| -> Vec<(String, f32)> {
-            head.forward(&f, &mut hidden, &mut out);
-            softmax(&mut out);
-            labels.iter().cloned().zip(out.iter().copied()).collect()
+        // The mean of the members' probabilities.
+        let mut mean = Vec::with_capacity(16);
+        let mut labelled = |heads: &[Head], labels: &[String]| -> Vec<(String, f32)> {
+            mean.clear();
+            mean.resize(labels.len(), 0.0);
+            for head in heads {
+                head.forward(&f, &mut hidden, &mut out);
+                softmax(&mut out);
+                for (m, p) in mean.iter_mut().zip(&out) {
+                    *m += p;
+                }
+            }
+            let n = heads.len().max(1) as f32;
+            labels
+                .iter()
+                .cloned()
+                .zip(mean.iter().map(|m| m / n))
+                .collect()
         };
         let intent_scores = labelled(&self.intent, &self.config.intent_labels);
         let domain_scores = labelled(&self.domain, &self.config.domain_labels);
@@ -1125,6 +1176,36 @@ mod tests {
         config["embedding_bits"] = 3.into();
         let err = load_error(&config);
         assert!(err.contains("embedding_bits 3"), "{err}");
+    }
+
+    #[test]
+    fn an_ensemble_needs_every_member_and_averages_them() {
+        let m = model();
+        assert!(m.config.ensemble > 1, "the default model averages heads");
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["ensemble"] = (m.config.ensemble + 1).into();
+        let err = load_error(&config);
+        let missing = format!("intent.{}", m.config.ensemble);
+        assert!(err.contains(&missing), "{err}");
+        config["ensemble"] = 0.into();
+        assert!(load_error(&config).contains("ensemble"));
+        // The reported probabilities are the mean of the members' softmaxes.
+        let text = "Is it legal to sublet my flat without asking the landlord?";
+        let (f, _) = m.features(text);
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
+        let mut mean = vec![0f32; m.config.domain_labels.len()];
+        for head in &m.domain {
+            head.forward(&f, &mut hidden, &mut out);
+            softmax(&mut out);
+            for (a, p) in mean.iter_mut().zip(&out) {
+                *a += p / m.domain.len() as f32;
+            }
+        }
+        let got: Vec<f32> = m.classify(text).domain_scores.iter().map(|x| x.1).collect();
+        assert!(
+            got.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{got:?} against {mean:?}"
+        );
     }
 
     #[test]

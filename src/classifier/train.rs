@@ -58,6 +58,8 @@ pub struct TrainArgs {
     /// Also fit an intent lexicon, the same kind of table over the intent labels (needs
     /// `lexicon_alpha` above 0).
     pub intent_lexicon: bool,
+    /// Intent and domain heads to train from seeds `seed`, `seed + 1`, …, averaged by the model.
+    pub ensemble: usize,
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
     /// [`COMPLEXITY_FAMILIES`].
     pub complexity_lexicon: Vec<String>,
@@ -639,6 +641,9 @@ pub struct HeadOptions {
     /// Input dropout of the intent and domain heads while they train.
     pub dropout: f32,
     pub weight_decay: f64,
+    /// How many intent and domain heads to train, each from its own seed (`seed`, `seed + 1`,
+    /// …); the model averages their probabilities.
+    pub ensemble: usize,
 }
 
 impl HeadOptions {
@@ -651,6 +656,7 @@ impl HeadOptions {
             handwritten_weight: args.handwritten_weight,
             dropout: args.dropout,
             weight_decay: args.weight_decay,
+            ensemble: args.ensemble,
         }
     }
 }
@@ -671,6 +677,7 @@ pub fn train_heads(
         handwritten_weight,
         dropout: drop,
         weight_decay,
+        ensemble,
     } = opts;
     let device = Device::Cpu;
     let f = feats.first().map_or(0, Vec::len);
@@ -703,66 +710,80 @@ pub fn train_heads(
         ),
     };
 
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let heads = [
-        mlp(vb.pp("intent"), f, hidden, INTENTS.len())?,
-        mlp(vb.pp("domain"), f, hidden, DOMAINS.len())?,
-        mlp(
-            vb.pp("complexity"),
-            complexity_inputs + if complexity_intent { INTENTS.len() } else { 0 },
-            hidden / 2,
-            1,
-        )?,
-    ];
-    seeded_init(&varmap, seed, &device)?;
-    let complexity_vars: Vec<candle_core::Var> = {
-        let vars = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-        let mut names: Vec<&String> = vars
-            .keys()
-            .filter(|k| k.starts_with("complexity."))
-            .collect();
-        names.sort();
-        names.into_iter().map(|k| vars[k].clone()).collect()
-    };
-    let mut opt = head_optimizer(varmap.all_vars(), weight_decay)?;
-    let mut rng = fastrand::Rng::with_seed(seed);
-    // Its own generator, so that the batches are the same with dropout or without.
-    let mut drop_rng = fastrand::Rng::with_seed(seed ^ 0xd20f);
+    // Each member of the ensemble trains its intent and domain heads from its own seed. The
+    // first member's variable map also holds the complexity head, and its batch generator goes
+    // on to shuffle the complexity head's batches, so that one member is the single-head model.
     let batch = 1024usize;
-    let pb = progress(epochs as u64, "training heads");
-    // Mini-batches over each head's own labelled rows, interleaved.
-    let sets = [&data.intent, &data.domain];
-    for _epoch in 0..epochs {
-        let mut last = 0.0f32;
-        for (h, (idx, y, w)) in sets.iter().enumerate() {
-            let len = idx.dim(0)?;
-            let mut perm: Vec<u32> = (0..len as u32).collect();
-            rng.shuffle(&mut perm);
-            for chunk in perm.chunks(batch) {
-                let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
-                let rows_idx = idx.index_select(&sel, 0)?;
-                let xb = dropout(&data.x.index_select(&rows_idx, 0)?, drop, &mut drop_rng)?;
-                let yb = y.index_select(&sel, 0)?;
-                let wb = w.index_select(&sel, 0)?;
-                let loss = weighted_nll(&forward(&heads[h], &xb)?, &yb, &wb)?;
-                opt.backward_step(&loss)?;
-                last = loss.to_scalar::<f32>()?;
+    let mut members = Vec::with_capacity(ensemble.max(1));
+    for member in 0..ensemble.max(1) {
+        let seed = seed + member as u64;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let heads = [
+            mlp(vb.pp("intent"), f, hidden, INTENTS.len())?,
+            mlp(vb.pp("domain"), f, hidden, DOMAINS.len())?,
+            mlp(
+                vb.pp("complexity"),
+                complexity_inputs + if complexity_intent { INTENTS.len() } else { 0 },
+                hidden / 2,
+                1,
+            )?,
+        ];
+        seeded_init(&varmap, seed, &device)?;
+        let complexity_vars: Vec<candle_core::Var> = {
+            let vars = varmap
+                .data()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+            let mut names: Vec<&String> = vars
+                .keys()
+                .filter(|k| k.starts_with("complexity."))
+                .collect();
+            names.sort();
+            names.into_iter().map(|k| vars[k].clone()).collect()
+        };
+        let mut opt = head_optimizer(varmap.all_vars(), weight_decay)?;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // Its own generator, so that the batches are the same with dropout or without.
+        let mut drop_rng = fastrand::Rng::with_seed(seed ^ 0xd20f);
+        let pb = progress(epochs as u64, "training heads");
+        // Mini-batches over each head's own labelled rows, interleaved.
+        let sets = [&data.intent, &data.domain];
+        for _epoch in 0..epochs {
+            let mut last = 0.0f32;
+            for (h, (idx, y, w)) in sets.iter().enumerate() {
+                let len = idx.dim(0)?;
+                let mut perm: Vec<u32> = (0..len as u32).collect();
+                rng.shuffle(&mut perm);
+                for chunk in perm.chunks(batch) {
+                    let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
+                    let rows_idx = idx.index_select(&sel, 0)?;
+                    let xb = dropout(&data.x.index_select(&rows_idx, 0)?, drop, &mut drop_rng)?;
+                    let yb = y.index_select(&sel, 0)?;
+                    let wb = w.index_select(&sel, 0)?;
+                    let loss = weighted_nll(&forward(&heads[h], &xb)?, &yb, &wb)?;
+                    opt.backward_step(&loss)?;
+                    last = loss.to_scalar::<f32>()?;
+                }
             }
+            pb.set_message(format!("training heads ({last:.3})"));
+            pb.inc(1);
         }
-        pb.set_message(format!("training heads ({last:.3})"));
-        pb.inc(1);
+        pb.finish();
+        members.push((varmap, heads, complexity_vars, rng));
     }
-    pb.finish();
+    let (varmap, heads, complexity_vars, mut rng) = members.swap_remove(0);
+    let others: Vec<_> = members.into_iter().map(|(v, h, _, _)| (v, h)).collect();
     // The complexity head trains second, on the trained intent head's probabilities when it
     // reads them, with an optimiser of its own. The probabilities are detached: the intent
     // head is done, and otherwise every complexity step would backpropagate through its
     // forward pass over the whole training set.
     let xc = if complexity_intent {
-        let probs = candle_nn::ops::softmax(&forward(&heads[0], &data.x)?, D::Minus1)?.detach();
+        let mut probs = candle_nn::ops::softmax(&forward(&heads[0], &data.x)?, D::Minus1)?;
+        for (_, h) in &others {
+            probs = (probs + candle_nn::ops::softmax(&forward(&h[0], &data.x)?, D::Minus1)?)?;
+        }
+        let probs = (probs / (others.len() + 1) as f64)?.detach();
         Tensor::cat(&[&xc, &probs], 1)?
     } else {
         xc
@@ -809,27 +830,34 @@ pub fn train_heads(
     };
 
     let mut tensors = Vec::new();
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned var map"))?
-        .clone();
-    for head in ["intent", "domain", "complexity"] {
-        for (ours, theirs) in [
-            ("w1", "l1.weight"),
-            ("b1", "l1.bias"),
-            ("w2", "l2.weight"),
-            ("b2", "l2.bias"),
-        ] {
-            let v = vars
-                .get(&format!("{head}.{theirs}"))
-                .ok_or_else(|| anyhow::anyhow!("missing {head}.{theirs}"))?;
-            let t = v.as_tensor();
-            tensors.push((
-                format!("{head}.{ours}"),
-                t.flatten_all()?.to_vec1::<f32>()?,
-                t.dims().to_vec(),
-            ));
+    let lock = |v: &VarMap| {
+        v.data()
+            .lock()
+            .map(|m| m.clone())
+            .map_err(|_| anyhow::anyhow!("poisoned var map"))
+    };
+    let mut maps = vec![(lock(&varmap)?, &["intent", "domain", "complexity"][..])];
+    for (v, _) in &others {
+        maps.push((lock(v)?, &["intent", "domain"][..]));
+    }
+    for (member, (vars, names)) in maps.iter().enumerate() {
+        for head in names.iter() {
+            for (ours, theirs) in [
+                ("w1", "l1.weight"),
+                ("b1", "l1.bias"),
+                ("w2", "l2.weight"),
+                ("b2", "l2.bias"),
+            ] {
+                let v = vars
+                    .get(&format!("{head}.{theirs}"))
+                    .ok_or_else(|| anyhow::anyhow!("missing {head}.{theirs}"))?;
+                let t = v.as_tensor();
+                tensors.push((
+                    format!("{}.{ours}", super::member_name(head, member)),
+                    t.flatten_all()?.to_vec1::<f32>()?,
+                    t.dims().to_vec(),
+                ));
+            }
         }
     }
     Ok(Trained {
@@ -1392,6 +1420,7 @@ fn model_config(
         complexity_calibration: None,
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
         domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
+        ensemble: args.ensemble.max(1),
         encoder,
         backbone_encoder,
     }
@@ -1957,11 +1986,23 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     } else {
         String::new()
     };
+    let ensemble = if config.ensemble > 1 {
+        format!(
+            " Intent and domain each have {n} heads, trained alike from seeds `--seed` to `--seed` + {last}, and the model \
+             reports the mean of their probabilities (the complexity head reads that mean). A single head's everyday domain \
+             decisions move with its seed alone (the project README measures how much); the mean depends less on any one \
+             seed.",
+            n = config.ensemble,
+            last = config.ensemble - 1
+        )
+    } else {
+        String::new()
+    };
     format!(
         "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
          (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
          {complexity_reads}, and is trained after the other two.{calibration} Intent and domain weigh each \
-         hand-written example (everyday voice) as much as {} public ones.{dropout}",
+         hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}",
         config.hidden,
         config.intent_labels.len(),
         config.domain_labels.join(", "),
@@ -2064,6 +2105,8 @@ pub fn model_card(
     );
     // Always spelled out: the flag defaults to true, so leaving it out would not say false.
     cmd.push_str(&format!(" --intent-lexicon {}", config.intent_lexicon));
+    // Spelled out too: the flag's default is not the single head of older models.
+    cmd.push_str(&format!(" --ensemble {}", config.ensemble));
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
@@ -2493,6 +2536,7 @@ mod tests {
             complexity_dims: 1,
             lexicon_alpha: 0.0,
             intent_lexicon: false,
+            ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             complexity_intent: false,
             epochs: 1,

@@ -116,11 +116,29 @@ fn the_plain_heads_match_candle() {
     let vb =
         candle_nn::VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
     let c = model();
-    for (name, head) in [
-        ("intent", &c.intent),
-        ("domain", &c.domain),
-        ("complexity", &c.complexity),
-    ] {
+    assert_eq!(c.intent.len(), c.config.ensemble);
+    assert_eq!(c.domain.len(), c.config.ensemble);
+    // Every member of the ensembles ("intent", "intent.1", …), then the complexity head.
+    let member = |kind: &str, m: usize| {
+        if m == 0 {
+            kind.to_string()
+        } else {
+            format!("{kind}.{m}")
+        }
+    };
+    let heads = c
+        .intent
+        .iter()
+        .enumerate()
+        .map(|(m, h)| (member("intent", m), h))
+        .chain(
+            c.domain
+                .iter()
+                .enumerate()
+                .map(|(m, h)| (member("domain", m), h)),
+        )
+        .chain([("complexity".to_string(), &c.complexity)]);
+    for (name, head) in heads {
         let l1 = candle_nn::Linear::new(
             vb.get((head.hidden, head.inputs), &format!("{name}.w1"))
                 .unwrap(),
