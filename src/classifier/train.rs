@@ -710,9 +710,11 @@ pub fn train_heads(
         ),
     };
 
-    // Each member of the ensemble trains its intent and domain heads from its own seed. The
-    // first member's variable map also holds the complexity head, and its batch generator goes
-    // on to shuffle the complexity head's batches, so that one member is the single-head model.
+    // Each member of the ensemble trains its intent and domain heads from its own seed. Every
+    // member's variable map is built alike, complexity head included, so that the first one
+    // starts from the single-head model's weights; only the first's complexity head is trained
+    // (below), and its batch generator goes on to shuffle the complexity head's batches, so that
+    // an ensemble of one is the single-head model byte for byte.
     let batch = 1024usize;
     let mut members = Vec::with_capacity(ensemble.max(1));
     for member in 0..ensemble.max(1) {
