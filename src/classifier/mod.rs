@@ -117,7 +117,7 @@ fn is_one(n: &usize) -> bool {
 }
 
 /// The weights name of member `member` of an ensemble of `head`s: the first keeps the plain name.
-pub(crate) fn member_name(head: &str, member: usize) -> String {
+pub fn member_name(head: &str, member: usize) -> String {
     if member == 0 {
         head.to_string()
     } else {
@@ -629,6 +629,12 @@ impl ComplexityLexicon {
     pub fn bag(idf: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
+        Self::bag_of_sorted(idf, &sorted)
+    }
+
+    /// [`ComplexityLexicon::bag`] of ids already sorted, so that the classifier sorts a prompt's
+    /// ids once for all its lexicons.
+    pub fn bag_of_sorted(idf: &[f32], sorted: &[u32]) -> Vec<(u32, f32)> {
         let mut bag: Vec<(u32, f32)> = Vec::new();
         for run in sorted.chunk_by(|a, b| a == b) {
             let t = run[0];
@@ -648,10 +654,17 @@ impl ComplexityLexicon {
 
     /// Appends one score per family: the prompt's TF-IDF bag times the family's weights.
     pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        self.features_of_sorted(&sorted, out);
+    }
+
+    /// [`ComplexityLexicon::features_into`] for ids already sorted.
+    pub fn features_of_sorted(&self, sorted: &[u32], out: &mut Vec<f32>) {
         let n = self.families;
         let start = out.len();
         out.resize(start + n, 0.0);
-        for (t, w) in Self::bag(&self.idf, ids) {
+        for (t, w) in Self::bag_of_sorted(&self.idf, sorted) {
             let at = t as usize * n;
             if let Some(row) = self.rows.get(at..at + n) {
                 for (o, v) in out[start..].iter_mut().zip(row) {
@@ -977,7 +990,12 @@ impl Classifier {
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
         let mut f = self.pooled_features(ids, text);
-        let distinct = distinct_ids(ids);
+        // One sort of the prompt's ids serves every lexicon: the complexity lexicon counts
+        // repeats, the others read each token once.
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let mut distinct = sorted.clone();
+        distinct.dedup();
         for lexicon in [&self.domain_lexicon, &self.intent_lexicon]
             .into_iter()
             .flatten()
@@ -985,7 +1003,7 @@ impl Classifier {
             lexicon.features_of_distinct(&distinct, &mut f);
         }
         if let Some(lexicon) = &self.complexity_lexicon {
-            lexicon.features_into(ids, &mut f);
+            lexicon.features_of_sorted(&sorted, &mut f);
         }
         f
     }

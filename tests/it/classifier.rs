@@ -119,13 +119,7 @@ fn the_plain_heads_match_candle() {
     assert_eq!(c.intent.len(), c.config.ensemble);
     assert_eq!(c.domain.len(), c.config.ensemble);
     // Every member of the ensembles ("intent", "intent.1", …), then the complexity head.
-    let member = |kind: &str, m: usize| {
-        if m == 0 {
-            kind.to_string()
-        } else {
-            format!("{kind}.{m}")
-        }
-    };
+    let member = switchyard::classifier::member_name;
     let heads = c
         .intent
         .iter()
