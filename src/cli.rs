@@ -143,6 +143,8 @@ pub enum Command {
         /// A model folder; default: the model embedded in the binary.
         #[arg(long)]
         model: Option<PathBuf>,
+        #[command(flatten)]
+        domain_check: DomainCheckArgs,
         /// The router config whose policy picks the tier; default: examples/local.toml's policy.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -215,6 +217,17 @@ impl HeldOutArgs {
     }
 }
 
+/// A second model that re-scores the domain of prompts the first is unsure of.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DomainCheckArgs {
+    /// A model folder (the full-encoder model of `train --encoder`) that re-scores the domain
+    /// of every prompt whose probability of `general` is below --domain-check-below.
+    #[arg(long)]
+    pub domain_check: Option<PathBuf>,
+    #[arg(long, default_value_t = crate::classifier::DEFAULT_DOMAIN_CHECK_BELOW, requires = "domain_check")]
+    pub domain_check_below: f32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Read a public source in its publisher's format and write it in the dataset format
@@ -245,6 +258,8 @@ pub enum EvalCommand {
         /// A model folder; default: the embedded model.
         #[arg(long)]
         model: Option<PathBuf>,
+        #[command(flatten)]
+        domain_check: DomainCheckArgs,
         /// Also write report.md, report.json and SVG plots here.
         #[arg(long)]
         out: Option<PathBuf>,

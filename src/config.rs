@@ -116,6 +116,11 @@ pub struct RawRouting {
     pub default_tier: String,
     /// `embedded` (the model compiled into the binary, the default), `none`, or a model folder.
     pub classifier: Option<String>,
+    /// A second model folder (a full-encoder model) that re-scores the domain of prompts the
+    /// classifier is unsure of. Off by default.
+    pub domain_check: Option<std::path::PathBuf>,
+    /// The check runs when the classifier's probability of `general` is below this (0.9).
+    pub domain_check_below: Option<f64>,
     /// The tier for prompts whose complexity is above the threshold.
     pub strong_tier: Option<String>,
     /// Complexity above this goes to `strong_tier`; the per-request knob overrides it.
@@ -364,6 +369,8 @@ pub enum ClassifierChoice {
 #[derive(Debug, Clone)]
 pub struct Routing {
     pub classifier: ClassifierChoice,
+    /// The domain check's model folder and threshold.
+    pub domain_check: Option<(std::path::PathBuf, f32)>,
     pub strong_tier: Option<String>,
     pub complexity_threshold: f64,
     pub intent_thresholds: BTreeMap<String, f64>,
@@ -768,6 +775,28 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
     for (d, t) in &raw.domain_tiers {
         tier_ok(format!("routing.domain_tiers.{d}"), t)?;
     }
+    let domain_check = match (&raw.domain_check, raw.domain_check_below) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(err(
+                "routing.domain_check_below",
+                "needs routing.domain_check (the model folder that checks)",
+            ))
+        }
+        (Some(_), _) if classifier == ClassifierChoice::None => {
+            return Err(err(
+                "routing.domain_check",
+                "needs a classifier to check (routing.classifier is \"none\")",
+            ))
+        }
+        (Some(dir), below) => Some((
+            dir.clone(),
+            unit(
+                "routing.domain_check_below".into(),
+                below.unwrap_or(f64::from(crate::classifier::DEFAULT_DOMAIN_CHECK_BELOW)),
+            )? as f32,
+        )),
+    };
     let domain_min_confidence = unit(
         "routing.domain_min_confidence".into(),
         raw.domain_min_confidence
@@ -802,6 +831,7 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
     }
     Ok(Routing {
         classifier,
+        domain_check,
         strong_tier: raw.strong_tier.clone(),
         complexity_threshold,
         intent_thresholds: raw.intent_thresholds.clone(),
@@ -1180,6 +1210,27 @@ targets = [{ provider = "a", model = "big" }]
         assert!(e.starts_with("tiers.cheap.slo.ttft"), "{e}");
         let e = error_of(&GOOD.replace("on_status = [429, 500]", "on_status = [429, 900]"));
         assert!(e.starts_with("tiers.cheap.retry.on_status[1]"), "{e}");
+    }
+
+    #[test]
+    fn a_domain_check_is_validated_by_key() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "default_tier = \"cheap\"",
+                &format!("default_tier = \"cheap\"\n{extra}"),
+            )
+        };
+        let c = Config::from_toml(&with("domain_check = \"target/router-encoder\""), &env).unwrap();
+        assert_eq!(
+            c.routing.domain_check,
+            Some(("target/router-encoder".into(), 0.9))
+        );
+        let e = error_of(&with("domain_check_below = 0.5"));
+        assert!(e.starts_with("routing.domain_check_below"), "{e}");
+        let e = error_of(&with("domain_check = \"enc\"\ndomain_check_below = 2.0"));
+        assert!(e.starts_with("routing.domain_check_below"), "{e}");
+        let e = error_of(&with("classifier = \"none\"\ndomain_check = \"enc\""));
+        assert!(e.starts_with("routing.domain_check"), "{e}");
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             prompt,
             jsonl,
             model,
+            domain_check,
             config,
-        } => return classify_cmd(prompt, jsonl, model, config),
+        } => return classify_cmd(prompt, jsonl, model, &domain_check, config),
         Command::Calibrate {
             strong_share,
             prompts,
@@ -197,6 +198,18 @@ fn model_name(dir: &Option<std::path::PathBuf>) -> String {
     })
 }
 
+fn checked_model_name(dir: &Option<std::path::PathBuf>, check: &cli::DomainCheckArgs) -> String {
+    match &check.domain_check {
+        Some(d) => format!(
+            "{}, its domain checked by `{}` below {}",
+            model_name(dir),
+            d.display(),
+            check.domain_check_below
+        ),
+        None => model_name(dir),
+    }
+}
+
 fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
     use eval::commands;
     match what {
@@ -210,16 +223,17 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             data,
             held_out,
             model,
+            domain_check,
             out,
         } => {
-            let m = load_model(model.clone())?;
+            let m = checked_model(model.clone(), &domain_check)?;
             print!(
                 "{}",
                 commands::classify_cmd(
                     &data,
                     held_out.get(),
                     &m,
-                    &model_name(&model),
+                    &checked_model_name(&model, &domain_check),
                     out.as_deref()
                 )?
             );
@@ -347,6 +361,18 @@ fn load_model(dir: Option<std::path::PathBuf>) -> anyhow::Result<classifier::Cla
     }
 }
 
+/// `load_model`, with its domain check when one is asked for.
+fn checked_model(
+    dir: Option<std::path::PathBuf>,
+    check: &cli::DomainCheckArgs,
+) -> anyhow::Result<classifier::Classifier> {
+    let m = load_model(dir)?;
+    Ok(match &check.domain_check {
+        Some(d) => m.with_domain_check_from(d, check.domain_check_below)?,
+        None => m,
+    })
+}
+
 /// The prompt text of a JSON line: `prompt`, or the last user turn of `messages`.
 fn line_prompt(v: &serde_json::Value) -> Result<String, String> {
     if let Some(p) = v.get("prompt") {
@@ -365,10 +391,11 @@ fn classify_cmd(
     prompt: Option<String>,
     jsonl: bool,
     model: Option<std::path::PathBuf>,
+    domain_check: &cli::DomainCheckArgs,
     config: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{BufRead, Write};
-    let c = load_model(model)?;
+    let c = checked_model(model, domain_check)?;
     let policy = match config {
         Some(p) => routing::Policy::new(&config::Config::load(&p)?),
         None => routing::Policy::default_for_classify(),
@@ -398,7 +425,16 @@ fn classify_cmd(
                 .join(", ")
         };
         println!("intent:     {} ({})", s.intent, top(&s.intent_scores));
-        println!("domain:     {} ({})", s.domain, top(&s.domain_scores));
+        let checked = match c.domain_check() {
+            Some(_) if s.domain_checked() => "; checked by the second model",
+            Some(_) => "; the second model was not needed",
+            None => "",
+        };
+        println!(
+            "domain:     {} ({}{checked})",
+            s.domain,
+            top(&s.domain_scores)
+        );
         println!("complexity: {:.3}", s.complexity);
         println!("tier:       {} ({})", tier.0, tier.1);
         println!("tokens:     {}; {us:.0} µs", s.tokens);
@@ -427,6 +463,7 @@ fn classify_cmd(
                     "domain": s.domain, "domain_scores": scores(&s.domain_scores),
                     "complexity": s.complexity, "tier": tier.0, "reason": tier.1,
                     "tokens": s.tokens, "latency_us": us,
+                    "domain_checked": s.domain_checked(),
                 })
             }
             Err(e) => serde_json::json!({"error": {"line": i + 1, "message": e}}),

@@ -48,7 +48,7 @@ impl Drop for RunningServer {
 pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
-    let classifier = load_classifier(&config.routing.classifier)?;
+    let classifier = load_classifier(&config.routing.classifier, &config.routing.domain_check)?;
     let log = match &config.server.decision_log {
         Some(path) => Some(
             crate::api::decision_log::DecisionLog::open(path, config.server.decision_log_prompts)
@@ -128,18 +128,29 @@ async fn serve(
     Ok(())
 }
 
-/// The model the config asks for: the embedded one (if the binary has it), a folder, or none.
-pub fn load_classifier(choice: &ClassifierChoice) -> anyhow::Result<Option<Arc<Classifier>>> {
-    Ok(match choice {
+/// The model the config asks for: the embedded one (if the binary has it), a folder, or none;
+/// with the model folder of `check` re-scoring the domains it is unsure of.
+pub fn load_classifier(
+    choice: &ClassifierChoice,
+    check: &Option<(std::path::PathBuf, f32)>,
+) -> anyhow::Result<Option<Arc<Classifier>>> {
+    let model = match choice {
         ClassifierChoice::None => None,
-        ClassifierChoice::Dir(d) => Some(Arc::new(Classifier::load(d)?)),
+        ClassifierChoice::Dir(d) => Some(Classifier::load(d)?),
         ClassifierChoice::Embedded => match Classifier::embedded() {
-            Some(m) => Some(Arc::new(m?)),
+            Some(m) => Some(m?),
             None => {
                 tracing::warn!("this binary has no embedded router model: the model `switchyard` uses routing.default_tier");
                 None
             }
         },
+    };
+    Ok(match (model, check) {
+        (Some(m), Some((dir, below))) => Some(Arc::new(
+            m.with_domain_check_from(dir, *below)
+                .map_err(|e| anyhow::anyhow!("routing.domain_check: {e}"))?,
+        )),
+        (m, _) => m.map(Arc::new),
     })
 }
 

@@ -89,6 +89,13 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub cascade: Family<CascadeLabels, Counter>,
     pub cost: Family<TierLabels, Counter<f64, AtomicU64>>,
+    pub domain_checks: Family<DomainCheckLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainCheckLabels {
+    /// `kept` (the second model agreed) or `changed`.
+    pub outcome: String,
 }
 
 impl Default for Metrics {
@@ -194,10 +201,17 @@ impl Metrics {
             "Upstream cost in US dollars of answered requests (every call made), by the tier that answered",
             cost.clone(),
         );
+        let domain_checks = Family::<DomainCheckLabels, Counter>::default();
+        registry.register(
+            "domain_checks",
+            "Prompts whose domain the second model (routing.domain_check) re-scored, by whether it kept or changed the first model's domain",
+            domain_checks.clone(),
+        );
         Metrics {
             registry,
             cascade,
             cost,
+            domain_checks,
             requests,
             request_duration,
             ttft,

@@ -240,6 +240,8 @@ struct Decision {
     cost_usd: Option<f64>,
     rule: Option<String>,
     scores: Option<(String, String, f32)>,
+    /// When the domain check re-scored the domain: the first model's domain.
+    unchecked_domain: Option<String>,
     policy: Option<String>,
     /// What the decision log records of the prompt: its size, and its text when enabled.
     prompt_chars: Option<usize>,
@@ -281,7 +283,8 @@ impl Decision {
                 "unix_ms": unix_ms,
                 "tier": self.tier, "target": self.target, "reason": self.reason,
                 "rule": self.rule, "policy": self.policy,
-                "scores": {"intent": intent, "domain": domain, "complexity": complexity},
+                "scores": {"intent": intent, "domain": domain, "complexity": complexity,
+                           "unchecked_domain": self.unchecked_domain},
                 "features": {"prompt_chars": self.prompt_chars},
                 "cascade": self.cascade, "stream": stream,
                 "latency_ms": ms(latency), "overhead_ms": ms(overhead), "cost_usd": self.cost_usd,
@@ -325,6 +328,9 @@ impl Decision {
                 header_value(&format!("{complexity:.3}")),
             );
         }
+        if let Some(first) = &self.unchecked_domain {
+            put("x-switchyard-domain-checked", header_value(first));
+        }
         if let Some(p) = &self.policy {
             put("x-switchyard-policy", header_value(p));
         }
@@ -362,6 +368,7 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
         cost_usd: None,
         rule: None,
         scores: None,
+        unchecked_domain: None,
         policy: None,
         prompt_chars: None,
         prompt: None,
@@ -557,6 +564,20 @@ async fn route_request(
     plan.tier = tier;
     decision.reason = "classifier";
     decision.policy = Some(why);
+    if let Some(first) = &scores.unchecked_domain {
+        let outcome = if *first == scores.domain {
+            "kept"
+        } else {
+            "changed"
+        };
+        s.metrics
+            .domain_checks
+            .get_or_create(&crate::telemetry::DomainCheckLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+    decision.unchecked_domain = scores.unchecked_domain;
     decision.scores = Some((scores.intent, scores.domain, scores.complexity));
     Ok(())
 }

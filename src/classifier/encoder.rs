@@ -231,6 +231,11 @@ mod tests {
     /// A two-layer, 8-dimensional BERT with random weights and an 11-token vocabulary, saved as
     /// a real encoder directory, and a model folder whose heads read it.
     fn tiny(root: &Path) -> PathBuf {
+        tiny_with(root, &["general", "legal"])
+    }
+
+    /// `tiny`, with these domain labels.
+    fn tiny_with(root: &Path, domains: &[&str]) -> PathBuf {
         let words = [
             "[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "prove", "the", "theorem", ",",
             ".",
@@ -258,7 +263,7 @@ mod tests {
             mean: 0.0,
             stdev: 0.3,
         };
-        for (name, out) in [("intent", 3), ("domain", 2), ("complexity", 1)] {
+        for (name, out) in [("intent", 3), ("domain", domains.len()), ("complexity", 1)] {
             vb.get_with_hints((4, inputs), &format!("{name}.w1"), init)
                 .unwrap();
             vb.get_with_hints(4, &format!("{name}.b1"), init).unwrap();
@@ -268,7 +273,7 @@ mod tests {
         }
         heads.save(model.join("model.safetensors")).unwrap();
         let mc = serde_json::json!({"format": 2, "dim": 8, "hidden": 4, "head_tokens": 6, "tail_tokens": 2,
-            "intent_labels": ["chat", "math", "coding"], "domain_labels": ["general", "legal"],
+            "intent_labels": ["chat", "math", "coding"], "domain_labels": domains,
             "encoder": "a tiny random BERT", "backbone_encoder": "../enc"});
         std::fs::write(model.join("config.json"), mc.to_string()).unwrap();
         model
@@ -346,5 +351,90 @@ mod tests {
                 .to_string();
             assert!(e.contains("org/absent"), "{e}");
         }
+    }
+
+    /// The domain check re-scores exactly the prompts whose probability of `general` is below
+    /// its threshold, takes the second model's domain scores for them and leaves intent and
+    /// complexity alone.
+    #[test]
+    fn a_domain_check_rescores_only_the_unsure_prompts() {
+        use super::super::Classifier;
+        let root = std::env::temp_dir().join(format!("switchyard-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let committed = || {
+            Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router")).unwrap()
+        };
+        let first = committed();
+        let dir = tiny_with(&root, &["general", "legal", "medical", "finance"]);
+        let second = Classifier::load(&dir).unwrap();
+        let prompts = [
+            "hello world, how are you?",
+            "Can my landlord keep my deposit for a stain on the carpet?",
+            "What dose of ibuprofen is safe for a child?",
+            "prove the theorem",
+            "Should I pay off my mortgage or put the money in a pension?",
+        ];
+        let mut changed = 0;
+        for below in [0.0, 0.5, 0.9, 1.0] {
+            let checked = committed()
+                .with_domain_check(Classifier::load(&dir).unwrap(), below)
+                .unwrap();
+            assert!(
+                !checked.is_static(),
+                "an encoder check must run off the async runtime"
+            );
+            for p in prompts {
+                let (a, b) = (first.classify(p), checked.classify(p));
+                let general = a
+                    .domain_scores
+                    .iter()
+                    .find(|(l, _)| l == "general")
+                    .unwrap()
+                    .1;
+                assert_eq!(
+                    (a.intent_scores.clone(), a.complexity),
+                    (b.intent_scores.clone(), b.complexity)
+                );
+                if general < below {
+                    assert_eq!(
+                        b.unchecked_domain.as_deref(),
+                        Some(a.domain.as_str()),
+                        "{p}"
+                    );
+                    assert_eq!(b.domain_scores, second.domain_scores(p), "{p}");
+                    changed += usize::from(a.domain != b.domain);
+                } else {
+                    assert_eq!(
+                        (b.unchecked_domain, b.domain_scores),
+                        (None, a.domain_scores),
+                        "{p} {below}"
+                    );
+                }
+            }
+        }
+        assert!(
+            changed > 0,
+            "the random second model never disagreed: the test checks nothing"
+        );
+        // The two models must share their domain labels; a check has no check of its own; the
+        // threshold is a probability.
+        let other = Classifier::load(&tiny(&root.join("two"))).unwrap();
+        let e = committed().with_domain_check(other, 0.9).unwrap_err();
+        assert!(e.contains("domain labels"), "{e}");
+        let nested = Classifier::load(&dir)
+            .unwrap()
+            .with_domain_check(committed(), 0.9);
+        let e = committed()
+            .with_domain_check(nested.unwrap(), 0.9)
+            .unwrap_err();
+        assert!(e.contains("of its own"), "{e}");
+        let e = committed().with_domain_check(second, 1.5).unwrap_err();
+        assert!(e.contains("between 0 and 1"), "{e}");
+        let e = committed()
+            .with_domain_check_from(&root.join("missing"), 0.9)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

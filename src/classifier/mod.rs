@@ -264,9 +264,17 @@ pub struct Scores {
     /// 0..1: how likely a cheap model gets this wrong where a stronger one gets it right.
     pub complexity: f32,
     pub tokens: usize,
+    /// When a second model re-scored the domain ([`Classifier::with_domain_check`]): the first
+    /// model's domain.
+    pub unchecked_domain: Option<String>,
 }
 
 impl Scores {
+    /// Whether a second model re-scored the domain.
+    pub fn domain_checked(&self) -> bool {
+        self.unchecked_domain.is_some()
+    }
+
     pub fn domain_confidence(&self) -> f32 {
         self.domain_scores
             .iter()
@@ -290,7 +298,26 @@ pub struct Classifier {
     pub intent: Vec<Head>,
     pub domain: Vec<Head>,
     pub complexity: Head,
+    /// A second model for the domain of prompts this one is unsure of.
+    domain_check: Option<Box<DomainCheck>>,
 }
+
+/// A second model that re-scores a prompt's domain when the first is unsure of it. Static
+/// embeddings miss domains that only context gives away ("can my ex stop me taking the kids
+/// abroad?" is legal though none of its words is); the full-encoder model reads the context,
+/// at milliseconds a prompt, so it runs only on the prompts that need it.
+#[derive(Debug)]
+pub struct DomainCheck {
+    pub model: Classifier,
+    /// The check runs when the first model's probability of `general` is below this.
+    pub below: f32,
+}
+
+/// The domain label of prompts in no particular domain.
+pub const GENERAL: &str = "general";
+
+/// The default of `below`: chosen on everyday tests 1 to 7 (see the README).
+pub const DEFAULT_DOMAIN_CHECK_BELOW: f32 = 0.9;
 
 fn softmax(v: &mut [f32]) {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -933,7 +960,53 @@ impl Classifier {
             intent,
             domain,
             complexity,
+            domain_check: None,
         })
+    }
+
+    /// This model, with `check` re-scoring the domain of every prompt whose probability of
+    /// `general` is below `below`. The two models must have the same domain labels.
+    pub fn with_domain_check(
+        mut self,
+        check: Classifier,
+        below: f32,
+    ) -> Result<Classifier, String> {
+        if check.config.domain_labels != self.config.domain_labels {
+            return Err(format!(
+                "its domain labels {:?} are not the model's {:?}",
+                check.config.domain_labels, self.config.domain_labels
+            ));
+        }
+        if !self.config.domain_labels.iter().any(|l| l == GENERAL) {
+            return Err(format!("the domain labels have no {GENERAL:?}"));
+        }
+        if !(0.0..=1.0).contains(&below) {
+            return Err(format!("the threshold {below} is not between 0 and 1"));
+        }
+        if check.domain_check.is_some() {
+            return Err("it has a domain check of its own".into());
+        }
+        self.domain_check = Some(Box::new(DomainCheck {
+            model: check,
+            below,
+        }));
+        Ok(self)
+    }
+
+    /// This model, with the model folder `dir` as its domain check ([`Self::with_domain_check`]).
+    pub fn with_domain_check_from(self, dir: &Path, below: f32) -> Result<Classifier, ModelError> {
+        let check = Classifier::load(dir)?;
+        self.with_domain_check(check, below).map_err(|m| {
+            load_err(
+                dir.display().to_string(),
+                format!("cannot check the model's domains: {m}"),
+            )
+        })
+    }
+
+    /// The domain check, if any.
+    pub fn domain_check(&self) -> Option<&DomainCheck> {
+        self.domain_check.as_deref()
     }
 
     /// Loads a model folder (`config.json`, `vocab.txt`, `model.safetensors`).
@@ -961,6 +1034,10 @@ impl Classifier {
     /// (milliseconds), which callers must keep off async runtimes.
     pub fn is_static(&self) -> bool {
         self.encoder.is_none()
+            && self
+                .domain_check
+                .as_ref()
+                .is_none_or(|c| c.model.is_static())
     }
 
     /// The encoder backbone, if any.
@@ -1043,31 +1120,61 @@ impl Classifier {
         cf
     }
 
+    /// The mean of the heads' probabilities for the features `f`, by label.
+    fn head_scores(
+        f: &[f32],
+        heads: &[Head],
+        labels: &[String],
+        hidden: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Vec<(String, f32)> {
+        let mut mean = vec![0.0; labels.len()];
+        for head in heads {
+            head.forward(f, hidden, out);
+            softmax(out);
+            for (m, p) in mean.iter_mut().zip(out.iter()) {
+                *m += p;
+            }
+        }
+        let n = heads.len().max(1) as f32;
+        labels
+            .iter()
+            .cloned()
+            .zip(mean.iter().map(|m| m / n))
+            .collect()
+    }
+
+    /// The domain probabilities alone.
+    pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
+        let (f, _) = self.features(text);
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
+        Self::head_scores(
+            &f,
+            &self.domain,
+            &self.config.domain_labels,
+            &mut hidden,
+            &mut out,
+        )
+    }
+
     pub fn classify(&self, text: &str) -> Scores {
         let (f, tokens) = self.features(text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
-        // The mean of the members' probabilities.
-        let mut mean = Vec::with_capacity(16);
-        let mut labelled = |heads: &[Head], labels: &[String]| -> Vec<(String, f32)> {
-            mean.clear();
-            mean.resize(labels.len(), 0.0);
-            for head in heads {
-                head.forward(&f, &mut hidden, &mut out);
-                softmax(&mut out);
-                for (m, p) in mean.iter_mut().zip(&out) {
-                    *m += p;
-                }
-            }
-            let n = heads.len().max(1) as f32;
-            labels
-                .iter()
-                .cloned()
-                .zip(mean.iter().map(|m| m / n))
-                .collect()
-        };
-        let intent_scores = labelled(&self.intent, &self.config.intent_labels);
-        let domain_scores = labelled(&self.domain, &self.config.domain_labels);
+        let intent_scores = Self::head_scores(
+            &f,
+            &self.intent,
+            &self.config.intent_labels,
+            &mut hidden,
+            &mut out,
+        );
+        let mut domain_scores = Self::head_scores(
+            &f,
+            &self.domain,
+            &self.config.domain_labels,
+            &mut hidden,
+            &mut out,
+        );
         let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let complexity = self.config.calibrated_complexity(out[0]);
@@ -1077,6 +1184,17 @@ impl Classifier {
                 .map(|(l, _)| l.clone())
                 .unwrap_or_default()
         };
+        let mut unchecked_domain = None;
+        if let Some(check) = &self.domain_check {
+            let general = domain_scores
+                .iter()
+                .find(|(l, _)| l == GENERAL)
+                .map_or(0.0, |(_, p)| *p);
+            if general < check.below {
+                unchecked_domain = Some(best(&domain_scores));
+                domain_scores = check.model.domain_scores(text);
+            }
+        }
         Scores {
             intent: best(&intent_scores),
             domain: best(&domain_scores),
@@ -1084,6 +1202,7 @@ impl Classifier {
             domain_scores,
             complexity,
             tokens,
+            unchecked_domain,
         }
     }
 }

@@ -51,8 +51,16 @@ pub struct ClassifyReport {
     pub prompts: usize,
     pub heads: Vec<HeadReport>,
     pub complexity: Vec<Correlation>,
-    /// Microseconds per prompt, end to end (tokenise, embed, heads).
+    /// Microseconds per prompt, end to end (tokenise, embed, heads): percentiles and the mean.
     pub latency_us: BTreeMap<String, f64>,
+    /// With a domain check: its threshold and how many prompts it re-scored.
+    pub domain_check: Option<DomainCheckCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainCheckCount {
+    pub below: f64,
+    pub checked: usize,
 }
 
 /// `(true label, predicted label, top probability)` triples to a head report.
@@ -224,15 +232,25 @@ pub fn evaluate(
     }
     let mut lat: Vec<f64> = scored.iter().map(|(_, t)| *t).collect();
     lat.sort_by(f64::total_cmp);
-    let latency_us = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)]
-        .into_iter()
-        .map(|(k, p)| (k.to_string(), percentile(&lat, p)))
-        .collect();
+    let mut latency_us: BTreeMap<String, f64> =
+        [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)]
+            .into_iter()
+            .map(|(k, p)| (k.to_string(), percentile(&lat, p)))
+            .collect();
+    latency_us.insert(
+        "mean".into(),
+        lat.iter().sum::<f64>() / lat.len().max(1) as f64,
+    );
     ClassifyReport {
         prompts: records.len(),
         heads,
         complexity,
         latency_us,
+        domain_check: model.domain_check().map(|c| DomainCheckCount {
+            // As written in the config (0.9, not the f32's 0.8999999761581421).
+            below: (f64::from(c.below) * 1e6).round() / 1e6,
+            checked: scored.iter().filter(|(s, _)| s.domain_checked()).count(),
+        }),
     }
 }
 

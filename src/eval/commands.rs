@@ -267,12 +267,23 @@ pub fn classify_report_md(data: &str, model: &str, r: &ClassifyReport) -> String
     let l = &r.latency_us;
     let _ = writeln!(
         md,
-        "## Latency\n\nPer prompt, end to end (tokenise, embed, heads), one at a time on one thread: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs.",
+        "## Latency\n\nPer prompt, end to end (tokenise, embed, heads), one at a time on one thread: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs, mean {:.1} µs.",
         l.get("p50").copied().unwrap_or(f64::NAN),
         l.get("p90").copied().unwrap_or(f64::NAN),
         l.get("p99").copied().unwrap_or(f64::NAN),
-        l.get("max").copied().unwrap_or(f64::NAN)
+        l.get("max").copied().unwrap_or(f64::NAN),
+        l.get("mean").copied().unwrap_or(f64::NAN)
     );
+    if let Some(c) = &r.domain_check {
+        let _ = writeln!(
+            md,
+            "\n## Domain check\n\nThe second model re-scored the domain of {} of {} prompts ({:.1}%): those whose probability of `general` was below {}. The latency above includes it.",
+            c.checked,
+            r.prompts,
+            100.0 * c.checked as f64 / r.prompts.max(1) as f64,
+            c.below
+        );
+    }
     md
 }
 

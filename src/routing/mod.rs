@@ -108,6 +108,7 @@ impl Policy {
                 default_tier: "cheap".into(),
                 routing: Routing {
                     classifier: crate::config::ClassifierChoice::Embedded,
+                    domain_check: None,
                     strong_tier: Some("reasoning".into()),
                     complexity_threshold: crate::config::DEFAULT_COMPLEXITY_THRESHOLD,
                     intent_thresholds: Default::default(),

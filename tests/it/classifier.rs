@@ -230,6 +230,47 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
     }
 }
 
+/// `classify --domain-check DIR`: each line says whether the second model re-scored it; a
+/// folder that is not a model is refused by name.
+#[test]
+fn classify_takes_a_domain_check() {
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            b"{\"prompt\": \"Can my landlord keep my deposit for a stain on the carpet?\"}\n",
+        )
+        .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let dir = model_dir();
+    let dir = dir.to_str().unwrap();
+    for (below, checked) in [("1", true), ("0", false)] {
+        let out = run(&[
+            "classify",
+            "--jsonl",
+            "--domain-check",
+            dir,
+            "--domain-check-below",
+            below,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["domain_checked"], checked, "{line}");
+        assert_eq!(line["domain"], "legal");
+    }
+    let out = run(&["classify", "--jsonl", "--domain-check", "no/such/model"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no/such/model"), "{err}");
+}
+
 #[tokio::test]
 async fn calibrate_finds_the_threshold_for_a_strong_share() {
     let path = std::env::temp_dir().join(format!("sy-calibrate-{}.jsonl", std::process::id()));

@@ -164,3 +164,50 @@ async fn the_last_user_turn_is_what_gets_classified() {
     let r = h.post(&body).await;
     assert_eq!(r.header("x-switchyard-intent"), "coding");
 }
+
+/// `routing.domain_check`: a second model re-scores the domain of the prompts the first is
+/// unsure of, and the answer says so (the first model's domain in
+/// `x-switchyard-domain-checked`) and the metrics count it. Here the second model is the
+/// committed one again, with a threshold of 1, so every prompt not certain to be general is
+/// checked and the check keeps the domain.
+#[tokio::test]
+async fn a_domain_check_says_what_it_rescored() {
+    let c = sim("cheap").await;
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router");
+    let toml = format!(
+        r#"[routing]
+default_tier = "cheap"
+domain_check = {model:?}
+domain_check_below = 1.0
+{}
+[tiers.cheap]
+targets = [{{ provider = "c", model = "small" }}]
+"#,
+        providers(&[("c", c.base_url())])
+    );
+    let h = router(&toml).await;
+    let r = h
+        .post(&ask(
+            "switchyard",
+            "Can my landlord keep my deposit for a stain on the carpet?",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-switchyard-domain"), "legal");
+    assert_eq!(r.header("x-switchyard-domain-checked"), "legal");
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(
+        metrics.contains("switchyard_domain_checks_total{outcome=\"kept\"} 1"),
+        "{metrics}"
+    );
+    // Without a check there is no such header (the setup of the other tests has none).
+    let (h, _sims) = setup().await;
+    let r = h
+        .post(&ask(
+            "switchyard",
+            "Can my landlord keep my deposit for a stain on the carpet?",
+        ))
+        .await;
+    assert_eq!(r.header("x-switchyard-domain"), "legal");
+    assert!(r.header("x-switchyard-domain-checked").is_empty());
+}
