@@ -544,21 +544,24 @@ async fn route_request(
     };
     // A prompt of up to INLINE_CLASSIFY_BYTES is classified in place: that takes tens of
     // microseconds (`cargo bench --bench router`), less than a hand-off to the blocking pool.
-    // Longer ones run off the async runtime; when too many are queued, shed.
-    let scores = if classifier.is_static() && text.len() <= INLINE_CLASSIFY_BYTES {
-        classifier.classify(&text)
+    // Longer ones, and the domain check's second model (milliseconds with an encoder), run off
+    // the async runtime; when too many are queued, shed.
+    let inline = classifier.is_static() && text.len() <= INLINE_CLASSIFY_BYTES;
+    let scores = if inline {
+        classifier.classify_unchecked(&text)
     } else {
-        let permit = s
-            .classify_permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded)?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            classifier.classify(&text)
-        })
-        .await
-        .map_err(|_| ApiError::Internal)?
+        off_runtime(s, classifier.clone(), text.clone(), None).await?
+    };
+    let scores = if classifier.needs_domain_check(&scores) {
+        if classifier.is_static_with_check() && inline {
+            let mut scores = scores;
+            classifier.check_domain(&text, &mut scores);
+            scores
+        } else {
+            off_runtime(s, classifier, text, Some(scores)).await?
+        }
+    } else {
+        scores
     };
     let (tier, why) = s.policy.tier_for_scores(&scores, threshold);
     plan.tier = tier;
@@ -580,6 +583,33 @@ async fn route_request(
     decision.unchecked_domain = scores.unchecked_domain;
     decision.scores = Some((scores.intent, scores.domain, scores.complexity));
     Ok(())
+}
+
+/// Classifies `text` on the blocking pool (or, given this model's `scores`, checks their
+/// domain there), holding one of the bounded classification permits.
+async fn off_runtime(
+    s: &AppState,
+    classifier: std::sync::Arc<crate::classifier::Classifier>,
+    text: String,
+    scores: Option<crate::classifier::Scores>,
+) -> Result<crate::classifier::Scores, ApiError> {
+    let permit = s
+        .classify_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match scores {
+            None => classifier.classify(&text),
+            Some(mut scores) => {
+                classifier.check_domain(&text, &mut scores);
+                scores
+            }
+        }
+    })
+    .await
+    .map_err(|_| ApiError::Internal)
 }
 
 /// Records an answer from `tier`'s `target` (which arrived at `at` and reaches the client at

@@ -380,11 +380,23 @@ mod tests {
                 .with_domain_check(Classifier::load(&dir).unwrap(), below)
                 .unwrap();
             assert!(
-                !checked.is_static(),
+                checked.is_static() && !checked.is_static_with_check(),
                 "an encoder check must run off the async runtime"
             );
             for p in prompts {
                 let (a, b) = (first.classify(p), checked.classify(p));
+                // The server's two steps (the static model in place, then the check off the
+                // runtime) give what `classify` gives.
+                let mut two = checked.classify_unchecked(p);
+                assert_eq!(two.unchecked_domain, None);
+                if checked.needs_domain_check(&two) {
+                    checked.check_domain(p, &mut two);
+                    assert!(!checked.needs_domain_check(&two), "checked twice: {p}");
+                }
+                assert_eq!(
+                    (&two.domain, &two.domain_scores, &two.unchecked_domain),
+                    (&b.domain, &b.domain_scores, &b.unchecked_domain)
+                );
                 let general = a
                     .domain_scores
                     .iter()
@@ -404,6 +416,7 @@ mod tests {
                     assert_eq!(b.domain_scores, second.domain_scores(p), "{p}");
                     changed += usize::from(a.domain != b.domain);
                 } else {
+                    assert!(!checked.needs_domain_check(&a), "{p} {below}");
                     assert_eq!(
                         (b.unchecked_domain, b.domain_scores),
                         (None, a.domain_scores),

@@ -1031,9 +1031,16 @@ impl Classifier {
     }
 
     /// True for static embeddings (microseconds per prompt); false with an encoder backbone
-    /// (milliseconds), which callers must keep off async runtimes.
+    /// (milliseconds), which callers must keep off async runtimes. Says nothing of the domain
+    /// check's model: see [`Self::is_static_with_check`].
     pub fn is_static(&self) -> bool {
         self.encoder.is_none()
+    }
+
+    /// True when the domain check's model, if any, is static too: then every classification
+    /// takes microseconds.
+    pub fn is_static_with_check(&self) -> bool {
+        self.is_static()
             && self
                 .domain_check
                 .as_ref()
@@ -1157,7 +1164,17 @@ impl Classifier {
         )
     }
 
+    /// The scores of a prompt, its domain checked by the second model when it needs it.
     pub fn classify(&self, text: &str) -> Scores {
+        let mut s = self.classify_unchecked(text);
+        if self.needs_domain_check(&s) {
+            self.check_domain(text, &mut s);
+        }
+        s
+    }
+
+    /// The scores of this model alone, without the domain check.
+    pub fn classify_unchecked(&self, text: &str) -> Scores {
         let (f, tokens) = self.features(text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
@@ -1168,7 +1185,7 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
-        let mut domain_scores = Self::head_scores(
+        let domain_scores = Self::head_scores(
             &f,
             &self.domain,
             &self.config.domain_labels,
@@ -1178,33 +1195,48 @@ impl Classifier {
         let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let complexity = self.config.calibrated_complexity(out[0]);
-        let best = |v: &[(String, f32)]| {
-            v.iter()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(l, _)| l.clone())
-                .unwrap_or_default()
-        };
-        let mut unchecked_domain = None;
-        if let Some(check) = &self.domain_check {
-            let general = domain_scores
-                .iter()
-                .find(|(l, _)| l == GENERAL)
-                .map_or(0.0, |(_, p)| *p);
-            if general < check.below {
-                unchecked_domain = Some(best(&domain_scores));
-                domain_scores = check.model.domain_scores(text);
-            }
-        }
         Scores {
-            intent: best(&intent_scores),
-            domain: best(&domain_scores),
+            intent: best_label(&intent_scores),
+            domain: best_label(&domain_scores),
             intent_scores,
             domain_scores,
             complexity,
             tokens,
-            unchecked_domain,
+            unchecked_domain: None,
         }
     }
+
+    /// Whether the domain check should re-score these scores (this model's, unchecked): it is
+    /// configured, and the probability of `general` is below its threshold.
+    pub fn needs_domain_check(&self, s: &Scores) -> bool {
+        self.domain_check.as_ref().is_some_and(|check| {
+            let general = s
+                .domain_scores
+                .iter()
+                .find(|(l, _)| l == GENERAL)
+                .map_or(0.0, |(_, p)| *p);
+            general < check.below && s.unchecked_domain.is_none()
+        })
+    }
+
+    /// Replaces the domain of `s` with the second model's (when there is one), keeping the
+    /// first model's in `unchecked_domain`. Milliseconds with an encoder: keep it off async
+    /// runtimes.
+    pub fn check_domain(&self, text: &str, s: &mut Scores) {
+        if let Some(check) = &self.domain_check {
+            s.domain_scores = check.model.domain_scores(text);
+            let first = std::mem::replace(&mut s.domain, best_label(&s.domain_scores));
+            s.unchecked_domain = Some(first);
+        }
+    }
+}
+
+/// The label with the highest probability.
+fn best_label(v: &[(String, f32)]) -> String {
+    v.iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, _)| l.clone())
+        .unwrap_or_default()
 }
 
 /// Shared, loaded once.
