@@ -146,10 +146,17 @@ pub fn load_classifier(
         },
     };
     Ok(match (model, check) {
-        (Some(m), Some((dir, below))) => Some(Arc::new(
-            m.with_domain_check_from(dir, *below)
-                .map_err(|e| anyhow::anyhow!("routing.domain_check: {e}"))?,
-        )),
+        (Some(m), Some((dir, below))) => {
+            let m = m
+                .with_domain_check_from(dir, *below)
+                .map_err(|e| anyhow::anyhow!("routing.domain_check: {e}"))?;
+            tracing::info!(
+                model = %dir.display(),
+                below,
+                "domain check on: this model re-scores the domain of prompts whose probability of general is below the threshold"
+            );
+            Some(Arc::new(m))
+        }
         (m, _) => m.map(Arc::new),
     })
 }
