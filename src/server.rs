@@ -152,7 +152,7 @@ pub fn load_classifier(
                 .map_err(|e| anyhow::anyhow!("routing.domain_check: {e}"))?;
             tracing::info!(
                 model = %dir.display(),
-                below,
+                below = %below,
                 "domain check on: this model re-scores the domain of prompts whose probability of general is below the threshold"
             );
             Some(Arc::new(m))
