@@ -34,7 +34,7 @@ pub const INTENTS: [&str; 12] = [
     "closed_qa",
     "brainstorming",
 ];
-pub const DOMAINS: [&str; 4] = ["general", "legal", "medical", "finance"];
+pub const DOMAINS: [&str; 4] = [super::GENERAL, "legal", "medical", "finance"];
 
 #[derive(Debug, Clone)]
 pub struct TrainArgs {

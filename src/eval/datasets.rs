@@ -111,7 +111,7 @@ pub fn mmlu_domain(subject: &str) -> &'static str {
         | "econometrics"
         | "high_school_macroeconomics"
         | "high_school_microeconomics" => "finance",
-        _ => "general",
+        _ => crate::classifier::GENERAL,
     }
 }
 

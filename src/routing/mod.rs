@@ -144,7 +144,7 @@ impl Policy {
 
     /// The tier for a prompt's scores, and why, e.g. `("reasoning", "complexity 0.81 > 0.50")`.
     pub fn tier_for_scores(&self, s: &Scores, threshold: Option<f64>) -> (String, String) {
-        if s.domain != "general"
+        if s.domain != crate::classifier::GENERAL
             && (s.domain_confidence() as f64) >= self.routing.domain_min_confidence
         {
             if let Some(t) = self.routing.domain_tiers.get(&s.domain) {
