@@ -190,7 +190,24 @@ def main():
             lex, (_, k) = w["complexity_lexicon"]
             bag = [(i, (1 + math.log(ids.count(i))) * idf[i]) for i in sorted(set(ids)) if idf[i] > 0]
             norm = math.sqrt(sum(v * v for _, v in bag))
-            x += [sum(v / norm * lex[i * k + j] for i, v in bag) if norm > 0 else 0.0 for j in range(k)]
+            scores = [sum(v / norm * lex[i * k + j] for i, v in bag) if norm > 0 else 0.0 for j in range(k)]
+            if cfg.get("complexity_wide"):
+                # Wide families also weigh the prompt's adjacent token pairs, hashed into
+                # 2^bits buckets (the top bits of a 64-bit multiplicative hash of both ids) and
+                # bagged the same way, and the surface features with an intercept.
+                bits = cfg["complexity_pair_bits"]
+                pairs = [(((a << 32 | b) * 0x9E3779B97F4A7C15) % (1 << 64)) >> (64 - bits) for a, b in zip(ids, ids[1:])]
+                pidf = w["pair_idf"][0]
+                plex = w["complexity_pairs"][0]
+                pbag = [(i, (1 + math.log(pairs.count(i))) * pidf[i]) for i in sorted(set(pairs)) if pidf[i] > 0]
+                pnorm = math.sqrt(sum(v * v for _, v in pbag))
+                surface = w["complexity_surface"][0]
+                for j in range(k):
+                    if pnorm > 0:
+                        scores[j] += sum(v / pnorm * plex[i * k + j] for i, v in pbag)
+                    row = surface[j * 5:(j + 1) * 5]
+                    scores[j] += row[4] + sum(a * b for a, b in zip(row, f[:4]))
+            x += scores
         if cfg.get("complexity_intent"):
             x += intent
         # Platt scaling of the head's logit, when the model was calibrated.

@@ -92,6 +92,11 @@ pub enum Command {
         /// ratings such as MATH levels). "none" for no lexicon.
         #[arg(long, default_value = "outcomes,levels", value_delimiter = ',')]
         complexity_lexicon: Vec<String>,
+        /// The complexity families whose ridge also reads the prompt's pairs of adjacent
+        /// tokens (hashed into 2^16 buckets) and its surface features, fitted with its tokens
+        /// at once. "none" for none.
+        #[arg(long, default_value = "levels", value_delimiter = ',')]
+        complexity_wide: Vec<String>,
         /// Whether the complexity head also reads the intent head's probabilities.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         complexity_intent: bool,

