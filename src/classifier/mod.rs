@@ -85,7 +85,7 @@ pub struct ModelConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub complexity_wide: Vec<String>,
     /// The token pairs of the wide families hash into `1 << complexity_pair_bits` buckets.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub complexity_pair_bits: u32,
     /// Whether the complexity head reads the intent head's probabilities after its other
     /// inputs: the kind of prompt tells which of them to trust (a maths problem's difficulty
@@ -112,12 +112,8 @@ pub struct ModelConfig {
     pub ensemble: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 fn one() -> usize {

@@ -1839,9 +1839,9 @@ fn complexity_features(
                 })
                 .collect();
             let is_wide = args.complexity_wide.iter().any(|w| w == name);
-            // The surface features, standardised over the family's prompts for the fit, and
-            // the weights and intercept that read them raw.
-            let standard: Vec<(f64, f64)> = (0..EXTRA_FEATURES)
+            // A wide family's surface features, standardised over its prompts for the fit, and
+            // the weights and intercept that read them raw (none for a narrow family).
+            let standard: Vec<(f64, f64)> = (0..if is_wide { EXTRA_FEATURES } else { 0 })
                 .map(|c| {
                     let xs: Vec<f64> = members.iter().map(|&i| f64::from(surface(i)[c])).collect();
                     let n = xs.len().max(1) as f64;
@@ -1854,12 +1854,11 @@ fn complexity_features(
                 let mut row = rows[i].clone();
                 if !is_wide {
                     row.retain(|&(t, _)| (t as usize) < vocab);
-                } else {
-                    for (c, &(mean, sd)) in standard.iter().enumerate() {
-                        if sd > 0.0 {
-                            let x = (f64::from(surface(i)[c]) - mean) / sd;
-                            row.push(((surface_at + c) as u32, x as f32));
-                        }
+                }
+                for (c, &(mean, sd)) in standard.iter().enumerate() {
+                    if sd > 0.0 {
+                        let x = (f64::from(surface(i)[c]) - mean) / sd;
+                        row.push(((surface_at + c) as u32, x as f32));
                     }
                 }
                 row
