@@ -662,11 +662,10 @@ pub struct ComplexityLexicon {
 
 /// What a "wide" complexity family reads besides single tokens: the prompt's pairs of adjacent
 /// tokens, hashed into `1 << bits` buckets ([`pair_bucket`]) and weighed as a second TF-IDF bag,
-/// and its surface features ([`extra_features`]) with an intercept. The kind of problem that
-/// makes a maths question hard is often two tokens ("how many", "prime factor"), and a longer
-/// problem is usually a harder one; a ridge fitted on all of them at once gets more of each
-/// than the head gets from combining separate scores. Families fitted on tokens alone have
-/// zero weights here.
+/// and its surface features ([`extra_features`]) with an intercept. What makes a maths
+/// question hard can take two tokens to say ("how many", "prime factor"), and a longer problem
+/// tends to be a harder one; one ridge over all of them weighs each against the others.
+/// Families fitted on tokens alone have zero weights here.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WideLexicon {
     pub bits: u32,

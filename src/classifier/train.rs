@@ -1815,18 +1815,6 @@ fn complexity_features(
         // Columns of a wide family's ridge: the tokens, then the pair buckets, then the
         // standardised surface features.
         let surface_at = vocab + buckets;
-        let rows: Vec<Vec<(u32, f32)>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut row = super::ComplexityLexicon::bag(&idf, t);
-                if wide {
-                    let pairs = super::ComplexityLexicon::bag_of_sorted(&pair_idf, &pair_ids[i]);
-                    row.extend(pairs.into_iter().map(|(b, w)| (vocab as u32 + b, w)));
-                }
-                row
-            })
-            .collect();
         let surface = |i: usize| &feats[i][..EXTRA_FEATURES];
         let pb = progress((k * (LEXICON_FOLDS + 1)) as u64, "complexity lexicon");
         let mut table = vec![0f32; vocab * k];
@@ -1851,9 +1839,10 @@ fn complexity_features(
                 })
                 .collect();
             let design = |i: usize| -> Vec<(u32, f32)> {
-                let mut row = rows[i].clone();
-                if !is_wide {
-                    row.retain(|&(t, _)| (t as usize) < vocab);
+                let mut row = super::ComplexityLexicon::bag(&idf, &ids[i]);
+                if is_wide {
+                    let pairs = super::ComplexityLexicon::bag_of_sorted(&pair_idf, &pair_ids[i]);
+                    row.extend(pairs.into_iter().map(|(b, w)| (vocab as u32 + b, w)));
                 }
                 for (c, &(mean, sd)) in standard.iter().enumerate() {
                     if sd > 0.0 {
