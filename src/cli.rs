@@ -100,6 +100,12 @@ pub enum Command {
         /// Whether the complexity head also reads the intent head's probabilities.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         complexity_intent: bool,
+        /// A complexity expert, FAMILY:INTENT[+INTENT…]: for prompts of those intents, that
+        /// lexicon family's score is added to the complexity head's logit again, in proportion
+        /// to the intent head's probability of them, with a slope fitted on the training prompts
+        /// of those intents with recorded outcomes. "none" for none.
+        #[arg(long, default_value = "levels:math")]
+        complexity_expert: String,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
         /// Epochs that tune the static token embeddings end to end with the intent and domain

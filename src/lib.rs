@@ -73,6 +73,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             complexity_lexicon,
             complexity_wide,
             complexity_intent,
+            complexity_expert,
             epochs,
             tune_epochs,
             tune_lr,
@@ -109,6 +110,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                     .filter(|f| f != "none" && !f.is_empty())
                     .collect(),
                 complexity_intent,
+                complexity_expert: classifier::train::parse_expert(&complexity_expert)?,
                 epochs,
                 tune_epochs,
                 tune_lr,

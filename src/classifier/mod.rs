@@ -98,6 +98,9 @@ pub struct ModelConfig {
     /// likely the cheap model gets this wrong" without changing that order (a > 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complexity_calibration: Option<[f32; 2]>,
+    /// A complexity expert for prompts of some intents (see [`ComplexityExpert`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity_expert: Option<ComplexityExpert>,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -110,6 +113,44 @@ pub struct ModelConfig {
     /// trained from different seeds, whose average depends less on any one seed.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub ensemble: usize,
+}
+
+/// A complexity expert: one complexity lexicon family's score, read again for the prompts of
+/// some intents. The head weighs every family for every prompt and gives no family's prompts
+/// all of that family's ranking: the levels lexicon alone ranks maths problems by difficulty
+/// better than the head does. The expert adds the family's evidence to the head's calibrated
+/// logit, slope · (score − centre), in proportion to the intent head's probability of the
+/// expert's intents; the other prompts keep the head's complexity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexityExpert {
+    /// The complexity lexicon family whose score the expert reads, e.g. `levels`.
+    pub family: String,
+    /// The intents the expert speaks for, e.g. `["math"]`.
+    pub intents: Vec<String>,
+    /// The logit slope of the score: Platt scaling of the score against the cheap model's
+    /// recorded errors on training prompts of those intents, fitted at training.
+    pub slope: f32,
+    /// The mean score of those prompts: a typical prompt of the intents gets no evidence either
+    /// way, so the expert moves prompts apart without moving their mean.
+    pub centre: f32,
+}
+
+impl ComplexityExpert {
+    /// What the expert adds to the head's calibrated logit for a prompt with the family's
+    /// lexicon score `score` and probability `gate` of the expert's intents.
+    pub fn evidence(&self, score: f32, gate: f32) -> f32 {
+        gate.clamp(0.0, 1.0) * self.slope * (score - self.centre)
+    }
+}
+
+/// A [`ComplexityExpert`] resolved against its model: the family's column among the lexicon
+/// scores and the intents' indices among the intent labels.
+#[derive(Debug, Clone)]
+struct Expert {
+    spec: ComplexityExpert,
+    family: usize,
+    intents: Vec<usize>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -195,13 +236,12 @@ impl ModelConfig {
             }
     }
 
-    /// The complexity score of the complexity head's logit `z`.
-    pub fn calibrated_complexity(&self, z: f32) -> f32 {
-        let z = match self.complexity_calibration {
+    /// The complexity head's logit `z`, calibrated.
+    pub fn calibrated_logit(&self, z: f32) -> f32 {
+        match self.complexity_calibration {
             Some([a, b]) => a * z + b,
             None => z,
-        };
-        1.0 / (1.0 + (-z).exp())
+        }
     }
 
     /// What the complexity head reads of a full feature vector (the heads' inputs followed by
@@ -306,6 +346,7 @@ pub struct Classifier {
     pub intent: Vec<Head>,
     pub domain: Vec<Head>,
     pub complexity: Head,
+    expert: Option<Expert>,
     /// A second model for the domain of prompts this one is unsure of.
     domain_check: Option<Box<DomainCheck>>,
 }
@@ -319,6 +360,54 @@ pub struct DomainCheck {
     pub model: Classifier,
     /// The check runs when the first model's probability of `general` is below this.
     pub below: f32,
+}
+
+/// `spec` resolved against `config`, or what in it does not fit, naming the key.
+fn resolve_expert(spec: &ComplexityExpert, config: &ModelConfig) -> Result<Expert, String> {
+    let family = config
+        .complexity_lexicon
+        .iter()
+        .position(|f| *f == spec.family)
+        .ok_or_else(|| {
+            format!(
+                "complexity_expert.family: {:?} is not one of complexity_lexicon ({})",
+                spec.family,
+                config.complexity_lexicon.join(", ")
+            )
+        })?;
+    if spec.intents.is_empty() {
+        return Err("complexity_expert.intents: name at least one intent".into());
+    }
+    let intents = spec
+        .intents
+        .iter()
+        .map(|i| {
+            config
+                .intent_labels
+                .iter()
+                .position(|l| l == i)
+                .ok_or_else(|| {
+                    format!("complexity_expert.intents: {i:?} is not one of intent_labels")
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    if !(spec.slope.is_finite() && spec.slope >= 0.0) {
+        return Err(format!(
+            "complexity_expert.slope: {}, but it must be finite and not negative",
+            spec.slope
+        ));
+    }
+    if !spec.centre.is_finite() {
+        return Err(format!(
+            "complexity_expert.centre: {}, but it must be finite",
+            spec.centre
+        ));
+    }
+    Ok(Expert {
+        spec: spec.clone(),
+        family,
+        intents,
+    })
 }
 
 /// The domain label of prompts in no particular domain.
@@ -1051,6 +1140,12 @@ impl Classifier {
                 "head inputs do not match dim, edge pooling, extra features and the lexicon",
             ));
         }
+        let expert = config
+            .complexity_expert
+            .as_ref()
+            .map(|spec| resolve_expert(spec, &config))
+            .transpose()
+            .map_err(|e| load_err(format!("{origin}/config.json"), e))?;
         Ok(Classifier {
             config,
             tokenizer,
@@ -1062,6 +1157,7 @@ impl Classifier {
             intent,
             domain,
             complexity,
+            expert,
             domain_check: None,
         })
     }
@@ -1298,7 +1394,17 @@ impl Classifier {
         );
         let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
-        let complexity = self.config.calibrated_complexity(out[0]);
+        let mut z = self.config.calibrated_logit(out[0]);
+        if let Some(e) = &self.expert {
+            // The lexicon's scores follow the heads' inputs.
+            let score = f
+                .get(self.config.inputs() + e.family)
+                .copied()
+                .unwrap_or(0.0);
+            let gate = e.intents.iter().map(|&i| intent_scores[i].1).sum();
+            z += e.spec.evidence(score, gate);
+        }
+        let complexity = 1.0 / (1.0 + (-z).exp());
         Scores {
             intent: best_label(&intent_scores),
             domain: best_label(&domain_scores),
@@ -1642,6 +1748,90 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_complexity_expert_adds_its_familys_evidence_for_its_intents() {
+        let m = model();
+        let e = m
+            .expert
+            .as_ref()
+            .expect("the default model has a complexity expert");
+        assert_eq!(e.spec.family, "levels");
+        assert_eq!(e.spec.intents, ["math"]);
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
+        let mut shifts = Vec::new();
+        for text in [
+            "Find all real x such that x^2 - 5x + 6 = 0, then sum the squares of the roots.",
+            "Write a short thank-you note to my neighbour for watering the plants.",
+        ] {
+            let (f, _) = m.features(text);
+            let got = m.classify(text);
+            let probs: Vec<f32> = got.intent_scores.iter().map(|(_, p)| *p).collect();
+            let cf = m.complexity_input(&f, probs.iter().copied());
+            m.complexity.forward(&cf, &mut hidden, &mut out);
+            let head = m.config.calibrated_logit(out[0]);
+            // By hand: the probability of maths times slope · (levels score − centre).
+            let gate = probs[m
+                .config
+                .intent_labels
+                .iter()
+                .position(|l| l == "math")
+                .unwrap()];
+            let family = m
+                .config
+                .complexity_lexicon
+                .iter()
+                .position(|f| f == "levels")
+                .unwrap();
+            let score = f[m.config.inputs() + family];
+            let shift = gate * e.spec.slope * (score - e.spec.centre);
+            let want = 1.0 / (1.0 + (-(head + shift)).exp());
+            assert!(
+                (got.complexity - want).abs() < 1e-6,
+                "{text}: {} vs {want}",
+                got.complexity
+            );
+            shifts.push((gate, shift));
+        }
+        // The maths problem is the expert's; the note hardly is.
+        assert!(shifts[0].0 > 0.9 && shifts[1].0 < 0.1, "{shifts:?}");
+        assert!(shifts[0].1.abs() > 10.0 * shifts[1].1.abs(), "{shifts:?}");
+    }
+
+    #[test]
+    fn a_complexity_expert_that_does_not_fit_its_model_is_refused_by_key() {
+        let m = model();
+        let config = serde_json::to_value(&m.config).unwrap();
+        for (key, value, named) in [
+            (
+                "family",
+                serde_json::json!("vibes"),
+                "complexity_expert.family",
+            ),
+            (
+                "intents",
+                serde_json::json!(["math", "poetry"]),
+                "complexity_expert.intents",
+            ),
+            (
+                "intents",
+                serde_json::json!([]),
+                "complexity_expert.intents",
+            ),
+            ("slope", serde_json::json!(-1.0), "complexity_expert.slope"),
+        ] {
+            let mut bad = config.clone();
+            bad["complexity_expert"][key] = value;
+            let err = load_error(&bad);
+            assert!(
+                err.contains("m/config.json") && err.contains(named),
+                "{err}"
+            );
+        }
+        let mut bad = config.clone();
+        bad["complexity_expert"]["weight"] = 2.into();
+        assert!(load_error(&bad).contains("weight"));
     }
 
     #[test]

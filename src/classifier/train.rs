@@ -68,6 +68,9 @@ pub struct TrainArgs {
     pub complexity_wide: Vec<String>,
     /// Whether the complexity head reads the intent head's probabilities too.
     pub complexity_intent: bool,
+    /// A complexity expert to fit: a family of `complexity_lexicon` and the intents it speaks
+    /// for ([`super::ComplexityExpert`]).
+    pub complexity_expert: Option<(String, Vec<String>)>,
     pub epochs: usize,
     /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
     pub tune_epochs: usize,
@@ -982,6 +985,9 @@ pub struct Metrics {
     /// labels.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub complexity_lexicon_cross_fitted: Vec<LexiconFit>,
+    /// How the complexity expert was fitted, if the model has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complexity_expert: Option<ExpertFit>,
 }
 
 /// How a complexity family's lexicon ranks the labels of the training prompts it was fitted
@@ -1267,6 +1273,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
+    let expert = fit_expert(args, &config, &train, &cfeats)?;
+    config.complexity_expert = expert.as_ref().map(|(spec, _)| spec.clone());
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
@@ -1299,7 +1307,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     )?;
     std::fs::write(args.out.join("vocab.txt"), &vocab_text)?;
 
+    let fits = Fits {
+        lexicon: fits,
+        expert: expert.map(|(_, fit)| fit),
+    };
     finish(args, &config, raw.len(), &train, held, fits)
+}
+
+/// What training measured of the complexity lexicon's and the expert's fits.
+struct Fits {
+    lexicon: Vec<LexiconFit>,
+    expert: Option<ExpertFit>,
 }
 
 /// Loads the model just written, evaluates it on the held-out sources, and writes
@@ -1310,7 +1328,7 @@ fn finish(
     vocab_size: usize,
     train: &[Example],
     held: Held,
-    fits: Vec<LexiconFit>,
+    fits: Fits,
 ) -> anyhow::Result<Metrics> {
     let compare = args
         .compare_report
@@ -1382,7 +1400,8 @@ fn finish(
         },
         seed: args.seed,
         split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
-        complexity_lexicon_cross_fitted: fits,
+        complexity_lexicon_cross_fitted: fits.lexicon,
+        complexity_expert: fits.expert,
     };
     std::fs::write(
         args.out.join("metrics.json"),
@@ -1407,6 +1426,114 @@ fn finish(
     }
     std::fs::write(args.out.join("MANIFEST.sha256"), manifest)?;
     Ok(metrics)
+}
+
+/// `--complexity-expert`: `FAMILY:INTENT[+INTENT…]`, or `none`.
+pub fn parse_expert(text: &str) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    let text = text.trim();
+    if text.is_empty() || text == "none" {
+        return Ok(None);
+    }
+    let (family, intents) = text.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!(
+            "--complexity-expert {text:?}: write FAMILY:INTENT[+INTENT…], e.g. levels:math, or none"
+        )
+    })?;
+    let intents: Vec<String> = intents
+        .split('+')
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect();
+    if family.trim().is_empty() || intents.is_empty() {
+        anyhow::bail!("--complexity-expert {text:?}: name a family and at least one intent");
+    }
+    Ok(Some((family.trim().to_string(), intents)))
+}
+
+/// Whether `args`' complexity expert names a family it fits a lexicon for and known intents.
+fn check_expert(args: &TrainArgs) -> anyhow::Result<()> {
+    let Some((family, intents)) = &args.complexity_expert else {
+        return Ok(());
+    };
+    if !args.complexity_lexicon.contains(family) {
+        anyhow::bail!(
+            "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({})",
+            args.complexity_lexicon.join(", ")
+        );
+    }
+    if let Some(i) = intents.iter().find(|i| !INTENTS.contains(&i.as_str())) {
+        anyhow::bail!(
+            "--complexity-expert: unknown intent {i:?}; use one of {}",
+            INTENTS.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// How the complexity expert was fitted: on how many training prompts, and how its score and
+/// prompt length rank their recorded cheap-model errors.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertFit {
+    pub family: String,
+    pub intents: Vec<String>,
+    pub prompts: usize,
+    pub spearman: Option<f64>,
+    pub length_spearman: Option<f64>,
+}
+
+/// Fits `args`' complexity expert over the training prompts labelled with one of its intents
+/// that carry recorded outcomes: the slope of Platt scaling of its family's lexicon score (the
+/// column of `cfeats` the complexity head reads, cross-fitted) against the cheap model's
+/// errors, and the mean score.
+fn fit_expert(
+    args: &TrainArgs,
+    config: &ModelConfig,
+    train: &[Example],
+    cfeats: &[Vec<f32>],
+) -> anyhow::Result<Option<(super::ComplexityExpert, ExpertFit)>> {
+    let Some((family, intents)) = &args.complexity_expert else {
+        return Ok(None);
+    };
+    let j = config
+        .complexity_lexicon
+        .iter()
+        .position(|f| f == family)
+        .ok_or_else(|| anyhow::anyhow!("--complexity-expert: no {family:?} lexicon"))?;
+    let at = config.complexity_prefix() + j;
+    let mut score = Vec::new();
+    let mut error = Vec::new();
+    let mut length = Vec::new();
+    for (e, c) in train.iter().zip(cfeats) {
+        let of_intent = e.intent.as_ref().is_some_and(|i| intents.contains(i));
+        if let (true, Some(err)) = (of_intent, e.cheap_error) {
+            score.push(f64::from(c[at]));
+            error.push(f64::from(err));
+            length.push(f64::from(c[0]));
+        }
+    }
+    if score.len() < MIN_CALIBRATION_ROWS {
+        anyhow::bail!(
+            "--complexity-expert: {} training prompts of intent {} carry recorded outcomes; the \
+             expert needs at least {MIN_CALIBRATION_ROWS} (or use --complexity-expert none)",
+            score.len(),
+            intents.join(" or ")
+        );
+    }
+    let [slope, _] = platt(&score, &error);
+    let spec = super::ComplexityExpert {
+        family: family.clone(),
+        intents: intents.clone(),
+        slope,
+        centre: (score.iter().sum::<f64>() / score.len() as f64) as f32,
+    };
+    let fit = ExpertFit {
+        family: family.clone(),
+        intents: intents.clone(),
+        prompts: score.len(),
+        spearman: metrics::spearman(&score, &error),
+        length_spearman: metrics::spearman(&length, &error),
+    };
+    Ok(Some((spec, fit)))
 }
 
 /// The `config.json` of a model trained with `args`: the label sets and sizes.
@@ -1446,6 +1573,7 @@ fn model_config(
         },
         complexity_intent: args.complexity_intent,
         complexity_calibration: None,
+        complexity_expert: None,
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
         domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
         ensemble: args.ensemble.max(1),
@@ -1796,6 +1924,7 @@ fn complexity_features(
             args.complexity_lexicon.join(", ")
         );
     }
+    check_expert(args)?;
     let k = families.len();
     let mut scores = vec![vec![0f32; k]; train.len()];
     let mut entries = Vec::new();
@@ -2036,6 +2165,8 @@ fn run_encoder_backbone(
         complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
+    let expert = fit_expert(args, &config, train, &cfeats)?;
+    config.complexity_expert = expert.as_ref().map(|(spec, _)| spec.clone());
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<_> = lexicon.into_iter().collect();
     tensors.extend(complexity_lexicon);
@@ -2046,6 +2177,10 @@ fn run_encoder_backbone(
         serde_json::to_string_pretty(&config)?,
     )?;
     std::fs::write(args.out.join("vocab.txt"), vocab_text)?;
+    let fits = Fits {
+        lexicon: fits,
+        expert: expert.map(|(_, fit)| fit),
+    };
     finish(args, &config, wp.vocab_size(), train, held, fits)
 }
 
@@ -2116,6 +2251,23 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         ),
         None => String::new(),
     };
+    let expert = match &config.complexity_expert {
+        Some(e) => format!(
+            " A complexity expert then reads the {} lexicon's score again for {} prompts: the head weighs every family \
+             for every prompt, and the {} lexicon alone ranks those prompts' difficulty better than the head does. It adds \
+             {:.3} · (score − {:.4}) to the calibrated logit, times the intent head's probability of {}: the slope is Platt \
+             scaling of the score against the cheap side's errors on the training prompts of {} with recorded outcomes, \
+             and the centre their mean score, so a typical such prompt moves neither way.",
+            e.family,
+            e.intents.join(" or "),
+            e.family,
+            e.slope,
+            e.centre,
+            e.intents.join(" or "),
+            e.intents.join(" or "),
+        ),
+        None => String::new(),
+    };
     let lexicon = if config.domain_lexicon {
         format!(
             "After those features comes the domain lexicon: a naive-Bayes table, per token and domain, of how likely a \
@@ -2160,7 +2312,7 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     format!(
         "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
          (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
-         {complexity_reads}, and is trained after the other two.{calibration} Intent and domain weigh each \
+         {complexity_reads}, and is trained after the other two.{calibration}{expert} Intent and domain weigh each \
          hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}",
         config.hidden,
         config.intent_labels.len(),
@@ -2271,6 +2423,13 @@ pub fn model_card(
     cmd.push_str(&format!(" --intent-lexicon {}", config.intent_lexicon));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
+    // And this: the flag's default is an expert, which older models lack.
+    cmd.push_str(&format!(
+        " --complexity-expert {}",
+        args.complexity_expert
+            .as_ref()
+            .map_or("none".to_string(), |(f, i)| format!("{f}:{}", i.join("+")))
+    ));
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
@@ -2385,6 +2544,17 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
             ));
         }
         s.push('\n');
+    }
+    if let Some(e) = &m.complexity_expert {
+        s.push_str(&format!(
+            "The complexity expert's fit: over the {} training prompts of {} with recorded outcomes, its cross-fitted \
+             {} score ranks the cheap side's errors at Spearman {} (prompt length {}).\n\n",
+            e.prompts,
+            e.intents.join(" or "),
+            e.family,
+            f(e.spearman),
+            f(e.length_spearman)
+        ));
     }
     if !compare.is_empty() {
         s.push_str("## Static embeddings against the full encoder\n\n");
@@ -2685,6 +2855,128 @@ mod tests {
         assert!(idf[2] > idf[1]);
     }
 
+    /// Training arguments for the tests: tiny, two complexity families, no expert.
+    fn test_args() -> TrainArgs {
+        TrainArgs {
+            data: PathBuf::new(),
+            handwritten: PathBuf::new(),
+            encoder: PathBuf::new(),
+            out: PathBuf::new(),
+            dim: 4,
+            embedding_bits: 8,
+            hidden: 4,
+            edge_tokens: 0,
+            complexity_dims: 1,
+            lexicon_alpha: 0.0,
+            intent_lexicon: false,
+            ensemble: 1,
+            complexity_lexicon: vec!["outcomes".into(), "levels".into()],
+            complexity_wide: Vec::new(),
+            complexity_intent: false,
+            complexity_expert: None,
+            epochs: 1,
+            tune_epochs: 0,
+            tune_lr: 0.0,
+            seed: 1,
+            split_seed: None,
+            cap_per_source: 100,
+            handwritten_weight: 1.0,
+            dropout: 0.0,
+            weight_decay: 1e-4,
+            extra: Vec::new(),
+            exclude: Vec::new(),
+            encoder_backbone: false,
+            compare_report: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_complexity_expert_is_fitted_on_its_intents_prompts_with_outcomes() {
+        let mut args = test_args();
+        args.complexity_dims = 1;
+        args.complexity_expert = Some(("levels".into(), vec!["math".into()]));
+        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let levels = config.complexity_prefix() + 1;
+        let (mut train, mut cfeats) = (Vec::new(), Vec::new());
+        // 300 maths prompts whose levels score tells the cheap model's errors apart, some noisy.
+        for i in 0..300 {
+            let mut e = example("m", "math", "general");
+            let s = i as f32 / 300.0;
+            e.cheap_error = Some(if (s > 0.5) != (i % 10 == 0) { 1.0 } else { 0.0 });
+            train.push(e);
+            let mut row = vec![0.0; config.complexity_prefix() + 2];
+            row[levels] = s;
+            cfeats.push(row);
+        }
+        // Other prompts do not count: other intents (here the opposite pattern), and maths
+        // prompts without outcomes.
+        for i in 0..100 {
+            let mut e = example("o", if i < 50 { "open_qa" } else { "math" }, "general");
+            e.cheap_error = (i < 50).then_some(if i < 25 { 1.0 } else { 0.0 });
+            train.push(e);
+            let mut row = vec![0.0; config.complexity_prefix() + 2];
+            row[levels] = if i < 25 { -5.0 } else { 5.0 };
+            cfeats.push(row);
+        }
+        let (spec, fit) = fit_expert(&args, &config, &train, &cfeats)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fit.prompts, 300);
+        assert_eq!(
+            (spec.family.as_str(), spec.intents.clone()),
+            ("levels", vec!["math".to_string()])
+        );
+        let centre = (0..300).map(|i| i as f32 / 300.0).sum::<f32>() / 300.0;
+        assert!((spec.centre - centre).abs() < 1e-4, "{}", spec.centre);
+        assert!(spec.slope > 1.0, "{}", spec.slope);
+        assert!(fit.spearman.unwrap() > 0.5, "{fit:?}");
+        // Too few prompts with outcomes: refused, naming the flag.
+        let err = fit_expert(&args, &config, &train[250..], &cfeats[250..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--complexity-expert") && err.contains("50 training prompts"),
+            "{err}"
+        );
+        // None asked for: none fitted.
+        args.complexity_expert = None;
+        assert!(fit_expert(&args, &config, &train, &cfeats)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn the_complexity_expert_flag_is_read_and_checked() {
+        assert_eq!(parse_expert("none").unwrap(), None);
+        assert_eq!(
+            parse_expert("levels:math").unwrap(),
+            Some(("levels".into(), vec!["math".into()]))
+        );
+        assert_eq!(
+            parse_expert(" levels : math+reasoning ").unwrap(),
+            Some(("levels".into(), vec!["math".into(), "reasoning".into()]))
+        );
+        for bad in ["levels", ":math", "levels:", "levels:+"] {
+            let err = parse_expert(bad).unwrap_err().to_string();
+            assert!(err.contains("--complexity-expert"), "{bad}: {err}");
+        }
+        let mut args = test_args();
+        args.complexity_expert = Some(("levels".into(), vec!["math".into()]));
+        check_expert(&args).unwrap();
+        args.complexity_expert = Some(("vibes".into(), vec!["math".into()]));
+        let err = check_expert(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("--complexity-expert") && err.contains("vibes"),
+            "{err}"
+        );
+        args.complexity_expert = Some(("levels".into(), vec!["poetry".into()]));
+        let err = check_expert(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown intent") && err.contains("poetry"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn the_complexity_lexicon_is_cross_fitted_per_family() {
         // Token 7 appears only in prompts 0 and 5, both hard and both in fold 0; token 5 only
@@ -2710,36 +3002,7 @@ mod tests {
             train.push(e);
             ids.push(vec![3, 4 + (i % 5 == 4) as u32 * 2]);
         }
-        let mut args = TrainArgs {
-            data: PathBuf::new(),
-            handwritten: PathBuf::new(),
-            encoder: PathBuf::new(),
-            out: PathBuf::new(),
-            dim: 4,
-            embedding_bits: 8,
-            hidden: 4,
-            edge_tokens: 0,
-            complexity_dims: 1,
-            lexicon_alpha: 0.0,
-            intent_lexicon: false,
-            ensemble: 1,
-            complexity_lexicon: vec!["outcomes".into(), "levels".into()],
-            complexity_wide: Vec::new(),
-            complexity_intent: false,
-            epochs: 1,
-            tune_epochs: 0,
-            tune_lr: 0.0,
-            seed: 1,
-            split_seed: None,
-            cap_per_source: 100,
-            handwritten_weight: 1.0,
-            dropout: 0.0,
-            weight_decay: 1e-4,
-            extra: Vec::new(),
-            exclude: Vec::new(),
-            encoder_backbone: false,
-            compare_report: Vec::new(),
-        };
+        let mut args = test_args();
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|i| vec![i as f32; config.inputs()])
