@@ -88,6 +88,14 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             backbone,
             compare_report,
         } => {
+            let complexity_lexicon: Vec<String> = complexity_lexicon
+                .into_iter()
+                .filter(|f| f != "none" && !f.is_empty())
+                .collect();
+            let complexity_expert = match complexity_expert {
+                Some(text) => classifier::train::parse_expert(&text)?,
+                None => classifier::train::default_expert(&complexity_lexicon),
+            };
             let args = classifier::train::TrainArgs {
                 data,
                 handwritten: training_data,
@@ -101,16 +109,13 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 lexicon_alpha,
                 intent_lexicon,
                 ensemble,
-                complexity_lexicon: complexity_lexicon
-                    .into_iter()
-                    .filter(|f| f != "none" && !f.is_empty())
-                    .collect(),
+                complexity_lexicon,
                 complexity_wide: complexity_wide
                     .into_iter()
                     .filter(|f| f != "none" && !f.is_empty())
                     .collect(),
                 complexity_intent,
-                complexity_expert: classifier::train::parse_expert(&complexity_expert)?,
+                complexity_expert,
                 epochs,
                 tune_epochs,
                 tune_lr,

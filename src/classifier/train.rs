@@ -1150,6 +1150,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The whole training run.
 pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
+    // Before anything slow: a bad expert would otherwise fail after minutes of distilling.
+    check_expert(args)?;
     let source = args.encoder.display().to_string();
     let encoder_dir = super::encoder::resolve(&source, None, None)
         .map_err(|e| anyhow::anyhow!("{e} (run scripts/fetch-encoder)"))?;
@@ -1448,6 +1450,15 @@ pub fn parse_expert(text: &str) -> anyhow::Result<Option<(String, Vec<String>)>>
         anyhow::bail!("--complexity-expert {text:?}: name a family and at least one intent");
     }
     Ok(Some((family.trim().to_string(), intents)))
+}
+
+/// The complexity expert when `--complexity-expert` is not given: the levels family for maths
+/// prompts, if the model fits a levels lexicon.
+pub fn default_expert(families: &[String]) -> Option<(String, Vec<String>)> {
+    families
+        .iter()
+        .any(|f| f == "levels")
+        .then(|| ("levels".to_string(), vec!["math".to_string()]))
 }
 
 /// Whether `args`' complexity expert names a family it fits a lexicon for and known intents.
@@ -2254,15 +2265,16 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     let expert = match &config.complexity_expert {
         Some(e) => format!(
             " A complexity expert then reads the {} lexicon's score again for {} prompts: the head weighs every family \
-             for every prompt, and the {} lexicon alone ranks those prompts' difficulty better than the head does. It adds \
-             {:.3} · (score − {:.4}) to the calibrated logit, times the intent head's probability of {}: the slope is Platt \
-             scaling of the score against the cheap side's errors on the training prompts of {} with recorded outcomes, \
-             and the centre their mean score, so a typical such prompt moves neither way.",
+             for every prompt, and the expert gives the {} lexicon more say on those. It adds {:.3} · (score {} {:.4}) to \
+             the calibrated logit, times the intent head's probability of {}: the slope is Platt scaling of the score \
+             against the cheap side's errors on the training prompts of {} with recorded outcomes, and the centre their \
+             mean score, so a typical such prompt moves neither way.",
             e.family,
             e.intents.join(" or "),
             e.family,
             e.slope,
-            e.centre,
+            if e.centre < 0.0 { "+" } else { "−" },
+            e.centre.abs(),
             e.intents.join(" or "),
             e.intents.join(" or "),
         ),
@@ -2960,6 +2972,13 @@ mod tests {
             let err = parse_expert(bad).unwrap_err().to_string();
             assert!(err.contains("--complexity-expert"), "{bad}: {err}");
         }
+        // Without the flag: levels for maths if there is a levels lexicon, else none.
+        let families = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            default_expert(&families(&["outcomes", "levels"])),
+            parse_expert("levels:math").unwrap()
+        );
+        assert_eq!(default_expert(&families(&["outcomes"])), None);
         let mut args = test_args();
         args.complexity_expert = Some(("levels".into(), vec!["math".into()]));
         check_expert(&args).unwrap();
