@@ -1351,6 +1351,20 @@ impl Classifier {
             .collect()
     }
 
+    /// Each complexity lexicon family's score for `text` alone, as the complexity head reads it
+    /// (empty for a model without a lexicon): for analysis, e.g. how one family ranks prompts
+    /// next to the complexity score that weighs them all. Not on the serving path.
+    pub fn complexity_lexicon_scores(&self, text: &str) -> Vec<(String, f32)> {
+        let (f, _) = self.features(text);
+        let scores = f.get(self.config.inputs()..).unwrap_or_default();
+        self.config
+            .complexity_lexicon
+            .iter()
+            .cloned()
+            .zip(scores.iter().copied())
+            .collect()
+    }
+
     /// The domain probabilities alone.
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
         let (f, _) = self.features(text);
@@ -1785,6 +1799,10 @@ mod tests {
                 .position(|f| f == "levels")
                 .unwrap();
             let score = f[m.config.inputs() + family];
+            assert_eq!(
+                m.complexity_lexicon_scores(text)[family],
+                ("levels".to_string(), score)
+            );
             let shift = gate * e.spec.slope * (score - e.spec.centre);
             let want = 1.0 / (1.0 + (-(head + shift)).exp());
             assert!(

@@ -44,6 +44,9 @@ pub struct Correlation {
     pub n: usize,
     pub model: Option<f64>,
     pub length: Option<f64>,
+    /// Each complexity lexicon family's score alone (a diagnostic), by family.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lexicon: BTreeMap<String, Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +202,13 @@ pub fn evaluate(
             &domain_rows,
         ));
     }
+    // A labelled prompt: its label, complexity, length and lexicon scores.
+    struct Row {
+        label: f64,
+        model: f64,
+        length: f64,
+        lexicon: Vec<(String, f32)>,
+    }
     let mut complexity = Vec::new();
     for (name, get) in [
         (
@@ -207,26 +217,37 @@ pub fn evaluate(
         ),
         ("complexity label", |r: &Record| r.complexity),
     ] {
-        let rows: Vec<(f64, f64, f64)> = records
+        let rows: Vec<Row> = records
             .iter()
             .zip(&scored)
             .filter_map(|(r, (s, _))| {
-                Some((
-                    get(r)?,
-                    f64::from(s.complexity),
-                    r.text().chars().count() as f64,
-                ))
+                Some(Row {
+                    label: get(r)?,
+                    model: f64::from(s.complexity),
+                    length: r.text().chars().count() as f64,
+                    lexicon: model.complexity_lexicon_scores(&r.text()),
+                })
             })
             .collect();
         if rows.len() >= 3 {
-            let y: Vec<f64> = rows.iter().map(|r| r.0).collect();
-            let m: Vec<f64> = rows.iter().map(|r| r.1).collect();
-            let l: Vec<f64> = rows.iter().map(|r| r.2).collect();
+            let column = |f: &dyn Fn(&Row) -> f64| -> Vec<f64> { rows.iter().map(f).collect() };
+            let y = column(&|r| r.label);
+            let lexicon = model
+                .config
+                .complexity_lexicon
+                .iter()
+                .enumerate()
+                .map(|(j, family)| {
+                    let x = column(&|r| r.lexicon.get(j).map_or(0.0, |l| f64::from(l.1)));
+                    (family.clone(), spearman(&x, &y))
+                })
+                .collect();
             complexity.push(Correlation {
                 against: name.into(),
                 n: rows.len(),
-                model: spearman(&m, &y),
-                length: spearman(&l, &y),
+                model: spearman(&column(&|r| r.model), &y),
+                length: spearman(&column(&|r| r.length), &y),
+                lexicon,
             });
         }
     }

@@ -251,9 +251,24 @@ pub fn classify_report_md(data: &str, model: &str, r: &ClassifyReport) -> String
         md.push('\n');
     }
     if !r.complexity.is_empty() {
-        let _ = writeln!(md, "## Complexity\n\nSpearman rank correlation with each label present, next to prompt length's.\n\n| against | prompts | model | prompt length |\n|---|---:|---:|---:|");
+        // The complexity lexicon's families, when the model has them: diagnostic columns.
+        let families: Vec<&String> = r.complexity[0].lexicon.keys().collect();
+        let _ = write!(md, "## Complexity\n\nSpearman rank correlation with each label present, next to prompt length's");
+        if families.is_empty() {
+            md.push_str(".\n\n");
+        } else {
+            md.push_str(" and, as a diagnostic, each complexity lexicon family's score alone (one of the inputs the complexity score weighs).\n\n");
+        }
+        md.push_str("| against | prompts | model | prompt length |");
+        for f in &families {
+            let _ = write!(md, " {LEXICON_PREFIX}{f} |");
+        }
+        md.push_str(&format!(
+            "\n|---|---:|---:|---:|{}\n",
+            "---:|".repeat(families.len())
+        ));
         for c in &r.complexity {
-            let _ = writeln!(
+            let _ = write!(
                 md,
                 "| {} | {} | {} | {} |",
                 c.against,
@@ -261,6 +276,10 @@ pub fn classify_report_md(data: &str, model: &str, r: &ClassifyReport) -> String
                 num(c.model),
                 num(c.length)
             );
+            for f in &families {
+                let _ = write!(md, " {} |", num(c.lexicon.get(*f).copied().flatten()));
+            }
+            md.push('\n');
         }
         md.push('\n');
     }
@@ -386,6 +405,9 @@ pub fn tier_models(
     })
 }
 
+/// How reports name a complexity lexicon family's score alone.
+const LEXICON_PREFIX: &str = "complexity lexicon: ";
+
 /// Everything `eval route` computes, for the report and for `compare`.
 pub struct RouteRun {
     pub pairs: Vec<Pair>,
@@ -426,12 +448,26 @@ pub fn route_run(records: &[Record], tm: &TierModels, model: &Classifier, seeds:
         tm.threshold,
         &pairs,
     ));
+    let mut strategies = vec![
+        route::strategy("router (complexity)", &router_scores, &pairs),
+        route::strategy("prompt length", &length, &pairs),
+        route::random(&pairs, seeds),
+    ];
+    // Diagnostics: each complexity lexicon family's score alone, as the complexity head reads it.
+    let lexicon: Vec<Vec<(String, f32)>> = pairs
+        .iter()
+        .map(|p| model.complexity_lexicon_scores(&p.text))
+        .collect();
+    for (j, family) in model.config.complexity_lexicon.iter().enumerate() {
+        let scores: Vec<f64> = lexicon.iter().map(|l| f64::from(l[j].1)).collect();
+        strategies.push(route::strategy(
+            &format!("{LEXICON_PREFIX}{family} (diagnostic)"),
+            &scores,
+            &pairs,
+        ));
+    }
     RouteRun {
-        strategies: vec![
-            route::strategy("router (complexity)", &router_scores, &pairs),
-            route::strategy("prompt length", &length, &pairs),
-            route::random(&pairs, seeds),
-        ],
+        strategies,
         multi: route::multi_model(records),
         pairs,
         skipped,
@@ -475,7 +511,7 @@ pub fn route_report_md(data: &str, model: &str, tm: &TierModels, run: &RouteRun)
         price(tm.strong_price),
         if run.costs_known { "cost per prompt (recorded, or tokens at the prices above)" } else { "share of strong calls (costs unknown)" }
     );
-    let _ = writeln!(md, "## Routing curves\n\nThe router sends the prompts with the highest complexity to the strong model first; the baselines order them by prompt length and at random. APGR: area under the performance-gap-recovered curve; CPT(x): strong share needed to recover x of the gap; AIQ: area under the cost/quality convex hull over the cost range.\n");
+    let _ = writeln!(md, "## Routing curves\n\nThe router sends the prompts with the highest complexity to the strong model first; the baselines order them by prompt length and at random. Diagnostic rows, when the model has a complexity lexicon, order them by one lexicon family's score alone, one of the inputs the complexity score weighs. APGR: area under the performance-gap-recovered curve; CPT(x): strong share needed to recover x of the gap; AIQ: area under the cost/quality convex hull over the cost range.\n");
     let _ = writeln!(md, "| strategy | APGR | CPT(50%) | CPT(80%) | strong share at 95% of strong quality | cost saved there | AIQ |\n|---|---:|---:|---:|---:|---:|---:|");
     for s in &run.strategies {
         let _ = writeln!(

@@ -84,6 +84,14 @@ fn route_reports_the_hand_computed_baselines() {
         .collect();
     assert_eq!(names[..2], ["router (complexity)", "prompt length"]);
     assert!(names[2].starts_with("random"));
+    // The embedded model's complexity lexicon families alone, as diagnostics after the baselines.
+    assert_eq!(
+        names[3..],
+        [
+            "complexity lexicon: outcomes (diagnostic)",
+            "complexity lexicon: levels (diagnostic)"
+        ]
+    );
     // Prompt length sends the two long proofs first: the best possible order here, APGR 1.375.
     let length_apgr = j["strategies"][1]["apgr"].as_f64().unwrap();
     assert!((length_apgr - 1.375).abs() < 1e-9, "{length_apgr}");
@@ -137,6 +145,13 @@ fn classify_reports_heads_calibration_and_plots() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(j["heads"][0]["n"], 4);
     assert!(j["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    // Each complexity lexicon family's correlation alone, beside the model's and length's.
+    let difficulty = &j["complexity"][0];
+    assert_eq!(difficulty["against"], "difficulty");
+    for family in ["outcomes", "levels"] {
+        assert!(difficulty["lexicon"][family].is_f64(), "{difficulty}");
+    }
+    assert!(md.contains("| complexity lexicon: levels |"), "{md}");
 }
 
 #[test]
