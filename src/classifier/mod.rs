@@ -244,13 +244,18 @@ impl ModelConfig {
         }
     }
 
+    /// The complexity lexicon's scores in a full feature vector: they follow the heads' inputs.
+    pub fn lexicon_scores<'a>(&self, features: &'a [f32]) -> &'a [f32] {
+        features.get(self.inputs()..).unwrap_or_default()
+    }
+
     /// What the complexity head reads of a full feature vector (the heads' inputs followed by
     /// the complexity lexicon's scores), before the intent probabilities: the prefix and the
     /// scores.
     pub fn complexity_view(&self, features: &[f32]) -> Vec<f32> {
         let prefix = self.complexity_prefix().min(features.len());
         let mut v = features[..prefix].to_vec();
-        v.extend_from_slice(features.get(self.inputs()..).unwrap_or_default());
+        v.extend_from_slice(self.lexicon_scores(features));
         v
     }
 }
@@ -1356,7 +1361,7 @@ impl Classifier {
     /// next to the complexity score that weighs them all. Not on the serving path.
     pub fn complexity_lexicon_scores(&self, text: &str) -> Vec<(String, f32)> {
         let (f, _) = self.features(text);
-        let scores = f.get(self.config.inputs()..).unwrap_or_default();
+        let scores = self.config.lexicon_scores(&f);
         self.config
             .complexity_lexicon
             .iter()
@@ -1410,9 +1415,10 @@ impl Classifier {
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let mut z = self.config.calibrated_logit(out[0]);
         if let Some(e) = &self.expert {
-            // The lexicon's scores follow the heads' inputs.
-            let score = f
-                .get(self.config.inputs() + e.family)
+            let score = self
+                .config
+                .lexicon_scores(&f)
+                .get(e.family)
                 .copied()
                 .unwrap_or(0.0);
             let gate = e.intents.iter().map(|&i| intent_scores[i].1).sum();
@@ -1798,7 +1804,7 @@ mod tests {
                 .iter()
                 .position(|f| f == "levels")
                 .unwrap();
-            let score = f[m.config.inputs() + family];
+            let score = m.config.lexicon_scores(&f)[family];
             assert_eq!(
                 m.complexity_lexicon_scores(text)[family],
                 ("levels".to_string(), score)

@@ -203,12 +203,23 @@ pub fn evaluate(
         ));
     }
     // A labelled prompt: its label, complexity, length and lexicon scores.
-    struct Row {
+    struct Row<'a> {
         label: f64,
         model: f64,
         length: f64,
-        lexicon: Vec<(String, f32)>,
+        lexicon: &'a [(String, f32)],
     }
+    // Each prompt with a complexity label's lexicon scores, once for both labels.
+    let lexicon: Vec<Vec<(String, f32)>> = records
+        .iter()
+        .map(|r| {
+            if r.difficulty.is_some() || r.complexity.is_some() {
+                model.complexity_lexicon_scores(&r.text())
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut complexity = Vec::new();
     for (name, get) in [
         (
@@ -220,12 +231,13 @@ pub fn evaluate(
         let rows: Vec<Row> = records
             .iter()
             .zip(&scored)
-            .filter_map(|(r, (s, _))| {
+            .zip(&lexicon)
+            .filter_map(|((r, (s, _)), lexicon)| {
                 Some(Row {
                     label: get(r)?,
                     model: f64::from(s.complexity),
                     length: r.text().chars().count() as f64,
-                    lexicon: model.complexity_lexicon_scores(&r.text()),
+                    lexicon,
                 })
             })
             .collect();

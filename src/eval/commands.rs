@@ -454,11 +454,16 @@ pub fn route_run(records: &[Record], tm: &TierModels, model: &Classifier, seeds:
         route::random(&pairs, seeds),
     ];
     // Diagnostics: each complexity lexicon family's score alone, as the complexity head reads it.
-    let lexicon: Vec<Vec<(String, f32)>> = pairs
-        .iter()
-        .map(|p| model.complexity_lexicon_scores(&p.text))
-        .collect();
-    for (j, family) in model.config.complexity_lexicon.iter().enumerate() {
+    let families = &model.config.complexity_lexicon;
+    let lexicon: Vec<Vec<(String, f32)>> = if families.is_empty() {
+        Vec::new()
+    } else {
+        pairs
+            .iter()
+            .map(|p| model.complexity_lexicon_scores(&p.text))
+            .collect()
+    };
+    for (j, family) in families.iter().enumerate() {
         let scores: Vec<f64> = lexicon.iter().map(|l| f64::from(l[j].1)).collect();
         strategies.push(route::strategy(
             &format!("{LEXICON_PREFIX}{family} (diagnostic)"),
