@@ -144,11 +144,10 @@ impl ComplexityExpert {
     }
 }
 
-/// A [`ComplexityExpert`] resolved against its model: the family's column among the lexicon
+/// The model's [`ComplexityExpert`] resolved against it: the family's column among the lexicon
 /// scores and the intents' indices among the intent labels.
 #[derive(Debug, Clone)]
 struct Expert {
-    spec: ComplexityExpert,
     family: usize,
     intents: Vec<usize>,
 }
@@ -408,11 +407,7 @@ fn resolve_expert(spec: &ComplexityExpert, config: &ModelConfig) -> Result<Exper
             spec.centre
         ));
     }
-    Ok(Expert {
-        spec: spec.clone(),
-        family,
-        intents,
-    })
+    Ok(Expert { family, intents })
 }
 
 /// The domain label of prompts in no particular domain.
@@ -1414,7 +1409,7 @@ impl Classifier {
         let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let mut z = self.config.calibrated_logit(out[0]);
-        if let Some(e) = &self.expert {
+        if let (Some(e), Some(spec)) = (&self.expert, &self.config.complexity_expert) {
             let score = self
                 .config
                 .lexicon_scores(&f)
@@ -1422,7 +1417,7 @@ impl Classifier {
                 .copied()
                 .unwrap_or(0.0);
             let gate = e.intents.iter().map(|&i| intent_scores[i].1).sum();
-            z += e.spec.evidence(score, gate);
+            z += spec.evidence(score, gate);
         }
         let complexity = 1.0 / (1.0 + (-z).exp());
         Scores {
@@ -1773,12 +1768,14 @@ mod tests {
     #[test]
     fn a_complexity_expert_adds_its_familys_evidence_for_its_intents() {
         let m = model();
-        let e = m
-            .expert
+        assert!(m.expert.is_some(), "the expert resolves against its model");
+        let spec = m
+            .config
+            .complexity_expert
             .as_ref()
             .expect("the default model has a complexity expert");
-        assert_eq!(e.spec.family, "levels");
-        assert_eq!(e.spec.intents, ["math"]);
+        assert_eq!(spec.family, "levels");
+        assert_eq!(spec.intents, ["math"]);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let mut shifts = Vec::new();
         for text in [
@@ -1809,7 +1806,7 @@ mod tests {
                 m.complexity_lexicon_scores(text)[family],
                 ("levels".to_string(), score)
             );
-            let shift = gate * e.spec.slope * (score - e.spec.centre);
+            let shift = gate * spec.slope * (score - spec.centre);
             let want = 1.0 / (1.0 + (-(head + shift)).exp());
             assert!(
                 (got.complexity - want).abs() < 1e-6,

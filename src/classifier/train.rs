@@ -1935,7 +1935,6 @@ fn complexity_features(
             args.complexity_lexicon.join(", ")
         );
     }
-    check_expert(args)?;
     let k = families.len();
     let mut scores = vec![vec![0f32; k]; train.len()];
     let mut entries = Vec::new();
