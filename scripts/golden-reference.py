@@ -213,10 +213,11 @@ def main():
         # Platt scaling of the head's logit, when the model was calibrated.
         a, b = cfg.get("complexity_calibration", [1.0, 0.0])
         z = a * head("complexity", x)[0] + b
-        expert = cfg.get("complexity_expert")
-        if expert:
-            # The expert adds its family's score again, centred and scaled, in proportion to the
-            # probability of its intents.
+        # Older models wrote their one expert as the object complexity_expert.
+        experts = cfg.get("complexity_experts") or ([cfg["complexity_expert"]] if "complexity_expert" in cfg else [])
+        for expert in experts:
+            # Each expert adds its family's score again, centred and scaled, in proportion to
+            # the probability of its intents.
             gate = sum(intent[cfg["intent_labels"].index(i)] for i in expert["intents"])
             score = scores[families.index(expert["family"])]
             z += min(max(gate, 0.0), 1.0) * expert["slope"] * (score - expert["centre"])

@@ -103,10 +103,11 @@ pub enum Command {
         /// A complexity expert, FAMILY:INTENT[+INTENT…]: for prompts of those intents, that
         /// lexicon family's score is added to the complexity head's logit again, in proportion
         /// to the intent head's probability of them, with a slope fitted on the training prompts
-        /// of those intents with recorded outcomes. "none" for none. Default: levels:math when
-        /// the levels lexicon is fitted, else none.
+        /// of those intents with recorded outcomes. Repeat the flag for more experts (no intent
+        /// in two); "none" for none. Default: levels:math when the levels lexicon is fitted,
+        /// else none.
         #[arg(long)]
-        complexity_expert: Option<String>,
+        complexity_expert: Vec<String>,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
         /// Epochs that tune the static token embeddings end to end with the intent and domain

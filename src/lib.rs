@@ -92,10 +92,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 .into_iter()
                 .filter(|f| f != "none" && !f.is_empty())
                 .collect();
-            let complexity_expert = match complexity_expert {
-                Some(text) => classifier::train::parse_expert(&text)?,
-                None => classifier::train::default_expert(&complexity_lexicon),
-            };
+            let complexity_experts =
+                classifier::train::parse_experts(&complexity_expert, &complexity_lexicon)?;
             let args = classifier::train::TrainArgs {
                 data,
                 handwritten: training_data,
@@ -115,7 +113,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                     .filter(|f| f != "none" && !f.is_empty())
                     .collect(),
                 complexity_intent,
-                complexity_expert,
+                complexity_experts,
                 epochs,
                 tune_epochs,
                 tune_lr,

@@ -98,9 +98,16 @@ pub struct ModelConfig {
     /// likely the cheap model gets this wrong" without changing that order (a > 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complexity_calibration: Option<[f32; 2]>,
-    /// A complexity expert for prompts of some intents (see [`ComplexityExpert`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub complexity_expert: Option<ComplexityExpert>,
+    /// Complexity experts, each for the prompts of its own intents (see [`ComplexityExpert`]).
+    /// Models trained with a single expert wrote it as the object `complexity_expert`; both
+    /// spellings load.
+    #[serde(
+        default,
+        alias = "complexity_expert",
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub complexity_experts: Vec<ComplexityExpert>,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -144,7 +151,21 @@ impl ComplexityExpert {
     }
 }
 
-/// The model's [`ComplexityExpert`] resolved against it: the family's column among the lexicon
+/// `complexity_experts` as a list, or as the single object older models wrote. Read through a
+/// JSON value rather than an untagged enum, whose error would hide what is wrong inside.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ComplexityExpert>, D::Error> {
+    use serde::de::Error;
+    let value = serde_json::Value::deserialize(d)?;
+    if value.is_array() {
+        serde_json::from_value(value).map_err(D::Error::custom)
+    } else {
+        serde_json::from_value(value)
+            .map(|e| vec![e])
+            .map_err(D::Error::custom)
+    }
+}
+
+/// A [`ComplexityExpert`] resolved against its model: the family's column among the lexicon
 /// scores and the intents' indices among the intent labels.
 #[derive(Debug, Clone)]
 struct Expert {
@@ -350,7 +371,8 @@ pub struct Classifier {
     pub intent: Vec<Head>,
     pub domain: Vec<Head>,
     pub complexity: Head,
-    expert: Option<Expert>,
+    /// The experts of `config.complexity_experts`, in the same order.
+    experts: Vec<Expert>,
     /// A second model for the domain of prompts this one is unsure of.
     domain_check: Option<Box<DomainCheck>>,
 }
@@ -366,44 +388,67 @@ pub struct DomainCheck {
     pub below: f32,
 }
 
-/// `spec` resolved against `config`, or what in it does not fit, naming the key.
-fn resolve_expert(spec: &ComplexityExpert, config: &ModelConfig) -> Result<Expert, String> {
+/// `config`'s complexity experts resolved against it, or what in them does not fit, naming
+/// the key. No two experts speak for the same intent: their evidence would add up.
+fn resolve_experts(config: &ModelConfig) -> Result<Vec<Expert>, String> {
+    let mut experts: Vec<Expert> = Vec::new();
+    for (n, spec) in config.complexity_experts.iter().enumerate() {
+        let key = format!("complexity_experts[{n}]");
+        let expert = resolve_expert(spec, config, &key)?;
+        for &i in &expert.intents {
+            if let Some(m) = experts.iter().position(|e| e.intents.contains(&i)) {
+                return Err(format!(
+                    "{key}.intents: {:?} is already complexity_experts[{m}]'s",
+                    config.intent_labels[i]
+                ));
+            }
+        }
+        experts.push(expert);
+    }
+    Ok(experts)
+}
+
+/// `spec` resolved against `config`, or what in it does not fit, naming the key under `key`.
+fn resolve_expert(
+    spec: &ComplexityExpert,
+    config: &ModelConfig,
+    key: &str,
+) -> Result<Expert, String> {
     let family = config
         .complexity_lexicon
         .iter()
         .position(|f| *f == spec.family)
         .ok_or_else(|| {
             format!(
-                "complexity_expert.family: {:?} is not one of complexity_lexicon ({})",
+                "{key}.family: {:?} is not one of complexity_lexicon ({})",
                 spec.family,
                 config.complexity_lexicon.join(", ")
             )
         })?;
     if spec.intents.is_empty() {
-        return Err("complexity_expert.intents: name at least one intent".into());
+        return Err(format!("{key}.intents: name at least one intent"));
     }
-    let intents = spec
-        .intents
-        .iter()
-        .map(|i| {
-            config
-                .intent_labels
-                .iter()
-                .position(|l| l == i)
-                .ok_or_else(|| {
-                    format!("complexity_expert.intents: {i:?} is not one of intent_labels")
-                })
-        })
-        .collect::<Result<_, _>>()?;
+    let mut intents: Vec<usize> = Vec::new();
+    for i in &spec.intents {
+        let at = config
+            .intent_labels
+            .iter()
+            .position(|l| l == i)
+            .ok_or_else(|| format!("{key}.intents: {i:?} is not one of intent_labels"))?;
+        if intents.contains(&at) {
+            return Err(format!("{key}.intents: {i:?} is named twice"));
+        }
+        intents.push(at);
+    }
     if !(spec.slope.is_finite() && spec.slope >= 0.0) {
         return Err(format!(
-            "complexity_expert.slope: {}, but it must be finite and not negative",
+            "{key}.slope: {}, but it must be finite and not negative",
             spec.slope
         ));
     }
     if !spec.centre.is_finite() {
         return Err(format!(
-            "complexity_expert.centre: {}, but it must be finite",
+            "{key}.centre: {}, but it must be finite",
             spec.centre
         ));
     }
@@ -1140,12 +1185,8 @@ impl Classifier {
                 "head inputs do not match dim, edge pooling, extra features and the lexicon",
             ));
         }
-        let expert = config
-            .complexity_expert
-            .as_ref()
-            .map(|spec| resolve_expert(spec, &config))
-            .transpose()
-            .map_err(|e| load_err(format!("{origin}/config.json"), e))?;
+        let experts =
+            resolve_experts(&config).map_err(|e| load_err(format!("{origin}/config.json"), e))?;
         Ok(Classifier {
             config,
             tokenizer,
@@ -1157,7 +1198,7 @@ impl Classifier {
             intent,
             domain,
             complexity,
-            expert,
+            experts,
             domain_check: None,
         })
     }
@@ -1409,13 +1450,9 @@ impl Classifier {
         let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let mut z = self.config.calibrated_logit(out[0]);
-        if let (Some(e), Some(spec)) = (&self.expert, &self.config.complexity_expert) {
-            let score = self
-                .config
-                .lexicon_scores(&f)
-                .get(e.family)
-                .copied()
-                .unwrap_or(0.0);
+        let scores = self.config.lexicon_scores(&f);
+        for (e, spec) in self.experts.iter().zip(&self.config.complexity_experts) {
+            let score = scores.get(e.family).copied().unwrap_or(0.0);
             let gate = e.intents.iter().map(|&i| intent_scores[i].1).sum();
             z += spec.evidence(score, gate);
         }
@@ -1553,13 +1590,19 @@ mod tests {
     }
 
     /// The error of loading the default model's weights under an altered `config.json`.
-    fn load_error(config: &serde_json::Value) -> String {
+    /// The default model's weights and vocabulary loaded with `config`.
+    fn load_with(config: &serde_json::Value) -> Result<Classifier, String> {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
         let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
         let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
-        match Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m") {
+        Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
+            .map_err(|e| e.to_string())
+    }
+
+    fn load_error(config: &serde_json::Value) -> String {
+        match load_with(config) {
             Ok(_) => panic!("the model loaded with {config}"),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         }
     }
 
@@ -1766,18 +1809,22 @@ mod tests {
     }
 
     #[test]
-    fn a_complexity_expert_adds_its_familys_evidence_for_its_intents() {
+    fn complexity_experts_add_their_familys_evidence_for_their_intents() {
         let m = model();
-        assert!(m.expert.is_some(), "the expert resolves against its model");
-        let spec = m
+        assert_eq!(
+            m.experts.len(),
+            m.config.complexity_experts.len(),
+            "every expert resolves against its model"
+        );
+        let levels = m
             .config
-            .complexity_expert
-            .as_ref()
-            .expect("the default model has a complexity expert");
-        assert_eq!(spec.family, "levels");
-        assert_eq!(spec.intents, ["math"]);
+            .complexity_experts
+            .iter()
+            .position(|e| e.family == "levels")
+            .expect("the default model has a levels expert");
+        assert_eq!(m.config.complexity_experts[levels].intents, ["math"]);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
-        let mut shifts = Vec::new();
+        let mut levels_terms = Vec::new();
         for text in [
             "Find all real x such that x^2 - 5x + 6 = 0, then sum the squares of the roots.",
             "Write a short thank-you note to my neighbour for watering the plants.",
@@ -1788,62 +1835,83 @@ mod tests {
             let cf = m.complexity_input(&f, probs.iter().copied());
             m.complexity.forward(&cf, &mut hidden, &mut out);
             let head = m.config.calibrated_logit(out[0]);
-            // By hand: the probability of maths times slope · (levels score − centre).
-            let gate = probs[m
-                .config
-                .intent_labels
-                .iter()
-                .position(|l| l == "math")
-                .unwrap()];
-            let family = m
-                .config
-                .complexity_lexicon
-                .iter()
-                .position(|f| f == "levels")
-                .unwrap();
-            let score = m.config.lexicon_scores(&f)[family];
-            assert_eq!(
-                m.complexity_lexicon_scores(text)[family],
-                ("levels".to_string(), score)
-            );
-            let shift = gate * spec.slope * (score - spec.centre);
+            // By hand, per expert: the probability of its intents times
+            // slope · (its family's score − centre).
+            let mut terms = Vec::new();
+            for spec in &m.config.complexity_experts {
+                let gate: f32 = spec
+                    .intents
+                    .iter()
+                    .map(|i| {
+                        let at = m.config.intent_labels.iter().position(|l| l == i);
+                        probs[at.unwrap()]
+                    })
+                    .sum();
+                let family = m
+                    .config
+                    .complexity_lexicon
+                    .iter()
+                    .position(|f| *f == spec.family)
+                    .unwrap();
+                let score = m.config.lexicon_scores(&f)[family];
+                assert_eq!(
+                    m.complexity_lexicon_scores(text)[family],
+                    (spec.family.clone(), score)
+                );
+                terms.push((gate, gate * spec.slope * (score - spec.centre)));
+            }
+            let shift: f32 = terms.iter().map(|(_, t)| t).sum();
             let want = 1.0 / (1.0 + (-(head + shift)).exp());
             assert!(
                 (got.complexity - want).abs() < 1e-6,
                 "{text}: {} vs {want}",
                 got.complexity
             );
-            shifts.push((gate, shift));
+            levels_terms.push(terms[levels]);
         }
-        // The maths problem is the expert's; the note hardly is.
-        assert!(shifts[0].0 > 0.9 && shifts[1].0 < 0.1, "{shifts:?}");
-        assert!(shifts[0].1.abs() > 10.0 * shifts[1].1.abs(), "{shifts:?}");
+        // The maths problem is the levels expert's; the note hardly is.
+        let (maths, note) = (levels_terms[0], levels_terms[1]);
+        assert!(maths.0 > 0.9 && note.0 < 0.1, "{levels_terms:?}");
+        assert!(maths.1.abs() > 10.0 * note.1.abs(), "{levels_terms:?}");
     }
 
     #[test]
     fn a_complexity_expert_that_does_not_fit_its_model_is_refused_by_key() {
         let m = model();
-        let config = serde_json::to_value(&m.config).unwrap();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        let expert = serde_json::json!({
+            "family": "levels", "intents": ["math"], "slope": 1.0, "centre": 0.0
+        });
+        config["complexity_experts"] = serde_json::json!([expert]);
         for (key, value, named) in [
             (
                 "family",
                 serde_json::json!("vibes"),
-                "complexity_expert.family",
+                "complexity_experts[0].family",
             ),
             (
                 "intents",
                 serde_json::json!(["math", "poetry"]),
-                "complexity_expert.intents",
+                "complexity_experts[0].intents",
+            ),
+            (
+                "intents",
+                serde_json::json!(["math", "math"]),
+                "complexity_experts[0].intents",
             ),
             (
                 "intents",
                 serde_json::json!([]),
-                "complexity_expert.intents",
+                "complexity_experts[0].intents",
             ),
-            ("slope", serde_json::json!(-1.0), "complexity_expert.slope"),
+            (
+                "slope",
+                serde_json::json!(-1.0),
+                "complexity_experts[0].slope",
+            ),
         ] {
             let mut bad = config.clone();
-            bad["complexity_expert"][key] = value;
+            bad["complexity_experts"][0][key] = value;
             let err = load_error(&bad);
             assert!(
                 err.contains("m/config.json") && err.contains(named),
@@ -1851,8 +1919,30 @@ mod tests {
             );
         }
         let mut bad = config.clone();
-        bad["complexity_expert"]["weight"] = 2.into();
+        bad["complexity_experts"][0]["weight"] = 2.into();
         assert!(load_error(&bad).contains("weight"));
+        // Two experts for one intent would add up their evidence.
+        let mut bad = config.clone();
+        let mut second = expert.clone();
+        second["family"] = "outcomes".into();
+        second["intents"] = serde_json::json!(["coding", "math"]);
+        bad["complexity_experts"] = serde_json::json!([expert, second]);
+        let err = load_error(&bad);
+        assert!(
+            err.contains("complexity_experts[1].intents") && err.contains("complexity_experts[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_single_complexity_expert_as_older_models_wrote_it_still_loads() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        let spec = m.config.complexity_experts[0].clone();
+        config.as_object_mut().unwrap().remove("complexity_experts");
+        config["complexity_expert"] = serde_json::to_value(&spec).unwrap();
+        let older = load_with(&config).unwrap();
+        assert_eq!(older.config.complexity_experts, [spec]);
     }
 
     #[test]

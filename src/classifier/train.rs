@@ -68,9 +68,9 @@ pub struct TrainArgs {
     pub complexity_wide: Vec<String>,
     /// Whether the complexity head reads the intent head's probabilities too.
     pub complexity_intent: bool,
-    /// A complexity expert to fit: a family of `complexity_lexicon` and the intents it speaks
-    /// for ([`super::ComplexityExpert`]).
-    pub complexity_expert: Option<(String, Vec<String>)>,
+    /// The complexity experts to fit, each a family of `complexity_lexicon` and the intents it
+    /// speaks for ([`super::ComplexityExpert`]); no intent in two of them.
+    pub complexity_experts: Vec<(String, Vec<String>)>,
     pub epochs: usize,
     /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
     pub tune_epochs: usize,
@@ -985,9 +985,9 @@ pub struct Metrics {
     /// labels.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub complexity_lexicon_cross_fitted: Vec<LexiconFit>,
-    /// How the complexity expert was fitted, if the model has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub complexity_expert: Option<ExpertFit>,
+    /// How each complexity expert was fitted, in the model's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub complexity_experts: Vec<ExpertFit>,
 }
 
 /// How a complexity family's lexicon ranks the labels of the training prompts it was fitted
@@ -1151,7 +1151,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// The whole training run.
 pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     // Before anything slow: a bad expert would otherwise fail after minutes of distilling.
-    check_expert(args)?;
+    check_experts(args)?;
     let source = args.encoder.display().to_string();
     let encoder_dir = super::encoder::resolve(&source, None, None)
         .map_err(|e| anyhow::anyhow!("{e} (run scripts/fetch-encoder)"))?;
@@ -1275,8 +1275,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
-    let expert = fit_expert(args, &config, &train, &cfeats)?;
-    config.complexity_expert = expert.as_ref().map(|(spec, _)| spec.clone());
+    let (experts, expert_fits) = fit_experts(args, &config, &train, &cfeats)?;
+    config.complexity_experts = experts;
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
@@ -1311,15 +1311,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
 
     let fits = Fits {
         lexicon: fits,
-        expert: expert.map(|(_, fit)| fit),
+        experts: expert_fits,
     };
     finish(args, &config, raw.len(), &train, held, fits)
 }
 
-/// What training measured of the complexity lexicon's and the expert's fits.
+/// What training measured of the complexity lexicon's and the experts' fits.
 struct Fits {
     lexicon: Vec<LexiconFit>,
-    expert: Option<ExpertFit>,
+    experts: Vec<ExpertFit>,
 }
 
 /// Loads the model just written, evaluates it on the held-out sources, and writes
@@ -1403,7 +1403,7 @@ fn finish(
         seed: args.seed,
         split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
         complexity_lexicon_cross_fitted: fits.lexicon,
-        complexity_expert: fits.expert,
+        complexity_experts: fits.experts,
     };
     std::fs::write(
         args.out.join("metrics.json"),
@@ -1430,12 +1430,27 @@ fn finish(
     Ok(metrics)
 }
 
-/// `--complexity-expert`: `FAMILY:INTENT[+INTENT…]`, or `none`.
-pub fn parse_expert(text: &str) -> anyhow::Result<Option<(String, Vec<String>)>> {
-    let text = text.trim();
-    if text.is_empty() || text == "none" {
-        return Ok(None);
+/// The `--complexity-expert` flags: each `FAMILY:INTENT[+INTENT…]`, or the one flag `none`.
+/// No flag at all: [`default_experts`] of the model's lexicon `families`.
+pub fn parse_experts(
+    texts: &[String],
+    families: &[String],
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    if texts.is_empty() {
+        return Ok(default_experts(families));
     }
+    if texts.iter().any(|t| t.trim() == "none") {
+        if texts.len() > 1 {
+            anyhow::bail!("--complexity-expert none: give it alone, not with other experts");
+        }
+        return Ok(Vec::new());
+    }
+    texts.iter().map(|t| parse_expert(t)).collect()
+}
+
+/// One `--complexity-expert` flag: `FAMILY:INTENT[+INTENT…]`.
+fn parse_expert(text: &str) -> anyhow::Result<(String, Vec<String>)> {
+    let text = text.trim();
     let (family, intents) = text.split_once(':').ok_or_else(|| {
         anyhow::anyhow!(
             "--complexity-expert {text:?}: write FAMILY:INTENT[+INTENT…], e.g. levels:math, or none"
@@ -1449,34 +1464,55 @@ pub fn parse_expert(text: &str) -> anyhow::Result<Option<(String, Vec<String>)>>
     if family.trim().is_empty() || intents.is_empty() {
         anyhow::bail!("--complexity-expert {text:?}: name a family and at least one intent");
     }
-    Ok(Some((family.trim().to_string(), intents)))
+    Ok((family.trim().to_string(), intents))
 }
 
-/// The complexity expert when `--complexity-expert` is not given: the levels family for maths
-/// prompts, if the model fits a levels lexicon.
-pub fn default_expert(families: &[String]) -> Option<(String, Vec<String>)> {
-    families
-        .iter()
-        .any(|f| f == "levels")
-        .then(|| ("levels".to_string(), vec!["math".to_string()]))
-}
-
-/// Whether `args`' complexity expert names a family it fits a lexicon for and known intents.
-fn check_expert(args: &TrainArgs) -> anyhow::Result<()> {
-    let Some((family, intents)) = &args.complexity_expert else {
-        return Ok(());
-    };
-    if !args.complexity_lexicon.contains(family) {
-        anyhow::bail!(
-            "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({})",
-            args.complexity_lexicon.join(", ")
-        );
+/// The complexity experts when `--complexity-expert` is not given, one per lexicon family the
+/// model fits, each for the prompts whose labels that family was fitted on: levels (MATH's
+/// difficulty levels) for maths prompts, outcomes (recorded exam, word-problem and task
+/// outcomes) for every other intent.
+pub fn default_experts(families: &[String]) -> Vec<(String, Vec<String>)> {
+    let levels = families.iter().any(|f| f == "levels");
+    let mut experts = Vec::new();
+    if levels {
+        experts.push(("levels".to_string(), vec!["math".to_string()]));
     }
-    if let Some(i) = intents.iter().find(|i| !INTENTS.contains(&i.as_str())) {
-        anyhow::bail!(
-            "--complexity-expert: unknown intent {i:?}; use one of {}",
-            INTENTS.join(", ")
-        );
+    if families.iter().any(|f| f == "outcomes") {
+        let intents = INTENTS
+            .iter()
+            .filter(|i| !(levels && **i == "math"))
+            .map(|i| i.to_string())
+            .collect();
+        experts.push(("outcomes".to_string(), intents));
+    }
+    experts
+}
+
+/// Whether `args`' complexity experts name families it fits a lexicon for and known intents,
+/// no intent twice.
+fn check_experts(args: &TrainArgs) -> anyhow::Result<()> {
+    let mut seen: Vec<&String> = Vec::new();
+    for (family, intents) in &args.complexity_experts {
+        if !args.complexity_lexicon.contains(family) {
+            anyhow::bail!(
+                "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({})",
+                args.complexity_lexicon.join(", ")
+            );
+        }
+        for i in intents {
+            if !INTENTS.contains(&i.as_str()) {
+                anyhow::bail!(
+                    "--complexity-expert: unknown intent {i:?}; use one of {}",
+                    INTENTS.join(", ")
+                );
+            }
+            if seen.contains(&i) {
+                anyhow::bail!(
+                    "--complexity-expert: intent {i:?} is named twice; an intent takes one expert"
+                );
+            }
+            seen.push(i);
+        }
     }
     Ok(())
 }
@@ -1492,19 +1528,35 @@ pub struct ExpertFit {
     pub length_spearman: Option<f64>,
 }
 
-/// Fits `args`' complexity expert over the training prompts labelled with one of its intents
-/// that carry recorded outcomes: the slope of Platt scaling of its family's lexicon score (the
-/// column of `cfeats` the complexity head reads, cross-fitted) against the cheap model's
-/// errors, and the mean score.
-fn fit_expert(
+/// Fits each of `args`' complexity experts ([`fit_expert`]): the model's experts and their
+/// fits, in the flags' order.
+fn fit_experts(
     args: &TrainArgs,
     config: &ModelConfig,
     train: &[Example],
     cfeats: &[Vec<f32>],
-) -> anyhow::Result<Option<(super::ComplexityExpert, ExpertFit)>> {
-    let Some((family, intents)) = &args.complexity_expert else {
-        return Ok(None);
-    };
+) -> anyhow::Result<(Vec<super::ComplexityExpert>, Vec<ExpertFit>)> {
+    let mut experts = Vec::new();
+    let mut fits = Vec::new();
+    for (family, intents) in &args.complexity_experts {
+        let (spec, fit) = fit_expert(family, intents, config, train, cfeats)?;
+        experts.push(spec);
+        fits.push(fit);
+    }
+    Ok((experts, fits))
+}
+
+/// Fits the complexity expert of `family` for `intents` over the training prompts labelled
+/// with one of them that carry recorded outcomes: the slope of Platt scaling of the family's
+/// lexicon score (the column of `cfeats` the complexity head reads, cross-fitted) against the
+/// cheap model's errors, and the mean score.
+fn fit_expert(
+    family: &str,
+    intents: &[String],
+    config: &ModelConfig,
+    train: &[Example],
+    cfeats: &[Vec<f32>],
+) -> anyhow::Result<(super::ComplexityExpert, ExpertFit)> {
     let j = config
         .complexity_lexicon
         .iter()
@@ -1524,27 +1576,28 @@ fn fit_expert(
     }
     if score.len() < MIN_CALIBRATION_ROWS {
         anyhow::bail!(
-            "--complexity-expert: {} training prompts of intent {} carry recorded outcomes; the \
-             expert needs at least {MIN_CALIBRATION_ROWS} (or use --complexity-expert none)",
+            "--complexity-expert {family}:{}: {} training prompts of intent {} carry recorded \
+             outcomes; the expert needs at least {MIN_CALIBRATION_ROWS} (or use --complexity-expert none)",
+            intents.join("+"),
             score.len(),
             intents.join(" or ")
         );
     }
     let [slope, _] = platt(&score, &error);
     let spec = super::ComplexityExpert {
-        family: family.clone(),
-        intents: intents.clone(),
+        family: family.to_string(),
+        intents: intents.to_vec(),
         slope,
         centre: (score.iter().sum::<f64>() / score.len() as f64) as f32,
     };
     let fit = ExpertFit {
-        family: family.clone(),
-        intents: intents.clone(),
+        family: family.to_string(),
+        intents: intents.to_vec(),
         prompts: score.len(),
         spearman: metrics::spearman(&score, &error),
         length_spearman: metrics::spearman(&length, &error),
     };
-    Ok(Some((spec, fit)))
+    Ok((spec, fit))
 }
 
 /// The `config.json` of a model trained with `args`: the label sets and sizes.
@@ -1584,7 +1637,7 @@ fn model_config(
         },
         complexity_intent: args.complexity_intent,
         complexity_calibration: None,
-        complexity_expert: None,
+        complexity_experts: Vec::new(),
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
         domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
         ensemble: args.ensemble.max(1),
@@ -2175,8 +2228,8 @@ fn run_encoder_backbone(
         complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
-    let expert = fit_expert(args, &config, train, &cfeats)?;
-    config.complexity_expert = expert.as_ref().map(|(spec, _)| spec.clone());
+    let (experts, expert_fits) = fit_experts(args, &config, train, &cfeats)?;
+    config.complexity_experts = experts;
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<_> = lexicon.into_iter().collect();
     tensors.extend(complexity_lexicon);
@@ -2189,9 +2242,27 @@ fn run_encoder_backbone(
     std::fs::write(args.out.join("vocab.txt"), vocab_text)?;
     let fits = Fits {
         lexicon: fits,
-        expert: expert.map(|(_, fit)| fit),
+        experts: expert_fits,
     };
     finish(args, &config, wp.vocab_size(), train, held, fits)
+}
+
+/// `intents` in a sentence of the model card: "math", "math or reasoning", or for most of the
+/// labels, "every intent but math".
+fn intents_phrase(intents: &[String]) -> String {
+    if intents.len() * 2 <= INTENTS.len() {
+        return intents.join(" or ");
+    }
+    let rest: Vec<&str> = INTENTS
+        .iter()
+        .filter(|i| !intents.iter().any(|x| x == *i))
+        .copied()
+        .collect();
+    if rest.is_empty() {
+        "every intent".to_string()
+    } else {
+        format!("every intent but {}", rest.join(" and "))
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -2261,24 +2332,27 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         ),
         None => String::new(),
     };
-    let expert = match &config.complexity_expert {
-        Some(e) => format!(
-            " A complexity expert then reads the {} lexicon's score again for {} prompts: the head weighs every family \
-             for every prompt, and the expert gives the {} lexicon more say on those. It adds {:.3} · (score {} {:.4}) to \
-             the calibrated logit, times the intent head's probability of {}: the slope is Platt scaling of the score \
-             against the cheap side's errors on the training prompts of {} with recorded outcomes, and the centre their \
-             mean score, so a typical such prompt moves neither way.",
-            e.family,
-            e.intents.join(" or "),
-            e.family,
-            e.slope,
-            if e.centre < 0.0 { "+" } else { "−" },
-            e.centre.abs(),
-            e.intents.join(" or "),
-            e.intents.join(" or "),
-        ),
-        None => String::new(),
-    };
+    let expert: String = config
+        .complexity_experts
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            let intents = intents_phrase(&e.intents);
+            format!(
+                " {} complexity expert reads the {} lexicon's score again for prompts of {intents}: the head weighs \
+                 every family for every prompt, and the expert gives the {} lexicon more say on those. It adds {:.3} · \
+                 (score {} {:.4}) to the calibrated logit, times the intent head's probability of {intents}: the slope \
+                 is Platt scaling of the score against the cheap side's errors on the training prompts of {intents} \
+                 with recorded outcomes, and the centre their mean score, so a typical such prompt moves neither way.",
+                if n == 0 { "Then a" } else { "Another" },
+                e.family,
+                e.family,
+                e.slope,
+                if e.centre < 0.0 { "+" } else { "−" },
+                e.centre.abs(),
+            )
+        })
+        .collect();
     let lexicon = if config.domain_lexicon {
         format!(
             "After those features comes the domain lexicon: a naive-Bayes table, per token and domain, of how likely a \
@@ -2434,13 +2508,13 @@ pub fn model_card(
     cmd.push_str(&format!(" --intent-lexicon {}", config.intent_lexicon));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
-    // And this: the flag's default is an expert, which older models lack.
-    cmd.push_str(&format!(
-        " --complexity-expert {}",
-        args.complexity_expert
-            .as_ref()
-            .map_or("none".to_string(), |(f, i)| format!("{f}:{}", i.join("+")))
-    ));
+    // And these: the flag's default is an expert, which older models lack.
+    if args.complexity_experts.is_empty() {
+        cmd.push_str(" --complexity-expert none");
+    }
+    for (f, i) in &args.complexity_experts {
+        cmd.push_str(&format!(" --complexity-expert {f}:{}", i.join("+")));
+    }
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
@@ -2556,13 +2630,13 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
         }
         s.push('\n');
     }
-    if let Some(e) = &m.complexity_expert {
+    for e in &m.complexity_experts {
         s.push_str(&format!(
-            "The complexity expert's fit: over the {} training prompts of {} with recorded outcomes, its cross-fitted \
-             {} score ranks the cheap side's errors at Spearman {} (prompt length {}).\n\n",
-            e.prompts,
-            e.intents.join(" or "),
+            "The {} expert's fit: over the {} training prompts of {} with recorded outcomes, its cross-fitted \
+             score ranks the cheap side's errors at Spearman {} (prompt length {}).\n\n",
             e.family,
+            e.prompts,
+            intents_phrase(&e.intents),
             f(e.spearman),
             f(e.length_spearman)
         ));
@@ -2884,7 +2958,7 @@ mod tests {
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             complexity_wide: Vec::new(),
             complexity_intent: false,
-            complexity_expert: None,
+            complexity_experts: Vec::new(),
             epochs: 1,
             tune_epochs: 0,
             tune_lr: 0.0,
@@ -2905,7 +2979,7 @@ mod tests {
     fn the_complexity_expert_is_fitted_on_its_intents_prompts_with_outcomes() {
         let mut args = test_args();
         args.complexity_dims = 1;
-        args.complexity_expert = Some(("levels".into(), vec!["math".into()]));
+        args.complexity_experts = vec![("levels".into(), vec!["math".into()])];
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
         let levels = config.complexity_prefix() + 1;
         let (mut train, mut cfeats) = (Vec::new(), Vec::new());
@@ -2929,9 +3003,9 @@ mod tests {
             row[levels] = if i < 25 { -5.0 } else { 5.0 };
             cfeats.push(row);
         }
-        let (spec, fit) = fit_expert(&args, &config, &train, &cfeats)
-            .unwrap()
-            .unwrap();
+        let (specs, fits) = fit_experts(&args, &config, &train, &cfeats).unwrap();
+        assert_eq!((specs.len(), fits.len()), (1, 1));
+        let (spec, fit) = (&specs[0], &fits[0]);
         assert_eq!(fit.prompts, 300);
         assert_eq!(
             (spec.family.as_str(), spec.intents.clone()),
@@ -2942,57 +3016,98 @@ mod tests {
         assert!(spec.slope > 1.0, "{}", spec.slope);
         assert!(fit.spearman.unwrap() > 0.5, "{fit:?}");
         // Too few prompts with outcomes: refused, naming the flag.
-        let err = fit_expert(&args, &config, &train[250..], &cfeats[250..])
+        let err = fit_experts(&args, &config, &train[250..], &cfeats[250..])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--complexity-expert") && err.contains("50 training prompts"),
+            err.contains("--complexity-expert levels:math") && err.contains("50 training prompts"),
             "{err}"
         );
         // None asked for: none fitted.
-        args.complexity_expert = None;
-        assert!(fit_expert(&args, &config, &train, &cfeats)
-            .unwrap()
-            .is_none());
+        args.complexity_experts.clear();
+        let (specs, fits) = fit_experts(&args, &config, &train, &cfeats).unwrap();
+        assert!(specs.is_empty() && fits.is_empty());
     }
 
     #[test]
-    fn the_complexity_expert_flag_is_read_and_checked() {
-        assert_eq!(parse_expert("none").unwrap(), None);
+    fn the_complexity_expert_flags_are_read_and_checked() {
+        let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let both = strings(&["outcomes", "levels"]);
+        let levels_math = ("levels".to_string(), vec!["math".to_string()]);
+        assert!(parse_experts(&strings(&["none"]), &both)
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            parse_expert("levels:math").unwrap(),
-            Some(("levels".into(), vec!["math".into()]))
+            parse_experts(&strings(&["levels:math"]), &both).unwrap(),
+            std::slice::from_ref(&levels_math)
         );
         assert_eq!(
-            parse_expert(" levels : math+reasoning ").unwrap(),
-            Some(("levels".into(), vec!["math".into(), "reasoning".into()]))
+            parse_experts(
+                &strings(&[" levels : math+reasoning ", "outcomes:coding"]),
+                &both
+            )
+            .unwrap(),
+            [
+                ("levels".into(), vec!["math".into(), "reasoning".into()]),
+                ("outcomes".into(), vec!["coding".into()])
+            ]
         );
         for bad in ["levels", ":math", "levels:", "levels:+"] {
-            let err = parse_expert(bad).unwrap_err().to_string();
+            let err = parse_experts(&strings(&[bad]), &both)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("--complexity-expert"), "{bad}: {err}");
         }
-        // Without the flag: levels for maths if there is a levels lexicon, else none.
-        let families = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = parse_experts(&strings(&["none", "levels:math"]), &both)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none") && err.contains("alone"), "{err}");
+        // Without the flag: levels for maths, outcomes for the rest, of the families fitted.
+        let all_but_maths: Vec<String> = INTENTS
+            .iter()
+            .filter(|i| **i != "math")
+            .map(|i| i.to_string())
+            .collect();
         assert_eq!(
-            default_expert(&families(&["outcomes", "levels"])),
-            parse_expert("levels:math").unwrap()
+            parse_experts(&[], &both).unwrap(),
+            [
+                levels_math.clone(),
+                ("outcomes".into(), all_but_maths.clone())
+            ]
         );
-        assert_eq!(default_expert(&families(&["outcomes"])), None);
+        assert_eq!(
+            parse_experts(&[], &strings(&["levels"])).unwrap(),
+            std::slice::from_ref(&levels_math)
+        );
+        assert_eq!(
+            parse_experts(&[], &strings(&["outcomes"])).unwrap(),
+            [("outcomes".into(), strings(&INTENTS))]
+        );
+        assert!(parse_experts(&[], &[]).unwrap().is_empty());
         let mut args = test_args();
-        args.complexity_expert = Some(("levels".into(), vec!["math".into()]));
-        check_expert(&args).unwrap();
-        args.complexity_expert = Some(("vibes".into(), vec!["math".into()]));
-        let err = check_expert(&args).unwrap_err().to_string();
-        assert!(
-            err.contains("--complexity-expert") && err.contains("vibes"),
-            "{err}"
-        );
-        args.complexity_expert = Some(("levels".into(), vec!["poetry".into()]));
-        let err = check_expert(&args).unwrap_err().to_string();
-        assert!(
-            err.contains("unknown intent") && err.contains("poetry"),
-            "{err}"
-        );
+        args.complexity_experts = vec![
+            levels_math.clone(),
+            ("outcomes".into(), vec!["coding".into()]),
+        ];
+        check_experts(&args).unwrap();
+        for (expert, named) in [
+            (("vibes".to_string(), vec!["math".to_string()]), "vibes"),
+            (
+                ("levels".into(), vec!["poetry".into()]),
+                "unknown intent \"poetry\"",
+            ),
+            (
+                ("outcomes".into(), vec!["math".into()]),
+                "\"math\" is named twice",
+            ),
+        ] {
+            args.complexity_experts = vec![levels_math.clone(), expert];
+            let err = check_experts(&args).unwrap_err().to_string();
+            assert!(
+                err.contains("--complexity-expert") && err.contains(named),
+                "{err}"
+            );
+        }
     }
 
     #[test]
