@@ -104,8 +104,9 @@ pub enum Command {
         /// lexicon family's score is added to the complexity head's logit again, in proportion
         /// to the intent head's probability of them, with a slope fitted on the training prompts
         /// of those intents with recorded outcomes. Repeat the flag for more experts (no intent
-        /// in two); "none" for none. Default: levels:math when the levels lexicon is fitted,
-        /// else none.
+        /// in two); "none" for none. Default: levels for maths and outcomes for the other
+        /// intents, of the families fitted, each for the intents with at least 100 training
+        /// prompts with recorded outcomes.
         #[arg(long)]
         complexity_expert: Vec<String>,
         #[arg(long, default_value_t = 40)]

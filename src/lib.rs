@@ -92,8 +92,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 .into_iter()
                 .filter(|f| f != "none" && !f.is_empty())
                 .collect();
-            let complexity_experts =
-                classifier::train::parse_experts(&complexity_expert, &complexity_lexicon)?;
+            let complexity_experts = classifier::train::parse_experts(&complexity_expert)?;
             let args = classifier::train::TrainArgs {
                 data,
                 handwritten: training_data,

@@ -1589,7 +1589,6 @@ mod tests {
         assert_eq!(StaticTable::unpack_nibbles(&table.pack_nibbles()), all);
     }
 
-    /// The error of loading the default model's weights under an altered `config.json`.
     /// The default model's weights and vocabulary loaded with `config`.
     fn load_with(config: &serde_json::Value) -> Result<Classifier, String> {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
@@ -1599,6 +1598,7 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// The error of loading the default model's weights under an altered `config.json`.
     fn load_error(config: &serde_json::Value) -> String {
         match load_with(config) {
             Ok(_) => panic!("the model loaded with {config}"),

@@ -69,8 +69,9 @@ pub struct TrainArgs {
     /// Whether the complexity head reads the intent head's probabilities too.
     pub complexity_intent: bool,
     /// The complexity experts to fit, each a family of `complexity_lexicon` and the intents it
-    /// speaks for ([`super::ComplexityExpert`]); no intent in two of them.
-    pub complexity_experts: Vec<(String, Vec<String>)>,
+    /// speaks for ([`super::ComplexityExpert`]); no intent in two of them. `None`: the
+    /// [`default_experts`] of the training data.
+    pub complexity_experts: Option<Vec<ExpertSpec>>,
     pub epochs: usize,
     /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
     pub tune_epochs: usize,
@@ -1430,26 +1431,30 @@ fn finish(
     Ok(metrics)
 }
 
+/// A complexity expert asked for: a lexicon family and the intents it speaks for.
+pub type ExpertSpec = (String, Vec<String>);
+
 /// The `--complexity-expert` flags: each `FAMILY:INTENT[+INTENT…]`, or the one flag `none`.
-/// No flag at all: [`default_experts`] of the model's lexicon `families`.
-pub fn parse_experts(
-    texts: &[String],
-    families: &[String],
-) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+/// No flag at all: `None`, for the [`default_experts`] of the training data.
+pub fn parse_experts(texts: &[String]) -> anyhow::Result<Option<Vec<ExpertSpec>>> {
     if texts.is_empty() {
-        return Ok(default_experts(families));
+        return Ok(None);
     }
     if texts.iter().any(|t| t.trim() == "none") {
         if texts.len() > 1 {
             anyhow::bail!("--complexity-expert none: give it alone, not with other experts");
         }
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    texts.iter().map(|t| parse_expert(t)).collect()
+    texts
+        .iter()
+        .map(|t| parse_expert(t))
+        .collect::<anyhow::Result<_>>()
+        .map(Some)
 }
 
 /// One `--complexity-expert` flag: `FAMILY:INTENT[+INTENT…]`.
-fn parse_expert(text: &str) -> anyhow::Result<(String, Vec<String>)> {
+fn parse_expert(text: &str) -> anyhow::Result<ExpertSpec> {
     let text = text.trim();
     let (family, intents) = text.split_once(':').ok_or_else(|| {
         anyhow::anyhow!(
@@ -1467,23 +1472,48 @@ fn parse_expert(text: &str) -> anyhow::Result<(String, Vec<String>)> {
     Ok((family.trim().to_string(), intents))
 }
 
-/// The complexity experts when `--complexity-expert` is not given, one per lexicon family the
-/// model fits, each for the prompts whose labels that family was fitted on: levels (MATH's
-/// difficulty levels) for maths prompts, outcomes (recorded exam, word-problem and task
-/// outcomes) for every other intent.
-pub fn default_experts(families: &[String]) -> Vec<(String, Vec<String>)> {
-    let levels = families.iter().any(|f| f == "levels");
+/// An intent joins a default expert when at least this many of its training prompts carry
+/// recorded outcomes: with fewer, the expert's slope says little about that intent's prompts.
+const MIN_EXPERT_INTENT_PROMPTS: usize = 100;
+
+/// The complexity experts when `--complexity-expert` is not given: one per lexicon family the
+/// model fits, levels (MATH's difficulty levels) for maths and outcomes (recorded exam,
+/// word-problem and task outcomes) for the other intents. Each takes only the intents whose
+/// slope it can fit, those with at least [`MIN_EXPERT_INTENT_PROMPTS`] training prompts with
+/// recorded outcomes, and is left out if they number fewer than [`MIN_CALIBRATION_ROWS`]
+/// together.
+pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec> {
+    let with_outcomes: Vec<(&str, usize)> = INTENTS
+        .iter()
+        .map(|&i| {
+            let n = train
+                .iter()
+                .filter(|e| e.cheap_error.is_some() && e.intent.as_deref() == Some(i))
+                .count();
+            (i, n)
+        })
+        .collect();
     let mut experts = Vec::new();
-    if levels {
-        experts.push(("levels".to_string(), vec!["math".to_string()]));
-    }
-    if families.iter().any(|f| f == "outcomes") {
-        let intents = INTENTS
+    let mut taken: Vec<&str> = Vec::new();
+    for (family, only) in [("levels", Some("math")), ("outcomes", None)] {
+        if !families.iter().any(|f| f == family) {
+            continue;
+        }
+        let intents: Vec<(&str, usize)> = with_outcomes
             .iter()
-            .filter(|i| !(levels && **i == "math"))
-            .map(|i| i.to_string())
+            .filter(|(i, n)| {
+                only.is_none_or(|o| o == *i)
+                    && !taken.contains(i)
+                    && *n >= MIN_EXPERT_INTENT_PROMPTS
+            })
+            .copied()
             .collect();
-        experts.push(("outcomes".to_string(), intents));
+        if intents.iter().map(|(_, n)| n).sum::<usize>() < MIN_CALIBRATION_ROWS {
+            continue;
+        }
+        taken.extend(intents.iter().map(|(i, _)| *i));
+        let names = intents.iter().map(|(i, _)| i.to_string()).collect();
+        experts.push((family.to_string(), names));
     }
     experts
 }
@@ -1492,7 +1522,7 @@ pub fn default_experts(families: &[String]) -> Vec<(String, Vec<String>)> {
 /// no intent twice.
 fn check_experts(args: &TrainArgs) -> anyhow::Result<()> {
     let mut seen: Vec<&String> = Vec::new();
-    for (family, intents) in &args.complexity_experts {
+    for (family, intents) in args.complexity_experts.iter().flatten() {
         if !args.complexity_lexicon.contains(family) {
             anyhow::bail!(
                 "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({})",
@@ -1528,17 +1558,21 @@ pub struct ExpertFit {
     pub length_spearman: Option<f64>,
 }
 
-/// Fits each of `args`' complexity experts ([`fit_expert`]): the model's experts and their
-/// fits, in the flags' order.
+/// Fits each of `args`' complexity experts, or the [`default_experts`] of `train`
+/// ([`fit_expert`]): the model's experts and their fits, in order.
 fn fit_experts(
     args: &TrainArgs,
     config: &ModelConfig,
     train: &[Example],
     cfeats: &[Vec<f32>],
 ) -> anyhow::Result<(Vec<super::ComplexityExpert>, Vec<ExpertFit>)> {
+    let wanted = match &args.complexity_experts {
+        Some(experts) => experts.clone(),
+        None => default_experts(&args.complexity_lexicon, train),
+    };
     let mut experts = Vec::new();
     let mut fits = Vec::new();
-    for (family, intents) in &args.complexity_experts {
+    for (family, intents) in &wanted {
         let (spec, fit) = fit_expert(family, intents, config, train, cfeats)?;
         experts.push(spec);
         fits.push(fit);
@@ -2509,11 +2543,15 @@ pub fn model_card(
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
     // And these: the flag's default is an expert, which older models lack.
-    if args.complexity_experts.is_empty() {
+    if config.complexity_experts.is_empty() {
         cmd.push_str(" --complexity-expert none");
     }
-    for (f, i) in &args.complexity_experts {
-        cmd.push_str(&format!(" --complexity-expert {f}:{}", i.join("+")));
+    for e in &config.complexity_experts {
+        cmd.push_str(&format!(
+            " --complexity-expert {}:{}",
+            e.family,
+            e.intents.join("+")
+        ));
     }
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
@@ -2958,7 +2996,7 @@ mod tests {
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             complexity_wide: Vec::new(),
             complexity_intent: false,
-            complexity_experts: Vec::new(),
+            complexity_experts: Some(Vec::new()),
             epochs: 1,
             tune_epochs: 0,
             tune_lr: 0.0,
@@ -2979,7 +3017,7 @@ mod tests {
     fn the_complexity_expert_is_fitted_on_its_intents_prompts_with_outcomes() {
         let mut args = test_args();
         args.complexity_dims = 1;
-        args.complexity_experts = vec![("levels".into(), vec!["math".into()])];
+        args.complexity_experts = Some(vec![("levels".into(), vec!["math".into()])]);
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
         let levels = config.complexity_prefix() + 1;
         let (mut train, mut cfeats) = (Vec::new(), Vec::new());
@@ -3024,7 +3062,7 @@ mod tests {
             "{err}"
         );
         // None asked for: none fitted.
-        args.complexity_experts.clear();
+        args.complexity_experts = Some(Vec::new());
         let (specs, fits) = fit_experts(&args, &config, &train, &cfeats).unwrap();
         assert!(specs.is_empty() && fits.is_empty());
     }
@@ -3032,63 +3070,33 @@ mod tests {
     #[test]
     fn the_complexity_expert_flags_are_read_and_checked() {
         let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let both = strings(&["outcomes", "levels"]);
         let levels_math = ("levels".to_string(), vec!["math".to_string()]);
-        assert!(parse_experts(&strings(&["none"]), &both)
-            .unwrap()
-            .is_empty());
+        assert_eq!(parse_experts(&[]).unwrap(), None, "no flag: the default");
+        assert_eq!(parse_experts(&strings(&["none"])).unwrap(), Some(vec![]));
         assert_eq!(
-            parse_experts(&strings(&["levels:math"]), &both).unwrap(),
-            std::slice::from_ref(&levels_math)
+            parse_experts(&strings(&["levels:math"])).unwrap(),
+            Some(vec![levels_math.clone()])
         );
         assert_eq!(
-            parse_experts(
-                &strings(&[" levels : math+reasoning ", "outcomes:coding"]),
-                &both
-            )
-            .unwrap(),
-            [
+            parse_experts(&strings(&[" levels : math+reasoning ", "outcomes:coding"])).unwrap(),
+            Some(vec![
                 ("levels".into(), vec!["math".into(), "reasoning".into()]),
                 ("outcomes".into(), vec!["coding".into()])
-            ]
+            ])
         );
         for bad in ["levels", ":math", "levels:", "levels:+"] {
-            let err = parse_experts(&strings(&[bad]), &both)
-                .unwrap_err()
-                .to_string();
+            let err = parse_experts(&strings(&[bad])).unwrap_err().to_string();
             assert!(err.contains("--complexity-expert"), "{bad}: {err}");
         }
-        let err = parse_experts(&strings(&["none", "levels:math"]), &both)
+        let err = parse_experts(&strings(&["none", "levels:math"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("none") && err.contains("alone"), "{err}");
-        // Without the flag: levels for maths, outcomes for the rest, of the families fitted.
-        let all_but_maths: Vec<String> = INTENTS
-            .iter()
-            .filter(|i| **i != "math")
-            .map(|i| i.to_string())
-            .collect();
-        assert_eq!(
-            parse_experts(&[], &both).unwrap(),
-            [
-                levels_math.clone(),
-                ("outcomes".into(), all_but_maths.clone())
-            ]
-        );
-        assert_eq!(
-            parse_experts(&[], &strings(&["levels"])).unwrap(),
-            std::slice::from_ref(&levels_math)
-        );
-        assert_eq!(
-            parse_experts(&[], &strings(&["outcomes"])).unwrap(),
-            [("outcomes".into(), strings(&INTENTS))]
-        );
-        assert!(parse_experts(&[], &[]).unwrap().is_empty());
         let mut args = test_args();
-        args.complexity_experts = vec![
+        args.complexity_experts = Some(vec![
             levels_math.clone(),
             ("outcomes".into(), vec!["coding".into()]),
-        ];
+        ]);
         check_experts(&args).unwrap();
         for (expert, named) in [
             (("vibes".to_string(), vec!["math".to_string()]), "vibes"),
@@ -3101,13 +3109,58 @@ mod tests {
                 "\"math\" is named twice",
             ),
         ] {
-            args.complexity_experts = vec![levels_math.clone(), expert];
+            args.complexity_experts = Some(vec![levels_math.clone(), expert]);
             let err = check_experts(&args).unwrap_err().to_string();
             assert!(
                 err.contains("--complexity-expert") && err.contains(named),
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn default_experts_take_the_intents_with_enough_recorded_outcomes() {
+        let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let prompts = |intent: &'static str, n: usize, outcomes: bool| {
+            (0..n).map(move |_| {
+                let mut e = example("s", intent, "general");
+                e.cheap_error = outcomes.then_some(0.5);
+                e
+            })
+        };
+        let mut train: Vec<Example> = prompts("math", 300, true)
+            .chain(prompts("open_qa", 250, true))
+            .chain(prompts("coding", 99, true))
+            .chain(prompts("chat", 500, false))
+            .collect();
+        // Levels for maths; outcomes for the other intents with 100 prompts with outcomes or
+        // more (coding has 99; chat has none).
+        let both = strings(&["outcomes", "levels"]);
+        let levels_math = ("levels".to_string(), strings(&["math"]));
+        assert_eq!(
+            default_experts(&both, &train),
+            [
+                levels_math.clone(),
+                ("outcomes".into(), strings(&["open_qa"]))
+            ]
+        );
+        assert_eq!(
+            default_experts(&strings(&["levels"]), &train),
+            std::slice::from_ref(&levels_math)
+        );
+        // Without a levels lexicon, maths goes to outcomes.
+        assert_eq!(
+            default_experts(&strings(&["outcomes"]), &train),
+            [("outcomes".into(), strings(&["math", "open_qa"]))]
+        );
+        assert!(default_experts(&[], &train).is_empty());
+        // An expert whose intents have fewer than 200 prompts with outcomes together is left
+        // out: 150 maths prompts are too few for levels, and outcomes takes them with open_qa.
+        train.drain(..150);
+        assert_eq!(
+            default_experts(&both, &train),
+            [("outcomes".into(), strings(&["math", "open_qa"]))]
+        );
     }
 
     #[test]
