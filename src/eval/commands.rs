@@ -777,6 +777,39 @@ pub fn compare_cmd(
             ci95: ci.map(|c| (c.1, c.2)),
         });
     }
+    // Complexity against human difficulty ratings, where the data has them.
+    let rated: Vec<(f64, f64, f64)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let d = r.difficulty?;
+            Some((d, f64::from(sa[i].complexity), f64::from(sb[i].complexity)))
+        })
+        .collect();
+    if rated.len() >= 3 {
+        // Side b: whether to rank model B's scores rather than model A's.
+        let rho = |b: bool, idx: &[usize]| {
+            let d: Vec<f64> = idx.iter().map(|&i| rated[i].0).collect();
+            let c: Vec<f64> = idx
+                .iter()
+                .map(|&i| if b { rated[i].2 } else { rated[i].1 })
+                .collect();
+            super::metrics::spearman(&c, &d)
+        };
+        let all: Vec<usize> = (0..rated.len()).collect();
+        let (ra, rb) = (rho(false, &all), rho(true, &all));
+        let ci = bootstrap(rated.len(), resamples, seed, &|idx| {
+            Some(rho(true, idx)? - rho(false, idx)?)
+        });
+        diffs.push(Diff {
+            metric: "complexity Spearman with difficulty".into(),
+            prompts: rated.len(),
+            a: ra,
+            b: rb,
+            diff: ra.zip(rb).map(|(x, y)| y - x),
+            ci95: ci.map(|c| (c.1, c.2)),
+        });
+    }
     if let Some(tm) = tm {
         let (pairs, _, _) = route::pairs(
             &records,

@@ -242,6 +242,47 @@ fn compare_gives_a_paired_interval() {
     assert!(md.contains("| +0.000 | [+0.000, +0.000] |"), "{md}");
 }
 
+#[test]
+fn compare_ranks_complexity_against_difficulty_ratings() {
+    let dir = tmpdir("compare-difficulty");
+    let data = dir.join("rated.jsonl");
+    let rows = [
+        ("hiya, you awake?", Some(1)),
+        ("What is 7 times 8?", Some(1)),
+        (
+            "Prove that there are infinitely many primes of the form 4k + 3.",
+            Some(5),
+        ),
+        (
+            "Design a lock-free multi-producer multi-consumer queue in C++.",
+            Some(5),
+        ),
+        ("Suggest names for a grey kitten", None),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(p, d)| format!("{}\n", json!({"prompt": p, "difficulty": d})))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let (ok, md, err) = run(&[
+        "eval",
+        "compare",
+        "--data",
+        data.to_str().unwrap(),
+        "embedded",
+        "embedded",
+        "--resamples",
+        "50",
+    ]);
+    assert!(ok, "{err}");
+    // Only the four rated prompts count; the same model on both sides differs by nothing.
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| complexity Spearman with difficulty | 4 |"))
+        .unwrap_or_else(|| panic!("no difficulty row in {md}"));
+    assert!(row.ends_with("| +0.000 | [+0.000, +0.000] |"), "{row}");
+}
+
 #[tokio::test]
 async fn decision_log_records_answers_in_the_dataset_format() {
     let dir = tmpdir("log");
