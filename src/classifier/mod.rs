@@ -1808,8 +1808,57 @@ mod tests {
         }
     }
 
+    /// Each of `m`'s experts' (gate, evidence) for `text`, computed by hand: the probability of
+    /// its intents, times slope · (its family's score − centre). Checks that `m` adds them all
+    /// to the head's calibrated logit.
+    fn expert_terms(m: &Classifier, text: &str) -> Vec<(f32, f32)> {
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
+        let (f, _) = m.features(text);
+        let got = m.classify(text);
+        let probs: Vec<f32> = got.intent_scores.iter().map(|(_, p)| *p).collect();
+        let cf = m.complexity_input(&f, probs.iter().copied());
+        m.complexity.forward(&cf, &mut hidden, &mut out);
+        let head = m.config.calibrated_logit(out[0]);
+        let mut terms = Vec::new();
+        for spec in &m.config.complexity_experts {
+            let gate: f32 = spec
+                .intents
+                .iter()
+                .map(|i| {
+                    let at = m.config.intent_labels.iter().position(|l| l == i);
+                    probs[at.unwrap()]
+                })
+                .sum();
+            let family = m
+                .config
+                .complexity_lexicon
+                .iter()
+                .position(|f| *f == spec.family)
+                .unwrap();
+            let score = m.config.lexicon_scores(&f)[family];
+            assert_eq!(
+                m.complexity_lexicon_scores(text)[family],
+                (spec.family.clone(), score)
+            );
+            terms.push((gate, gate * spec.slope * (score - spec.centre)));
+        }
+        let shift: f32 = terms.iter().map(|(_, t)| t).sum();
+        let want = 1.0 / (1.0 + (-(head + shift)).exp());
+        assert!(
+            (got.complexity - want).abs() < 1e-6,
+            "{text}: {} vs {want}",
+            got.complexity
+        );
+        terms
+    }
+
+    const MATHS_PROMPT: &str =
+        "Find all real x such that x^2 - 5x + 6 = 0, then sum the squares of the roots.";
+    const NOTE_PROMPT: &str =
+        "Write a short thank-you note to my neighbour for watering the plants.";
+
     #[test]
-    fn complexity_experts_add_their_familys_evidence_for_their_intents() {
+    fn a_complexity_expert_adds_its_familys_evidence_for_its_intents() {
         let m = model();
         assert_eq!(
             m.experts.len(),
@@ -1823,56 +1872,30 @@ mod tests {
             .position(|e| e.family == "levels")
             .expect("the default model has a levels expert");
         assert_eq!(m.config.complexity_experts[levels].intents, ["math"]);
-        let (mut hidden, mut out) = (Vec::new(), Vec::new());
-        let mut levels_terms = Vec::new();
-        for text in [
-            "Find all real x such that x^2 - 5x + 6 = 0, then sum the squares of the roots.",
-            "Write a short thank-you note to my neighbour for watering the plants.",
-        ] {
-            let (f, _) = m.features(text);
-            let got = m.classify(text);
-            let probs: Vec<f32> = got.intent_scores.iter().map(|(_, p)| *p).collect();
-            let cf = m.complexity_input(&f, probs.iter().copied());
-            m.complexity.forward(&cf, &mut hidden, &mut out);
-            let head = m.config.calibrated_logit(out[0]);
-            // By hand, per expert: the probability of its intents times
-            // slope · (its family's score − centre).
-            let mut terms = Vec::new();
-            for spec in &m.config.complexity_experts {
-                let gate: f32 = spec
-                    .intents
-                    .iter()
-                    .map(|i| {
-                        let at = m.config.intent_labels.iter().position(|l| l == i);
-                        probs[at.unwrap()]
-                    })
-                    .sum();
-                let family = m
-                    .config
-                    .complexity_lexicon
-                    .iter()
-                    .position(|f| *f == spec.family)
-                    .unwrap();
-                let score = m.config.lexicon_scores(&f)[family];
-                assert_eq!(
-                    m.complexity_lexicon_scores(text)[family],
-                    (spec.family.clone(), score)
-                );
-                terms.push((gate, gate * spec.slope * (score - spec.centre)));
-            }
-            let shift: f32 = terms.iter().map(|(_, t)| t).sum();
-            let want = 1.0 / (1.0 + (-(head + shift)).exp());
-            assert!(
-                (got.complexity - want).abs() < 1e-6,
-                "{text}: {} vs {want}",
-                got.complexity
-            );
-            levels_terms.push(terms[levels]);
-        }
         // The maths problem is the levels expert's; the note hardly is.
-        let (maths, note) = (levels_terms[0], levels_terms[1]);
-        assert!(maths.0 > 0.9 && note.0 < 0.1, "{levels_terms:?}");
-        assert!(maths.1.abs() > 10.0 * note.1.abs(), "{levels_terms:?}");
+        let maths = expert_terms(m, MATHS_PROMPT)[levels];
+        let note = expert_terms(m, NOTE_PROMPT)[levels];
+        assert!(maths.0 > 0.9 && note.0 < 0.1, "{maths:?} {note:?}");
+        assert!(maths.1.abs() > 10.0 * note.1.abs(), "{maths:?} {note:?}");
+    }
+
+    #[test]
+    fn several_complexity_experts_add_up_each_for_its_own_intents() {
+        let mut config = serde_json::to_value(&model().config).unwrap();
+        config["complexity_experts"] = serde_json::json!([
+            {"family": "levels", "intents": ["math"], "slope": 2.0, "centre": 0.0},
+            {"family": "outcomes", "intents": ["creative_writing", "chat"], "slope": 5.0,
+             "centre": -1.0},
+        ]);
+        let m = load_with(&config).unwrap();
+        let maths = expert_terms(&m, MATHS_PROMPT);
+        let note = expert_terms(&m, NOTE_PROMPT);
+        // Each prompt is one expert's and hardly the other's.
+        assert!(maths[0].0 > 0.9 && maths[1].0 < 0.1, "{maths:?}");
+        assert!(note[0].0 < 0.1 && note[1].0 > 0.9, "{note:?}");
+        // A centre far below every score: the note's expert raises it, by a lot.
+        assert!(note[1].1 > 1.0, "{note:?}");
+        assert!(m.classify(NOTE_PROMPT).complexity > model().classify(NOTE_PROMPT).complexity);
     }
 
     #[test]
