@@ -219,25 +219,22 @@ fn import_dedupes_and_excludes_another_split() {
     assert_eq!(lines[0]["source"], "gsm8k");
 }
 
+/// `eval compare` of the embedded model against itself on `data` (50 resamples): its report.
+fn compare_embedded_with_itself(data: &std::path::Path, flags: &[&str]) -> String {
+    let data = data.to_str().unwrap();
+    let mut args = vec!["eval", "compare", "--data", data, "embedded", "embedded"];
+    args.extend(["--resamples", "50"]);
+    args.extend(flags);
+    let (ok, md, err) = run(&args);
+    assert!(ok, "{err}");
+    md
+}
+
 #[test]
 fn compare_gives_a_paired_interval() {
     let dir = tmpdir("compare");
     let data = four_prompts(&dir);
-    let (ok, md, err) = run(&[
-        "eval",
-        "compare",
-        "--data",
-        data.to_str().unwrap(),
-        "embedded",
-        "embedded",
-        "--cheap",
-        "small",
-        "--strong",
-        "big",
-        "--resamples",
-        "50",
-    ]);
-    assert!(ok, "{err}");
+    let md = compare_embedded_with_itself(&data, &["--cheap", "small", "--strong", "big"]);
     // The same model on both sides: no difference, and an interval of exactly zero.
     assert!(md.contains("| +0.000 | [+0.000, +0.000] |"), "{md}");
 }
@@ -264,17 +261,7 @@ fn compare_ranks_complexity_against_difficulty_ratings() {
         .map(|(p, d)| format!("{}\n", json!({"prompt": p, "difficulty": d})))
         .collect();
     std::fs::write(&data, text).unwrap();
-    let (ok, md, err) = run(&[
-        "eval",
-        "compare",
-        "--data",
-        data.to_str().unwrap(),
-        "embedded",
-        "embedded",
-        "--resamples",
-        "50",
-    ]);
-    assert!(ok, "{err}");
+    let md = compare_embedded_with_itself(&data, &[]);
     // Only the four rated prompts count; the same model on both sides differs by nothing.
     let row = md
         .lines()
