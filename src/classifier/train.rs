@@ -1542,10 +1542,27 @@ fn fit_experts(
         Some(experts) => experts.clone(),
         None => default_experts(&args.complexity_lexicon, train),
     };
+    if args.complexity_experts.is_none()
+        && wanted.is_empty()
+        && args.complexity_lexicon.iter().any(|f| f == "levels")
+    {
+        eprintln!(
+            "no complexity expert: fewer than {MIN_CALIBRATION_ROWS} maths training prompts carry \
+             recorded outcomes to fit the levels expert's slope on"
+        );
+    }
     let mut experts = Vec::new();
     let mut fits = Vec::new();
     for (family, intents) in &wanted {
         let (spec, fit) = fit_expert(family, intents, config, train, cfeats)?;
+        eprintln!(
+            "complexity expert {family}:{}: slope {:.3}, centre {:.4}, over {} training prompts \
+             with recorded outcomes",
+            intents.join("+"),
+            spec.slope,
+            spec.centre,
+            fit.prompts
+        );
         experts.push(spec);
         fits.push(fit);
     }
