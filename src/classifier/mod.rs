@@ -1871,12 +1871,18 @@ mod tests {
             .iter()
             .position(|e| e.family == "levels")
             .expect("the default model has a levels expert");
-        assert_eq!(m.config.complexity_experts[levels].intents, ["math"]);
+        // For maths and the intents without recorded outcomes, not for the creative writing
+        // of the note below.
+        let intents = &m.config.complexity_experts[levels].intents;
+        assert!(
+            intents.iter().any(|i| i == "math") && !intents.iter().any(|i| i == "creative_writing"),
+            "{intents:?}"
+        );
         // The maths problem is the levels expert's; the note hardly is.
         let maths = expert_terms(m, MATHS_PROMPT)[levels];
         let note = expert_terms(m, NOTE_PROMPT)[levels];
         assert!(maths.0 > 0.9 && note.0 < 0.1, "{maths:?} {note:?}");
-        assert!(maths.1.abs() > 10.0 * note.1.abs(), "{maths:?} {note:?}");
+        assert!(maths.1.abs() > 5.0 * note.1.abs(), "{maths:?} {note:?}");
     }
 
     #[test]

@@ -1472,19 +1472,35 @@ fn parse_expert(text: &str) -> anyhow::Result<ExpertSpec> {
     Ok((family.trim().to_string(), intents))
 }
 
+/// An intent with fewer training prompts with recorded outcomes than this takes its complexity
+/// from ratings and priors, the levels family's kind of label, rather than from outcomes.
+const MIN_OUTCOME_INTENT_PROMPTS: usize = 100;
+
 /// The complexity experts when `--complexity-expert` is not given: levels (MATH's difficulty
-/// levels) for maths, when the model fits a levels lexicon and at least
-/// [`MIN_CALIBRATION_ROWS`] maths training prompts carry recorded outcomes to fit its slope on;
-/// else none. An outcomes expert for the other intents is left to the flag: on the default
-/// data it moved no held-out APGR beyond its bootstrap interval and ranked the hand-written
-/// difficulty ratings worse (the project's `eval/router-development.md`).
+/// levels and the hand-written ratings) for maths and for every intent with fewer than
+/// [`MIN_OUTCOME_INTENT_PROMPTS`] training prompts with recorded outcomes (chat, rewrites,
+/// summaries and the like: their complexity labels are ratings and priors, not outcomes), when
+/// the model fits a levels lexicon and at least [`MIN_CALIBRATION_ROWS`] of those prompts carry
+/// outcomes to fit its slope on; else none. An outcomes expert for the intents with outcomes
+/// is left to the flag: on the default data it moved no held-out APGR beyond its bootstrap
+/// interval and ranked the hand-written difficulty ratings worse (the project's
+/// `eval/router-development.md`).
 pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec> {
-    let maths_with_outcomes = train
+    let with_outcomes = |intent: &str| {
+        train
+            .iter()
+            .filter(|e| e.cheap_error.is_some() && e.intent.as_deref() == Some(intent))
+            .count()
+    };
+    let intents: Vec<&str> = INTENTS
         .iter()
-        .filter(|e| e.cheap_error.is_some() && e.intent.as_deref() == Some("math"))
-        .count();
-    if families.iter().any(|f| f == "levels") && maths_with_outcomes >= MIN_CALIBRATION_ROWS {
-        vec![("levels".to_string(), vec!["math".to_string()])]
+        .copied()
+        .filter(|&i| i == "math" || with_outcomes(i) < MIN_OUTCOME_INTENT_PROMPTS)
+        .collect();
+    let fit_rows: usize = intents.iter().map(|i| with_outcomes(i)).sum();
+    if families.iter().any(|f| f == "levels") && fit_rows >= MIN_CALIBRATION_ROWS {
+        let names = intents.iter().map(|i| i.to_string()).collect();
+        vec![("levels".to_string(), names)]
     } else {
         Vec::new()
     }
@@ -3108,7 +3124,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_expert_is_levels_for_maths_with_enough_recorded_outcomes() {
+    fn the_default_expert_is_levels_for_maths_and_the_intents_without_outcomes() {
         let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let prompts = |intent: &'static str, n: usize, outcomes: bool| {
             (0..n).map(move |_| {
@@ -3117,26 +3133,39 @@ mod tests {
                 e
             })
         };
-        let mut train: Vec<Example> = prompts("math", 150, true)
+        // Open QA and coding have enough prompts with outcomes for the outcomes family to speak
+        // for them; chat has none, reasoning and brainstorming too few. The slope is fitted on
+        // the 220 prompts with outcomes of maths, reasoning and brainstorming.
+        let train: Vec<Example> = prompts("math", 150, true)
             .chain(prompts("math", 100, false))
             .chain(prompts("open_qa", 500, true))
+            .chain(prompts("coding", 100, true))
+            .chain(prompts("reasoning", 30, true))
+            .chain(prompts("chat", 300, false))
+            .chain(prompts("brainstorming", 40, true))
             .collect();
         let both = strings(&["outcomes", "levels"]);
-        let levels_math = ("levels".to_string(), strings(&["math"]));
+        let without: Vec<&str> = INTENTS
+            .iter()
+            .copied()
+            .filter(|i| !["open_qa", "coding"].contains(i))
+            .collect();
+        let levels = ("levels".to_string(), strings(&without));
         assert_eq!(
             default_experts(&both, &train),
-            [],
-            "150 maths prompts with outcomes are too few"
-        );
-        train.extend(prompts("math", 50, true));
-        assert_eq!(
-            default_experts(&both, &train),
-            std::slice::from_ref(&levels_math)
+            std::slice::from_ref(&levels)
         );
         assert_eq!(
             default_experts(&strings(&["levels"]), &train),
-            [levels_math]
+            std::slice::from_ref(&levels)
         );
+        // Its slope needs 200 prompts with outcomes: 150 of maths and 30 of reasoning are too
+        // few.
+        let few: Vec<Example> = prompts("math", 150, true)
+            .chain(prompts("reasoning", 30, true))
+            .chain(prompts("open_qa", 500, true))
+            .collect();
+        assert_eq!(default_experts(&both, &few), []);
         // No outcomes expert by default, and none without a levels lexicon.
         assert_eq!(default_experts(&strings(&["outcomes"]), &train), []);
         assert_eq!(default_experts(&[], &train), []);
