@@ -1563,8 +1563,9 @@ fn fit_experts(
         && args.complexity_lexicon.iter().any(|f| f == "levels")
     {
         eprintln!(
-            "no complexity expert: fewer than {MIN_CALIBRATION_ROWS} maths training prompts carry \
-             recorded outcomes to fit the levels expert's slope on"
+            "no complexity expert: fewer than {MIN_CALIBRATION_ROWS} training prompts of the \
+             levels expert's intents (maths, and those with almost no outcomes) carry recorded \
+             outcomes to fit its slope on"
         );
     }
     let mut experts = Vec::new();
