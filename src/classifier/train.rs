@@ -1486,19 +1486,22 @@ const MIN_OUTCOME_INTENT_PROMPTS: usize = 100;
 /// interval and ranked the hand-written difficulty ratings worse (the project's
 /// `eval/router-development.md`).
 pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec> {
-    let with_outcomes = |intent: &str| {
-        train
-            .iter()
-            .filter(|e| e.cheap_error.is_some() && e.intent.as_deref() == Some(intent))
-            .count()
-    };
-    let intents: Vec<&str> = INTENTS
+    // Each intent's training prompts with recorded outcomes, counted in one pass.
+    let mut with_outcomes = vec![0usize; INTENTS.len()];
+    for e in train.iter().filter(|e| e.cheap_error.is_some()) {
+        if let Some(at) = INTENTS.iter().position(|i| Some(*i) == e.intent.as_deref()) {
+            with_outcomes[at] += 1;
+        }
+    }
+    let (intents, counts): (Vec<&str>, Vec<usize>) = INTENTS
         .iter()
-        .copied()
-        .filter(|&i| i == "math" || with_outcomes(i) < MIN_OUTCOME_INTENT_PROMPTS)
-        .collect();
-    let fit_rows: usize = intents.iter().map(|i| with_outcomes(i)).sum();
-    if families.iter().any(|f| f == "levels") && fit_rows >= MIN_CALIBRATION_ROWS {
+        .zip(with_outcomes)
+        .filter(|(i, n)| **i == "math" || *n < MIN_OUTCOME_INTENT_PROMPTS)
+        .map(|(i, n)| (*i, n))
+        .unzip();
+    if families.iter().any(|f| f == "levels")
+        && counts.iter().sum::<usize>() >= MIN_CALIBRATION_ROWS
+    {
         let names = intents.iter().map(|i| i.to_string()).collect();
         vec![("levels".to_string(), names)]
     } else {
