@@ -568,7 +568,8 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
             let intent = str_field(&f, line, &v, "intent")?;
             // A writer's 1–5 rating maps like a MATH level; without one, priors for the tasks a
             // cheap model rarely gets wrong. Both are documented in the model card.
-            let prior = match rating(&f, line, &v)? {
+            let rated = rating(&f, line, &v)?;
+            let prior = match rated {
                 Some(r) => Some(0.1 + 0.2 * (r - 1.0)),
                 None => match intent.as_str() {
                     "chat" => Some(0.05),
@@ -585,6 +586,7 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
                 prior,
                 str_field(&f, line, &v, "source")?,
             );
+            e.difficulty = rated;
             e.handwritten = true;
             out.push(e);
         }

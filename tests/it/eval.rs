@@ -349,6 +349,10 @@ fn a_handwritten_rating_sets_complexity_and_a_bad_one_is_named() {
     assert!((lines[0]["complexity"].as_f64().unwrap() - 0.7).abs() < 1e-6);
     assert!((lines[1]["complexity"].as_f64().unwrap() - 0.05).abs() < 1e-6);
     assert!(lines[2].get("complexity").is_none_or(Value::is_null));
+    // The rating itself is kept too: it is what makes the prompt a "levels" label in training
+    // (and what `eval classify` ranks complexity against).
+    assert_eq!(lines[0]["difficulty"].as_f64(), Some(4.0));
+    assert!(lines[1].get("difficulty").is_none_or(Value::is_null));
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(
