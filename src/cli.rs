@@ -134,6 +134,10 @@ pub enum Command {
         /// domain: the hand-written examples are few but the only everyday-voice prompts.
         #[arg(long, default_value_t = 20.0)]
         handwritten_weight: f32,
+        /// How many times a hand-written prompt with a 1–5 difficulty rating counts in the fit
+        /// of the complexity lexicon's "levels" family, against once for a MATH problem.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rated_weight: u32,
         /// The share of the intent and domain heads' inputs zeroed at random at each training
         /// step (seeded): the heads learn not to hang a decision on one input.
         #[arg(long, default_value_t = 0.3, value_parser = unit_interval)]

@@ -82,6 +82,8 @@ pub struct TrainArgs {
     pub cap_per_source: usize,
     /// The loss weight of a hand-written example (intent and domain heads).
     pub handwritten_weight: f32,
+    /// How many times a rated hand-written prompt counts in the "levels" lexicon's ridge fit.
+    pub rated_weight: u32,
     /// The share of the intent and domain heads' inputs zeroed at each training step (0: none).
     pub dropout: f32,
     /// The heads' AdamW weight decay.
@@ -1898,6 +1900,17 @@ pub fn complexity_family(e: &Example) -> Option<&'static str> {
     (!e.handwritten).then_some("outcomes")
 }
 
+/// How many times an example counts in a complexity lexicon's ridge fit: `rated_weight` for a
+/// hand-written prompt with a difficulty rating (a few hundred everyday prompts beside thousands
+/// of MATH problems in the "levels" family), once for any other.
+pub fn fit_weight(e: &Example, rated_weight: u32) -> usize {
+    if e.handwritten && e.difficulty.is_some() {
+        rated_weight.max(1) as usize
+    } else {
+        1
+    }
+}
+
 /// Per token, the idf over the prompts `ids` (ln((1 + n) / (1 + df)) + 1, as scikit-learn's
 /// smooth idf), 0 for a token in fewer than two prompts; rounded to f16 as stored.
 pub fn token_idf(ids: &[Vec<u32>], vocab: usize) -> Vec<f32> {
@@ -2095,7 +2108,10 @@ fn complexity_features(
                     .iter()
                     .zip(&designs)
                     .filter(|(&i, _)| keep(i))
-                    .map(|(&i, d)| (d.as_slice(), f64::from(train[i].complexity.unwrap_or(0.0))))
+                    .flat_map(|(&i, d)| {
+                        let row = (d.as_slice(), f64::from(train[i].complexity.unwrap_or(0.0)));
+                        std::iter::repeat_n(row, fit_weight(&train[i], args.rated_weight))
+                    })
                     .unzip();
                 let w = ridge(&x, &y, surface_at + EXTRA_FEATURES, *alpha);
                 let f16 = |v: &[f64]| -> Vec<f32> {
@@ -2520,7 +2536,7 @@ pub fn model_card(
     let mut cmd = format!(
         "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} \
          --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-wide {} --complexity-intent {} --epochs {} --seed {} \
-         --cap-per-source {} --handwritten-weight {} --dropout {} --weight-decay {}",
+         --cap-per-source {} --handwritten-weight {} --rated-weight {} --dropout {} --weight-decay {}",
         args.data.display(),
         args.handwritten.display(),
         args.dim,
@@ -2544,6 +2560,7 @@ pub fn model_card(
         args.seed,
         args.cap_per_source,
         args.handwritten_weight,
+        args.rated_weight,
         args.dropout,
         args.weight_decay
     );
@@ -2586,10 +2603,12 @@ PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEv
 models of 40B parameters and up against the smaller ones, as below), RouteLLM MMLU (open QA; domain by subject; contaminated prompts dropped) and RouteLLM's \
 GSM8K half (maths), both with complexity from Mixtral/GPT-4 correctness as what escalating buys (0.9 right only by GPT-4, 0.1 right by \
 both or wrong by both, 0.0 right only by Mixtral), and the project's hand-written examples in `training-data/` (complexity from the writer's 1–5 \
-rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
+rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`; a rated \
+one is a \"levels\" label and counts {} times in that family's lexicon fit, where a few hundred everyday prompts sit beside thousands of \
+MATH problems). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
 a hand-written group) are held out for validation, about one in five by a hash of the source name. Of the other MMLU, MATH, LLMRouter \
 and RouteLLM GSM8K sources, one prompt in {} is held out as well, by a hash of its text: the router mostly meets prompts like those it \
-was trained on, and subjects it has never seen are the harder, rarer case.\n\n", m.validation_rows.rule.one_in));
+was trained on, and subjects it has never seen are the harder, rarer case.\n\n", args.rated_weight, m.validation_rows.rule.one_in));
     s.push_str(&format!(
         "## Validation (held-out sources)\n\n{} training and {} validation examples; held out: {}.\n\n",
         m.train_examples,
@@ -3013,6 +3032,7 @@ mod tests {
             split_seed: None,
             cap_per_source: 100,
             handwritten_weight: 1.0,
+            rated_weight: 1,
             dropout: 0.0,
             weight_decay: 1e-4,
             extra: Vec::new(),
@@ -3312,6 +3332,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("vibes") && err.contains("outcomes"), "{err}");
+    }
+
+    #[test]
+    fn rated_hand_written_prompts_weigh_rated_weight_in_the_levels_fit() {
+        // MATH problems say token 6 marks a level-5 problem; two rated hand-written prompts
+        // with the same token are rated 1. Counting those twenty times each pulls the token's
+        // levels weight down; public prompts always count once.
+        let mut train = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let level = 1 + i % 5;
+            let mut e = example("y", "math", "general");
+            e.source = "math/Algebra".into();
+            e.difficulty = Some(level as f32);
+            e.complexity = Some(0.1 + 0.2 * (level - 1) as f32);
+            train.push(e);
+            ids.push(if level == 5 {
+                vec![3, 4, 6]
+            } else {
+                vec![3, 4]
+            });
+        }
+        for _ in 0..2 {
+            let mut e = example("z", "chat", "general");
+            e.source = "handwritten-rated-0".into();
+            e.handwritten = true;
+            e.difficulty = Some(1.0);
+            e.complexity = Some(0.1);
+            train.push(e);
+            ids.push(vec![3, 6]);
+        }
+        assert_eq!(fit_weight(&train[0], 20), 1);
+        assert_eq!(fit_weight(&train[20], 20), 20);
+        let mut args = test_args();
+        args.complexity_lexicon = vec!["levels".into()];
+        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let feats: Vec<Vec<f32>> = (0..train.len())
+            .map(|_| vec![0.0; config.inputs()])
+            .collect();
+        let token_6 = |args: &TrainArgs| {
+            let (_, entries, _) =
+                complexity_features(args, &config, &train, &ids, 8, &feats).unwrap();
+            let b = &entries[0].1[6 * 2..6 * 2 + 2];
+            half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+        };
+        let once = token_6(&args);
+        args.rated_weight = 20;
+        let twenty = token_6(&args);
+        assert!(once > 0.0, "{once}");
+        assert!(twenty < once - 0.05, "{twenty} vs {once}");
     }
 
     #[test]
