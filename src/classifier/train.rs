@@ -2730,12 +2730,15 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
 in everyday voice: `eval/reports/classify-everyday-dev`, `classify-everyday-test`, `classify-everyday-test-2` and \
 `classify-everyday-test-3` (`scripts/eval-reports`) score it on the hand-written sets in `eval/prompts/`, which no training run \
 reads.\n\
-- Complexity rates coding prompts low whatever their difficulty, and on `eval/reports/classify-difficulty` (prompts of every \
-intent with a developer's 1–5 rating) prompt length ranks difficulty better than the model does.\n\
+- Complexity puts coding prompts in a narrow band whatever their difficulty (about 0.3 to 0.5 on the rated sets of \
+`eval/prompts/difficulty*.jsonl`): coding is not among the levels expert's intents, and its recorded outcomes say little of how hard \
+a program is to write.\n\
+- The difficulty ratings the levels lexicon learns from outside maths (`training-data/rated*.jsonl`) and those it is scored on \
+(`eval/prompts/difficulty*.jsonl`) are one team's, so the ρ figures on those sets measure agreement with that team's sense of hard.\n\
 - The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
 - Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\
-- MMLU subjects labelled general but close to medicine (biology, human sexuality) are often scored medical: that lowers the medical \
-precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral, GPT-4, LLMRouter's 9 open models); other pairs may disagree.\n\
+- MMLU subjects labelled general but close to medicine or money (biology, psychology, human sexuality, statistics) are often \
+scored medical or finance: that lowers those domains' precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral, GPT-4, LLMRouter's 9 open models); other pairs may disagree.\n\
 - English only in practice: the vocabulary is uncased English WordPiece.\n");
     s
 }
