@@ -62,6 +62,39 @@ fn matches_the_independent_python_reference() {
     }
 }
 
+/// `metrics.json`'s `complexity_spearman_math_level` ranks against MATH levels only: a
+/// hand-written prompt's rating, which training now reads as a difficulty too, stays out of it.
+#[test]
+fn validation_complexity_ranks_against_math_levels_only() {
+    use switchyard::eval::datasets::Example;
+    let c = model();
+    let example = |prompt: &str, difficulty: f32, handwritten: bool| Example {
+        prompt: prompt.into(),
+        intent: Some("math".into()),
+        domain: Some("general".into()),
+        complexity: None,
+        difficulty: Some(difficulty),
+        cheap_error: None,
+        source: "math/Algebra".into(),
+        handwritten,
+    };
+    let maths = vec![
+        example("What is 2 + 3?", 1.0, false),
+        example("Solve 3x + 7 = 22 for x.", 2.0, false),
+        example(
+            "Prove that there are infinitely many primes p for which p + 2 is composite, and find the smallest three.",
+            4.0,
+            false,
+        ),
+    ];
+    let mut with_rated = maths.clone();
+    with_rated.push(example("hi", 5.0, true));
+    let (_, _, alone, _) = switchyard::classifier::train::evaluate(&c, &maths);
+    let (_, _, mixed, _) = switchyard::classifier::train::evaluate(&c, &with_rated);
+    assert!(alone.is_some());
+    assert_eq!(alone, mixed);
+}
+
 #[test]
 fn the_embedded_model_is_the_committed_one() {
     let embedded = Classifier::embedded()
