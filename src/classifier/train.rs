@@ -1575,8 +1575,9 @@ fn fit_experts(
     {
         eprintln!(
             "no complexity expert: fewer than {MIN_CALIBRATION_ROWS} training prompts of the \
-             levels expert's intents (maths, and those with almost no outcomes) carry recorded \
-             outcomes to fit its slope on"
+             levels expert's intents (maths, and each intent with fewer than \
+             {MIN_OUTCOME_INTENT_PROMPTS} prompts with outcomes) carry recorded outcomes to fit \
+             its slope on"
         );
     }
     let mut experts = Vec::new();
