@@ -412,6 +412,7 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
             "difficulty-2.jsonl",
             "difficulty-3.jsonl",
             "difficulty-4.jsonl",
+            "difficulty-5.jsonl",
         ]
         .contains(&file)
             || file
