@@ -413,7 +413,6 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
             "difficulty-3.jsonl",
             "difficulty-4.jsonl",
             "difficulty-5.jsonl",
-            "everyday-test-10.jsonl",
         ]
         .contains(&file)
             || file
