@@ -2734,9 +2734,8 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
         s.push('\n');
     }
     s.push_str("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does much worse on prompts \
-in everyday voice: `eval/reports/classify-everyday-dev`, `classify-everyday-test`, `classify-everyday-test-2` and \
-`classify-everyday-test-3` (`scripts/eval-reports`) score it on the hand-written sets in `eval/prompts/`, which no training run \
-reads.\n\
+in everyday voice: `eval/reports/classify-everyday-*` and `classify-difficulty*` (`scripts/eval-reports`) score it on the \
+hand-written sets in `eval/prompts/`, which no training run reads.\n\
 - Outside maths, what the levels lexicon (and so the complexity of every intent the levels expert speaks for) knows of difficulty \
 comes from about 290 rated hand-written prompts (`training-data/rated*.jsonl`), rated by the team that also rated \
 `eval/prompts/difficulty*.jsonl`: the ρ figures on those sets measure agreement with that team's sense of hard, and shared habits \
@@ -3157,7 +3156,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_expert_is_levels_for_maths_and_the_intents_without_outcomes() {
+    fn the_default_expert_is_levels_for_maths_and_the_intents_with_few_outcomes() {
         let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let prompts = |intent: &'static str, n: usize, outcomes: bool| {
             (0..n).map(move |_| {
@@ -3167,12 +3166,14 @@ mod tests {
             })
         };
         // Open QA and coding have enough prompts with outcomes for the outcomes family to speak
-        // for them; chat has none, reasoning and brainstorming too few. The slope is fitted on
-        // the 220 prompts with outcomes of maths, reasoning and brainstorming.
+        // for them (coding exactly the threshold); chat has none, reasoning and brainstorming
+        // too few. The slope is fitted on the 220 prompts with outcomes of maths, reasoning and
+        // brainstorming.
+        let enough = MIN_OUTCOME_INTENT_PROMPTS;
         let train: Vec<Example> = prompts("math", 150, true)
             .chain(prompts("math", 100, false))
-            .chain(prompts("open_qa", 5000, true))
-            .chain(prompts("coding", 1000, true))
+            .chain(prompts("open_qa", 5 * enough, true))
+            .chain(prompts("coding", enough, true))
             .chain(prompts("reasoning", 30, true))
             .chain(prompts("chat", 300, false))
             .chain(prompts("brainstorming", 40, true))
@@ -3196,7 +3197,7 @@ mod tests {
         // few.
         let few: Vec<Example> = prompts("math", 150, true)
             .chain(prompts("reasoning", 30, true))
-            .chain(prompts("open_qa", 5000, true))
+            .chain(prompts("open_qa", 5 * enough, true))
             .collect();
         assert_eq!(default_experts(&both, &few), []);
         // No outcomes expert by default, and none without a levels lexicon.

@@ -407,19 +407,15 @@ fn no_training_prompt_is_written_twice() {
 #[test]
 fn later_everyday_sets_reword_no_other_evaluation_prompt() {
     use switchyard::eval::dataset::{content_words, near_duplicates};
+    // The number in a set's file name, e.g. 5 for "difficulty-5.jsonl".
+    let number = |file: &str, prefix: &str| {
+        file.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
     let checked = |file: &str| {
-        [
-            "difficulty-2.jsonl",
-            "difficulty-3.jsonl",
-            "difficulty-4.jsonl",
-            "difficulty-5.jsonl",
-        ]
-        .contains(&file)
-            || file
-                .strip_prefix("everyday-test-")
-                .and_then(|rest| rest.strip_suffix(".jsonl"))
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|n| n >= 4)
+        number(file, "difficulty-").is_some_and(|n| n >= 2)
+            || number(file, "everyday-test-").is_some_and(|n| n >= 4)
     };
     let eval: Vec<_> = prompts_in("eval/prompts")
         .into_iter()
