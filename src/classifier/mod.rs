@@ -1894,8 +1894,9 @@ mod tests {
         let mut config = serde_json::to_value(&model().config).unwrap();
         config["complexity_experts"] = serde_json::json!([
             {"family": "levels", "intents": ["math"], "slope": 2.0, "centre": 0.0},
-            {"family": "outcomes", "intents": ["creative_writing", "chat"], "slope": 5.0,
-             "centre": -1.0},
+            // A note is creative writing to the model, with some doubt towards a rewrite.
+            {"family": "outcomes", "intents": ["creative_writing", "rewrite", "chat"],
+             "slope": 5.0, "centre": -1.0},
         ]);
         let m = load_with(&config).unwrap();
         let maths = expert_terms(&m, MATHS_PROMPT);
