@@ -222,11 +222,28 @@ def main():
             score = scores[families.index(expert["family"])]
             z += min(max(gate, 0.0), 1.0) * expert["slope"] * (score - expert["centre"])
 
+        def pool_bag(name, heads):
+            # A bag is a multinomial logistic regression over the prompt's TF-IDF bag of tokens
+            # (its own idf); its probabilities are pooled with the heads' mean as
+            # p ~ heads^(1 - w) * bag^w.
+            weight = cfg.get(name, 0.0)
+            if not weight:
+                return heads
+            bidf = w[name + "_idf"][0]
+            rows, (_, n) = w[name]
+            bag = [(i, (1 + math.log(ids.count(i))) * bidf[i]) for i in sorted(set(ids)) if bidf[i] > 0]
+            norm = math.sqrt(sum(v * v for _, v in bag))
+            z = [w[name + "_bias"][0][j] + (sum(v / norm * rows[i * n + j] for i, v in bag) if norm > 0 else 0.0) for j in range(n)]
+            probs = softmax(z)
+            floor = 1e-12
+            return softmax([(1 - weight) * math.log(max(h, floor)) + weight * math.log(max(q, floor)) for h, q in zip(heads, probs)])
+
         results.append({
             "prompt": p,
             "token_ids": ids,
-            "intent": dict(zip(cfg["intent_labels"], intent)),
-            "domain": dict(zip(cfg["domain_labels"], mean_of_members("domain"))),
+            # The complexity above read the heads' intent; the reported one is pooled with the bag.
+            "intent": dict(zip(cfg["intent_labels"], pool_bag("intent_bag", intent))),
+            "domain": dict(zip(cfg["domain_labels"], pool_bag("domain_bag", mean_of_members("domain")))),
             "complexity": 1 / (1 + math.exp(-z)),
         })
     json.dump(results, sys.stdout, indent=1)

@@ -81,6 +81,15 @@ pub enum Command {
         /// the heads after the domain lexicon (needs --lexicon-alpha above 0).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         intent_lexicon: bool,
+        /// The weight of the intent bag in the intent the model reports: a multinomial logistic
+        /// regression over the prompt's TF-IDF bag of tokens, whose probabilities are pooled with
+        /// the intent heads' (p ∝ heads^(1 - w) · bag^w). 0: no bag.
+        #[arg(long, default_value_t = 0.5)]
+        intent_bag: f32,
+        /// The same for the domain: the weight of a domain bag pooled with the domain heads'
+        /// probabilities. 0: no bag.
+        #[arg(long, default_value_t = 0.0)]
+        domain_bag: f32,
         /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
         /// model averages their probabilities, so that no single seed decides a borderline
         /// prompt.

@@ -69,6 +69,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             complexity_dims,
             lexicon_alpha,
             intent_lexicon,
+            intent_bag,
+            domain_bag,
             ensemble,
             complexity_lexicon,
             complexity_wide,
@@ -106,6 +108,8 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 complexity_dims,
                 lexicon_alpha,
                 intent_lexicon,
+                intent_bag,
+                domain_bag,
                 ensemble,
                 complexity_lexicon,
                 complexity_wide: complexity_wide

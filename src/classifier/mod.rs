@@ -9,6 +9,7 @@
 //! weights read from safetensors. Training uses candle; a test pins both paths to the same
 //! outputs.
 
+pub mod bag;
 pub mod encoder;
 pub mod train;
 pub mod wordpiece;
@@ -74,6 +75,17 @@ pub struct ModelConfig {
     /// kind of table over the intent labels: its features follow the domain lexicon's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub intent_lexicon: bool,
+    /// The weight of the intent bag ([`bag::BagModel`]: `intent_bag`, `intent_bag_bias` and
+    /// `intent_bag_idf` in the weights) in the intent the model reports: its probabilities are
+    /// pooled with the mean of the intent heads' as p ∝ heads^(1 − w) · bag^w. 0: the model has
+    /// no intent bag. The complexity head and the experts read the heads' mean alone, as they
+    /// were trained on it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub intent_bag: f32,
+    /// The same for the domain: the weight of the domain bag (`domain_bag`, `domain_bag_bias`
+    /// and `domain_bag_idf`) pooled with the domain heads' mean. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub domain_bag: f32,
     /// The families of complexity labels the model holds a complexity lexicon for
     /// (`complexity_lexicon` and `token_idf` in the weights), e.g. `["outcomes", "levels"]`: one
     /// score per family follows every other feature, and only the complexity head reads them.
@@ -366,6 +378,8 @@ pub struct Classifier {
     encoder: Option<encoder::Encoder>,
     domain_lexicon: Option<Lexicon>,
     intent_lexicon: Option<Lexicon>,
+    intent_bag: Option<bag::BagModel>,
+    domain_bag: Option<bag::BagModel>,
     complexity_lexicon: Option<ComplexityLexicon>,
     /// The intent heads of the ensemble (one, for most models), then the domain heads.
     pub intent: Vec<Head>,
@@ -460,6 +474,9 @@ pub const GENERAL: &str = "general";
 
 /// The default of `below`: chosen on everyday tests 1 to 7 (see the README).
 pub const DEFAULT_DOMAIN_CHECK_BELOW: f32 = 0.9;
+
+/// The floor of a probability whose logarithm is taken: a head's softmax can round to 0.
+const MIN_PROB: f32 = 1e-12;
 
 fn softmax(v: &mut [f32]) {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -1092,6 +1109,38 @@ impl Classifier {
             "domain_lexicon",
             config.domain_labels.len(),
         )?;
+        let bag = |name: &str, weight: f32, labels: usize| -> Result<_, ModelError> {
+            if weight == 0.0 {
+                return Ok(None);
+            }
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(load_err(
+                    format!("{origin}/config.json"),
+                    format!("{name}: {weight}, but it must be 0 to 1"),
+                ));
+            }
+            let vocab = tokenizer.vocab_size();
+            let (rows, shape) = tensor_f32(&st, name, &wpath)?;
+            let (bias, bias_shape) = tensor_f32(&st, &format!("{name}_bias"), &wpath)?;
+            let (idf, idf_shape) = tensor_f32(&st, &format!("{name}_idf"), &wpath)?;
+            if shape != [vocab, labels] || bias_shape != [labels] || idf_shape != [vocab] {
+                return Err(load_err(
+                    &wpath,
+                    format!(
+                        "{name} shape {shape:?}, {name}_bias shape {bias_shape:?} and {name}_idf \
+                         shape {idf_shape:?} do not match the vocabulary and the labels"
+                    ),
+                ));
+            }
+            Ok(Some(bag::BagModel {
+                labels,
+                idf,
+                rows,
+                bias,
+            }))
+        };
+        let intent_bag = bag("intent_bag", config.intent_bag, config.intent_labels.len())?;
+        let domain_bag = bag("domain_bag", config.domain_bag, config.domain_labels.len())?;
         let complexity_lexicon = if config.complexity_lexicon.is_empty() {
             None
         } else {
@@ -1194,6 +1243,8 @@ impl Classifier {
             encoder,
             domain_lexicon,
             intent_lexicon,
+            intent_bag,
+            domain_bag,
             complexity_lexicon,
             intent,
             domain,
@@ -1408,14 +1459,23 @@ impl Classifier {
 
     /// The domain probabilities alone.
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
-        let (f, _) = self.features(text);
+        let ids = self.tokens(text);
+        let f = self.features_of_ids(&ids, text);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
-        Self::head_scores(
+        let heads = Self::head_scores(
             &f,
             &self.domain,
             &self.config.domain_labels,
             &mut hidden,
             &mut out,
+        );
+        let mut sorted = ids;
+        sorted.sort_unstable();
+        pool_bag(
+            heads,
+            self.domain_bag.as_ref(),
+            self.config.domain_bag,
+            &sorted,
         )
     }
 
@@ -1430,10 +1490,11 @@ impl Classifier {
 
     /// The scores of this model alone, without the domain check.
     pub fn classify_unchecked(&self, text: &str) -> Scores {
-        let (f, tokens) = self.features(text);
+        let ids = self.tokens(text);
+        let f = self.features_of_ids(&ids, text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
-        let intent_scores = Self::head_scores(
+        let head_intent = Self::head_scores(
             &f,
             &self.intent,
             &self.config.intent_labels,
@@ -1447,23 +1508,37 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
-        let cf = self.complexity_input(&f, intent_scores.iter().map(|(_, p)| *p));
+        let cf = self.complexity_input(&f, head_intent.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let mut z = self.config.calibrated_logit(out[0]);
         let scores = self.config.lexicon_scores(&f);
         for (e, spec) in self.experts.iter().zip(&self.config.complexity_experts) {
             let score = scores.get(e.family).copied().unwrap_or(0.0);
-            let gate = e.intents.iter().map(|&i| intent_scores[i].1).sum();
+            let gate = e.intents.iter().map(|&i| head_intent[i].1).sum();
             z += spec.evidence(score, gate);
         }
         let complexity = 1.0 / (1.0 + (-z).exp());
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let intent_scores = pool_bag(
+            head_intent,
+            self.intent_bag.as_ref(),
+            self.config.intent_bag,
+            &sorted,
+        );
+        let domain_scores = pool_bag(
+            domain_scores,
+            self.domain_bag.as_ref(),
+            self.config.domain_bag,
+            &sorted,
+        );
         Scores {
             intent: best_label(&intent_scores),
             domain: best_label(&domain_scores),
             intent_scores,
             domain_scores,
             complexity,
-            tokens,
+            tokens: ids.len(),
             unchecked_domain: None,
         }
     }
@@ -1491,6 +1566,29 @@ impl Classifier {
             s.unchecked_domain = Some(first);
         }
     }
+}
+
+/// The probabilities a model reports: its heads' mean `heads`, pooled with a bag's
+/// probabilities for the prompt's `sorted` token ids when it has one, with the bag's weight `w`.
+/// The pool is logarithmic, p ∝ heads^(1 − w) · bag^w: where the two agree the answer is surer
+/// than either, and a label one of them all but rules out stays unlikely.
+fn pool_bag(
+    heads: Vec<(String, f32)>,
+    bag: Option<&bag::BagModel>,
+    w: f32,
+    sorted: &[u32],
+) -> Vec<(String, f32)> {
+    let Some(bag) = bag else {
+        return heads;
+    };
+    let log = |x: f32| x.max(MIN_PROB).ln();
+    let (labels, mut pooled): (Vec<String>, Vec<f32>) = heads
+        .into_iter()
+        .zip(bag.probs_of_sorted(sorted))
+        .map(|((label, p), q)| (label, (1.0 - w) * log(p) + w * log(q)))
+        .unzip();
+    softmax(&mut pooled);
+    labels.into_iter().zip(pooled).collect()
 }
 
 /// The label with the highest probability.
@@ -1685,6 +1783,65 @@ mod tests {
     }
 
     #[test]
+    fn the_intent_bag_is_pooled_with_the_heads_logarithmically() {
+        let m = model();
+        assert!(
+            m.config.intent_bag > 0.0,
+            "the default model has an intent bag"
+        );
+        let text = "pull out every date in this: 'the party is on 3 May, RSVP by 20 April'";
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        // Weight 0: the heads alone (the bag is not even read); weight 1: the bag alone.
+        config["intent_bag"] = 0.0.into();
+        let heads = load_with(&config).unwrap().classify(text);
+        config["intent_bag"] = 1.0.into();
+        let bag = load_with(&config).unwrap().classify(text);
+        let got = m.classify(text);
+        let w = m.config.intent_bag;
+        let mut want: Vec<f32> = heads
+            .intent_scores
+            .iter()
+            .zip(&bag.intent_scores)
+            .map(|((_, h), (_, b))| (1.0 - w) * h.max(MIN_PROB).ln() + w * b.max(MIN_PROB).ln())
+            .collect();
+        softmax(&mut want);
+        let probs: Vec<f32> = got.intent_scores.iter().map(|x| x.1).collect();
+        assert!(
+            probs.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{probs:?} against {want:?}"
+        );
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_ne!(heads.intent_scores, bag.intent_scores);
+        // The complexity head and the experts read the heads' intent, whatever the bag says.
+        assert_eq!(heads.complexity, got.complexity);
+        assert_eq!(bag.complexity, got.complexity);
+    }
+
+    #[test]
+    fn a_bag_with_a_bad_weight_or_without_its_weights_is_refused() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["intent_bag"] = 1.5.into();
+        let err = load_error(&config);
+        assert!(err.contains("intent_bag: 1.5"), "{err}");
+        // The default model has no domain bag: asking for one names the missing weights.
+        assert_eq!(
+            m.config.domain_bag, 0.0,
+            "the default model has no domain bag"
+        );
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["domain_bag"] = 0.5.into();
+        let err = load_error(&config);
+        assert!(err.contains("domain_bag"), "{err}");
+        // A bag that does not fit the labels.
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["intent_labels"] = serde_json::json!(m.config.intent_labels[..11]);
+        config["intent_lexicon"] = false.into();
+        let err = load_error(&config);
+        assert!(err.contains("intent_bag shape"), "{err}");
+    }
+
+    #[test]
     fn the_complexity_lexicon_scores_a_tfidf_bag() {
         // Token 0 has no idf (too rare in training); token 2 appears twice.
         let lex = ComplexityLexicon {
@@ -1809,13 +1966,22 @@ mod tests {
     }
 
     /// Each of `m`'s experts' (gate, evidence) for `text`, computed by hand: the probability of
-    /// its intents, times slope · (its family's score − centre). Checks that `m` adds them all
-    /// to the head's calibrated logit.
+    /// its intents (the intent heads' mean, before any bag), times slope · (its family's score −
+    /// centre). Checks that `m` adds them all to the head's calibrated logit.
     fn expert_terms(m: &Classifier, text: &str) -> Vec<(f32, f32)> {
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let (f, _) = m.features(text);
         let got = m.classify(text);
-        let probs: Vec<f32> = got.intent_scores.iter().map(|(_, p)| *p).collect();
+        let probs: Vec<f32> = Classifier::head_scores(
+            &f,
+            &m.intent,
+            &m.config.intent_labels,
+            &mut hidden,
+            &mut out,
+        )
+        .iter()
+        .map(|(_, p)| *p)
+        .collect();
         let cf = m.complexity_input(&f, probs.iter().copied());
         m.complexity.forward(&cf, &mut hidden, &mut out);
         let head = m.config.calibrated_logit(out[0]);
