@@ -423,7 +423,7 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
         .collect();
     assert!(
         eval.iter().filter(|(f, _, _)| checked(f)).count() >= 6 * 96,
-        "tests 4 to 9 are missing"
+        "fewer than six sets' worth of checked prompts: the later everyday or difficulty sets are missing"
     );
     let mut found = Vec::new();
     for (i, (file, line, words)) in eval.iter().enumerate() {
