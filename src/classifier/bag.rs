@@ -1,5 +1,6 @@
-//! The intent bag: a multinomial logistic regression over a prompt's TF-IDF bag of tokens,
-//! whose probabilities the model mixes into the intent heads'.
+//! Bags: multinomial logistic regressions over a prompt's TF-IDF bag of tokens, whose
+//! probabilities the model pools with its heads' (`--intent-bag` for the intent, on by default;
+//! `--domain-bag` for the domain).
 //!
 //! The heads read pooled embeddings and lexicon summaries, which blur the one or two words
 //! that say what a prompt asks for ("tl;dr", "which of these", "pull out"), and the naive-Bayes

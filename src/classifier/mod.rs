@@ -1363,9 +1363,14 @@ impl Classifier {
     }
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
+        self.features_and_sorted(ids, text).0
+    }
+
+    /// [`Classifier::features_of_ids`], and the ids sorted, which the bags read too.
+    fn features_and_sorted(&self, ids: &[u32], text: &str) -> (Vec<f32>, Vec<u32>) {
         let mut f = self.pooled_features(ids, text);
-        // One sort of the prompt's ids serves every lexicon: the complexity lexicon counts
-        // repeats, the others read each token once.
+        // One sort of the prompt's ids serves every lexicon and bag: the complexity lexicon and
+        // the bags count repeats, the other lexicons read each token once.
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         let mut distinct = sorted.clone();
@@ -1381,7 +1386,7 @@ impl Classifier {
             surface.copy_from_slice(&f[..EXTRA_FEATURES]);
             lexicon.features_of_sorted(ids, &sorted, &surface, &mut f);
         }
-        f
+        (f, sorted)
     }
 
     /// The features before the lexicon's: the surface features and the pooled embedding.
@@ -1460,7 +1465,7 @@ impl Classifier {
     /// The domain probabilities alone.
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
         let ids = self.tokens(text);
-        let f = self.features_of_ids(&ids, text);
+        let (f, sorted) = self.features_and_sorted(&ids, text);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let heads = Self::head_scores(
             &f,
@@ -1469,8 +1474,6 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
-        let mut sorted = ids;
-        sorted.sort_unstable();
         pool_bag(
             heads,
             self.domain_bag.as_ref(),
@@ -1491,7 +1494,7 @@ impl Classifier {
     /// The scores of this model alone, without the domain check.
     pub fn classify_unchecked(&self, text: &str) -> Scores {
         let ids = self.tokens(text);
-        let f = self.features_of_ids(&ids, text);
+        let (f, sorted) = self.features_and_sorted(&ids, text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
         let head_intent = Self::head_scores(
@@ -1518,8 +1521,6 @@ impl Classifier {
             z += spec.evidence(score, gate);
         }
         let complexity = 1.0 / (1.0 + (-z).exp());
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
         let intent_scores = pool_bag(
             head_intent,
             self.intent_bag.as_ref(),
