@@ -224,12 +224,12 @@ def main():
 
         def pool_bag(name, heads):
             # A bag is a multinomial logistic regression over the prompt's TF-IDF bag of tokens
-            # (its own idf); its probabilities are pooled with the heads' mean as
-            # p ~ heads^(1 - w) * bag^w.
+            # (with the complexity lexicon's token_idf); its probabilities are pooled with the
+            # heads' mean as p ~ heads^(1 - w) * bag^w.
             weight = cfg.get(name, 0.0)
             if not weight:
                 return heads
-            bidf = w[name + "_idf"][0]
+            bidf = w["token_idf"][0]
             rows, (_, n) = w[name]
             bag = [(i, (1 + math.log(ids.count(i))) * bidf[i]) for i in sorted(set(ids)) if bidf[i] > 0]
             norm = math.sqrt(sum(v * v for _, v in bag))

@@ -8,15 +8,14 @@
 //! over the tokens weighs them against each other instead, and it errs on other prompts than the
 //! heads do: on everyday prompts their mixture beats either alone (`eval/router-development.md`).
 
-use super::{softmax, ComplexityLexicon};
+use super::softmax;
 
 /// A multinomial logistic regression over a prompt's TF-IDF bag of tokens
-/// ([`ComplexityLexicon::bag`]).
+/// ([`super::ComplexityLexicon::bag`], with the model's `token_idf`, which the complexity lexicon
+/// reads too).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BagModel {
     pub labels: usize,
-    /// Per token: its idf over the training prompts, 0 for a token too rare to carry a weight.
-    pub idf: Vec<f32>,
     /// `[vocab, labels]`, row-major.
     pub rows: Vec<f32>,
     /// One per label.
@@ -24,12 +23,13 @@ pub struct BagModel {
 }
 
 impl BagModel {
-    /// The probability of each label for a prompt whose token ids are `sorted`.
-    pub fn probs_of_sorted(&self, sorted: &[u32]) -> Vec<f32> {
+    /// The probability of each label for a prompt whose TF-IDF bag of tokens is `tfidf`; a
+    /// token outside the vocabulary counts for nothing.
+    pub fn probs(&self, tfidf: &[(u32, f32)]) -> Vec<f32> {
         let n = self.labels;
         let mut z = self.bias.clone();
         z.resize(n, 0.0);
-        for (t, v) in ComplexityLexicon::bag_of_sorted(&self.idf, sorted) {
+        for &(t, v) in tfidf {
             let at = t as usize * n;
             if let Some(row) = self.rows.get(at..at + n) {
                 for (zz, w) in z.iter_mut().zip(row) {
@@ -244,12 +244,11 @@ mod tests {
         let (w, b) = fit(&examples, 4, 3, opts());
         let model = BagModel {
             labels: 3,
-            idf: vec![1.0; 4],
             rows: w.iter().map(|x| *x as f32).collect(),
             bias: b.iter().map(|x| *x as f32).collect(),
         };
         for k in 0..3u32 {
-            let p = model.probs_of_sorted(&[k, 3]);
+            let p = model.probs(&[(k, 0.8), (3, 0.6)]);
             assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             let best = (0..3).max_by(|&i, &j| p[i].total_cmp(&p[j])).unwrap();
             assert_eq!(best, k as usize, "{p:?}");
@@ -324,15 +323,17 @@ mod tests {
     fn an_empty_bag_or_unknown_tokens_give_the_biases_alone() {
         let model = BagModel {
             labels: 2,
-            idf: vec![1.0, 0.0],
             rows: vec![5.0, -5.0, 9.0, -9.0],
             bias: vec![0.0, 0.0],
         };
-        // Token 1 has no idf and token 7 is outside the vocabulary: neither counts.
+        // Token 1 has no idf, so the TF-IDF bag leaves it out, and token 7 is outside the
+        // vocabulary: neither counts.
+        let idf = [1.0, 0.0];
         for ids in [&[][..], &[1, 7][..]] {
-            let p = model.probs_of_sorted(ids);
+            let p = model.probs(&super::super::ComplexityLexicon::bag_of_sorted(&idf, ids));
             assert!((p[0] - 0.5).abs() < 1e-6, "{p:?}");
         }
-        assert!(model.probs_of_sorted(&[0])[0] > 0.99);
+        let token_0 = super::super::ComplexityLexicon::bag_of_sorted(&idf, &[0]);
+        assert!(model.probs(&token_0)[0] > 0.99);
     }
 }

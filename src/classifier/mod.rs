@@ -75,15 +75,16 @@ pub struct ModelConfig {
     /// kind of table over the intent labels: its features follow the domain lexicon's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub intent_lexicon: bool,
-    /// The weight of the intent bag ([`bag::BagModel`]: `intent_bag`, `intent_bag_bias` and
-    /// `intent_bag_idf` in the weights) in the intent the model reports: its probabilities are
+    /// The weight of the intent bag ([`bag::BagModel`]: `intent_bag` and `intent_bag_bias` in the
+    /// weights, over the TF-IDF bag the complexity lexicon reads, with its `token_idf`) in the
+    /// intent the model reports: its probabilities are
     /// pooled with the mean of the intent heads' as p ∝ heads^(1 − w) · bag^w. 0: the model has
     /// no intent bag. The complexity head and the experts read the heads' mean alone, as they
     /// were trained on it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub intent_bag: f32,
-    /// The same for the domain: the weight of the domain bag (`domain_bag`, `domain_bag_bias`
-    /// and `domain_bag_idf`) pooled with the domain heads' mean. 0: none.
+    /// The same for the domain: the weight of the domain bag (`domain_bag` and
+    /// `domain_bag_bias`) pooled with the domain heads' mean. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub domain_bag: f32,
     /// The families of complexity labels the model holds a complexity lexicon for
@@ -380,6 +381,9 @@ pub struct Classifier {
     intent_lexicon: Option<Lexicon>,
     intent_bag: Option<bag::BagModel>,
     domain_bag: Option<bag::BagModel>,
+    /// `token_idf` for the bags of a model without a complexity lexicon (empty otherwise: the
+    /// complexity lexicon holds it; [`Classifier::token_idf`]).
+    bag_idf: Vec<f32>,
     complexity_lexicon: Option<ComplexityLexicon>,
     /// The intent heads of the ensemble (one, for most models), then the domain heads.
     pub intent: Vec<Head>,
@@ -892,12 +896,24 @@ impl ComplexityLexicon {
         surface: &[f32],
         out: &mut Vec<f32>,
     ) {
+        self.features_of_bag(ids, &Self::bag_of_sorted(&self.idf, sorted), surface, out);
+    }
+
+    /// [`ComplexityLexicon::features_of_sorted`] with the prompt's TF-IDF bag of tokens already
+    /// made ([`ComplexityLexicon::bag`], with this lexicon's idf), which the bags share.
+    pub fn features_of_bag(
+        &self,
+        ids: &[u32],
+        bag: &[(u32, f32)],
+        surface: &[f32],
+        out: &mut Vec<f32>,
+    ) {
         let n = self.families;
         let start = out.len();
         out.resize(start + n, 0.0);
         let scores = &mut out[start..];
-        let mut add = |bag: Vec<(u32, f32)>, rows: &[f32]| {
-            for (t, w) in bag {
+        let mut add = |bag: &[(u32, f32)], rows: &[f32]| {
+            for &(t, w) in bag {
                 let at = t as usize * n;
                 if let Some(row) = rows.get(at..at + n) {
                     for (o, v) in scores.iter_mut().zip(row) {
@@ -906,10 +922,10 @@ impl ComplexityLexicon {
                 }
             }
         };
-        add(Self::bag_of_sorted(&self.idf, sorted), &self.rows);
+        add(bag, &self.rows);
         if let Some(wide) = &self.wide {
             let pairs = sorted_pairs(ids, wide.bits);
-            add(Self::bag_of_sorted(&wide.idf, &pairs), &wide.rows);
+            add(&Self::bag_of_sorted(&wide.idf, &pairs), &wide.rows);
             for (o, w) in scores
                 .iter_mut()
                 .zip(wide.surface.chunks_exact(EXTRA_FEATURES + 1))
@@ -1122,22 +1138,16 @@ impl Classifier {
             let vocab = tokenizer.vocab_size();
             let (rows, shape) = tensor_f32(&st, name, &wpath)?;
             let (bias, bias_shape) = tensor_f32(&st, &format!("{name}_bias"), &wpath)?;
-            let (idf, idf_shape) = tensor_f32(&st, &format!("{name}_idf"), &wpath)?;
-            if shape != [vocab, labels] || bias_shape != [labels] || idf_shape != [vocab] {
+            if shape != [vocab, labels] || bias_shape != [labels] {
                 return Err(load_err(
                     &wpath,
                     format!(
-                        "{name} shape {shape:?}, {name}_bias shape {bias_shape:?} and {name}_idf \
-                         shape {idf_shape:?} do not match the vocabulary and the labels"
+                        "{name} shape {shape:?} and {name}_bias shape {bias_shape:?} do not match \
+                         the vocabulary and the labels"
                     ),
                 ));
             }
-            Ok(Some(bag::BagModel {
-                labels,
-                idf,
-                rows,
-                bias,
-            }))
+            Ok(Some(bag::BagModel { labels, rows, bias }))
         };
         let intent_bag = bag("intent_bag", config.intent_bag, config.intent_labels.len())?;
         let domain_bag = bag("domain_bag", config.domain_bag, config.domain_labels.len())?;
@@ -1198,6 +1208,20 @@ impl Classifier {
                 wide,
             })
         };
+        // The bags read the complexity lexicon's TF-IDF bag; without one, its idf alone.
+        let bag_idf =
+            if complexity_lexicon.is_none() && (intent_bag.is_some() || domain_bag.is_some()) {
+                let (idf, shape) = tensor_f32(&st, "token_idf", &wpath)?;
+                if shape != [tokenizer.vocab_size()] {
+                    return Err(load_err(
+                        &wpath,
+                        format!("token_idf shape {shape:?} does not match the vocabulary"),
+                    ));
+                }
+                idf
+            } else {
+                Vec::new()
+            };
         if config.ensemble == 0 {
             return Err(load_err(
                 format!("{origin}/config.json"),
@@ -1245,6 +1269,7 @@ impl Classifier {
             intent_lexicon,
             intent_bag,
             domain_bag,
+            bag_idf,
             complexity_lexicon,
             intent,
             domain,
@@ -1363,11 +1388,21 @@ impl Classifier {
     }
 
     pub fn features_of_ids(&self, ids: &[u32], text: &str) -> Vec<f32> {
-        self.features_and_sorted(ids, text).0
+        self.features_and_bag(ids, text).0
     }
 
-    /// [`Classifier::features_of_ids`], and the ids sorted, which the bags read too.
-    fn features_and_sorted(&self, ids: &[u32], text: &str) -> (Vec<f32>, Vec<u32>) {
+    /// The idf of the prompt's TF-IDF bag of tokens, which the complexity lexicon and the bags
+    /// read (empty for a model with neither).
+    fn token_idf(&self) -> &[f32] {
+        match &self.complexity_lexicon {
+            Some(lexicon) => &lexicon.idf,
+            None => &self.bag_idf,
+        }
+    }
+
+    /// [`Classifier::features_of_ids`], and the prompt's TF-IDF bag of tokens
+    /// ([`ComplexityLexicon::bag`]), which the bags read too: computed once for both.
+    fn features_and_bag(&self, ids: &[u32], text: &str) -> (Vec<f32>, Vec<(u32, f32)>) {
         let mut f = self.pooled_features(ids, text);
         // One sort of the prompt's ids serves every lexicon and bag: the complexity lexicon and
         // the bags count repeats, the other lexicons read each token once.
@@ -1381,12 +1416,13 @@ impl Classifier {
         {
             lexicon.features_of_distinct(&distinct, &mut f);
         }
+        let bag = ComplexityLexicon::bag_of_sorted(self.token_idf(), &sorted);
         if let Some(lexicon) = &self.complexity_lexicon {
             let mut surface = [0f32; EXTRA_FEATURES];
             surface.copy_from_slice(&f[..EXTRA_FEATURES]);
-            lexicon.features_of_sorted(ids, &sorted, &surface, &mut f);
+            lexicon.features_of_bag(ids, &bag, &surface, &mut f);
         }
-        (f, sorted)
+        (f, bag)
     }
 
     /// The features before the lexicon's: the surface features and the pooled embedding.
@@ -1465,7 +1501,7 @@ impl Classifier {
     /// The domain probabilities alone.
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
         let ids = self.tokens(text);
-        let (f, sorted) = self.features_and_sorted(&ids, text);
+        let (f, bag) = self.features_and_bag(&ids, text);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let heads = Self::head_scores(
             &f,
@@ -1478,7 +1514,7 @@ impl Classifier {
             heads,
             self.domain_bag.as_ref(),
             self.config.domain_bag,
-            &sorted,
+            &bag,
         )
     }
 
@@ -1494,7 +1530,7 @@ impl Classifier {
     /// The scores of this model alone, without the domain check.
     pub fn classify_unchecked(&self, text: &str) -> Scores {
         let ids = self.tokens(text);
-        let (f, sorted) = self.features_and_sorted(&ids, text);
+        let (f, bag) = self.features_and_bag(&ids, text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
         let head_intent = Self::head_scores(
@@ -1525,13 +1561,13 @@ impl Classifier {
             head_intent,
             self.intent_bag.as_ref(),
             self.config.intent_bag,
-            &sorted,
+            &bag,
         );
         let domain_scores = pool_bag(
             domain_scores,
             self.domain_bag.as_ref(),
             self.config.domain_bag,
-            &sorted,
+            &bag,
         );
         Scores {
             intent: best_label(&intent_scores),
@@ -1570,14 +1606,15 @@ impl Classifier {
 }
 
 /// The probabilities a model reports: its heads' mean `heads`, pooled with a bag's
-/// probabilities for the prompt's `sorted` token ids when it has one, with the bag's weight `w`.
+/// probabilities for the prompt's TF-IDF bag of tokens `tfidf` when it has one, with the bag's
+/// weight `w`.
 /// The pool is logarithmic, p ∝ heads^(1 − w) · bag^w: where the two agree the answer is surer
 /// than either, and a label one of them all but rules out stays unlikely.
 fn pool_bag(
     heads: Vec<(String, f32)>,
     bag: Option<&bag::BagModel>,
     w: f32,
-    sorted: &[u32],
+    tfidf: &[(u32, f32)],
 ) -> Vec<(String, f32)> {
     let Some(bag) = bag else {
         return heads;
@@ -1585,7 +1622,7 @@ fn pool_bag(
     let log = |x: f32| x.max(MIN_PROB).ln();
     let (labels, mut pooled): (Vec<String>, Vec<f32>) = heads
         .into_iter()
-        .zip(bag.probs_of_sorted(sorted))
+        .zip(bag.probs(tfidf))
         .map(|((label, p), q)| (label, (1.0 - w) * log(p) + w * log(q)))
         .unzip();
     softmax(&mut pooled);

@@ -1894,14 +1894,9 @@ fn add_lexicon(
         folds[i % LEXICON_FOLDS].features_into(t, f);
     }
     let all = counts.table(None, args.lexicon_alpha);
-    let bytes = all
-        .rows
-        .iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-        .collect();
     (
         of.name().into(),
-        bytes,
+        f16_le_bytes(&all.rows),
         safetensors::Dtype::F16,
         vec![vocab, of.labels().len()],
     )
@@ -1914,7 +1909,8 @@ fn add_lexicon(
 const BAG_L2: f64 = 1e-5;
 
 /// The bags of `--intent-bag` and `--domain-bag` above 0 ([`super::bag`]), fitted on the
-/// training prompts, as weights entries.
+/// training prompts' TF-IDF bags of tokens, as weights entries; and `token_idf` when no
+/// complexity lexicon writes it (the bags and the lexicon read the same one).
 fn fit_bags(
     args: &TrainArgs,
     train: &[Example],
@@ -1922,6 +1918,7 @@ fn fit_bags(
     vocab: usize,
 ) -> anyhow::Result<Vec<WeightsEntry>> {
     let mut tensors = Vec::new();
+    let idf = token_idf(ids, vocab);
     for (of, weight, flag) in [
         (LexiconOf::Intent, args.intent_bag, "--intent-bag"),
         (LexiconOf::Domain, args.domain_bag, "--domain-bag"),
@@ -1932,7 +1929,15 @@ fn fit_bags(
         if !(0.0..=1.0).contains(&weight) {
             anyhow::bail!("{flag} {weight}: it must be 0 to 1");
         }
-        tensors.extend(fit_bag(of, args, train, ids, vocab));
+        tensors.extend(fit_bag(of, args, train, ids, &idf));
+    }
+    if !tensors.is_empty() && args.complexity_lexicon.is_empty() {
+        tensors.push((
+            "token_idf".into(),
+            f16_le_bytes(&idf),
+            safetensors::Dtype::F16,
+            vec![vocab],
+        ));
     }
     Ok(tensors)
 }
@@ -1944,9 +1949,9 @@ fn fit_bag(
     args: &TrainArgs,
     train: &[Example],
     ids: &[Vec<u32>],
-    vocab: usize,
+    idf: &[f32],
 ) -> Vec<WeightsEntry> {
-    let idf = token_idf(ids, vocab);
+    let vocab = idf.len();
     let rows: Vec<(usize, f64, &[u32])> = train
         .iter()
         .zip(ids)
@@ -1962,7 +1967,7 @@ fn fit_bag(
         .collect();
     let bags: Vec<Vec<(u32, f32)>> = rows
         .iter()
-        .map(|(_, _, t)| super::ComplexityLexicon::bag(&idf, t))
+        .map(|(_, _, t)| super::ComplexityLexicon::bag(idf, t))
         .collect();
     // Each label's prompts weigh the same in all, so that the bag carries no prior over the
     // labels: the heads, trained on the sources' mix, carry that.
@@ -1991,14 +1996,10 @@ fn fit_bag(
     };
     let (w, b) = super::bag::fit(&examples, vocab, labels, opts);
     eprintln!("{name} fitted in {:.1?}", started.elapsed());
-    let f16_bytes = |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> {
-        v.flat_map(|x| half::f16::from_f32(x).to_le_bytes())
-            .collect()
-    };
     vec![
         (
             name.into(),
-            f16_bytes(&mut w.iter().map(|x| *x as f32)),
+            f16_le_bytes(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()),
             safetensors::Dtype::F16,
             vec![vocab, labels],
         ),
@@ -2007,12 +2008,6 @@ fn fit_bag(
             f32_le_bytes(&b.iter().map(|x| *x as f32).collect::<Vec<_>>()),
             safetensors::Dtype::F32,
             vec![labels],
-        ),
-        (
-            format!("{name}_idf"),
-            f16_bytes(&mut idf.iter().copied()),
-            safetensors::Dtype::F16,
-            vec![vocab],
         ),
     ]
 }
@@ -2300,33 +2295,28 @@ fn complexity_features(
             pb.inc(1);
         }
         pb.finish();
-        let f16_bytes = |v: &[f32]| -> Vec<u8> {
-            v.iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                .collect()
-        };
         entries.push((
             "complexity_lexicon".into(),
-            f16_bytes(&table),
+            f16_le_bytes(&table),
             safetensors::Dtype::F16,
             vec![vocab, k],
         ));
         entries.push((
             "token_idf".into(),
-            f16_bytes(&idf),
+            f16_le_bytes(&idf),
             safetensors::Dtype::F16,
             vec![vocab],
         ));
         if wide {
             entries.push((
                 "complexity_pairs".into(),
-                f16_bytes(&pair_table),
+                f16_le_bytes(&pair_table),
                 safetensors::Dtype::F16,
                 vec![buckets, k],
             ));
             entries.push((
                 "pair_idf".into(),
-                f16_bytes(&pair_idf),
+                f16_le_bytes(&pair_idf),
                 safetensors::Dtype::F16,
                 vec![buckets],
             ));
@@ -2352,6 +2342,13 @@ fn complexity_features(
 
 fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `v` rounded to f16, as safetensors bytes.
+fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 /// The trained heads as f32 safetensors entries.
@@ -2593,7 +2590,7 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     .map(|(kind, w, labels)| {
         format!(
             " The reported {kind} is then pooled with the {kind} bag's: a multinomial logistic regression over the \
-             prompt's TF-IDF bag of tokens (its own idf, computed as the complexity lexicon's), fitted by L-BFGS on the \
+             prompt's TF-IDF bag of tokens (with the complexity lexicon's idf), fitted by L-BFGS on the \
              training prompts (L2 penalty {BAG_L2:e} on the weighted mean loss; hand-written prompts weighted as above, \
              then each of the {labels}' total weight made equal, so that the bag carries no prior over them), as \
              p ∝ heads^(1 − w) · bag^w with w = {w}. The heads read pooled vectors and lexicon summaries; a linear model \
