@@ -1280,9 +1280,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .collect();
     pb.finish();
     let lexicon = add_lexicons(args, &train, &ids, raw.len(), &mut feats);
-    let bags = fit_bags(args, &train, &ids, raw.len())?;
+    // One idf over the training prompts' tokens, for the bags and the complexity lexicon.
+    let idf = token_idf(&ids, raw.len());
+    let bags = fit_bags(args, &train, &ids, &idf)?;
     let (cfeats, complexity_lexicon, fits) =
-        complexity_features(args, &config, &train, &ids, raw.len(), &feats)?;
+        complexity_features(args, &config, &train, &ids, &idf, &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
     let (experts, expert_fits) = fit_experts(args, &config, &train, &cfeats)?;
@@ -1915,10 +1917,9 @@ fn fit_bags(
     args: &TrainArgs,
     train: &[Example],
     ids: &[Vec<u32>],
-    vocab: usize,
+    idf: &[f32],
 ) -> anyhow::Result<Vec<WeightsEntry>> {
     let mut tensors = Vec::new();
-    let idf = token_idf(ids, vocab);
     for (of, weight, flag) in [
         (LexiconOf::Intent, args.intent_bag, "--intent-bag"),
         (LexiconOf::Domain, args.domain_bag, "--domain-bag"),
@@ -1929,14 +1930,14 @@ fn fit_bags(
         if !(0.0..=1.0).contains(&weight) {
             anyhow::bail!("{flag} {weight}: it must be 0 to 1");
         }
-        tensors.extend(fit_bag(of, args, train, ids, &idf));
+        tensors.extend(fit_bag(of, args, train, ids, idf));
     }
     if !tensors.is_empty() && args.complexity_lexicon.is_empty() {
         tensors.push((
             "token_idf".into(),
-            f16_le_bytes(&idf),
+            f16_le_bytes(idf),
             safetensors::Dtype::F16,
-            vec![vocab],
+            vec![idf.len()],
         ));
     }
     Ok(tensors)
@@ -2138,9 +2139,10 @@ fn complexity_features(
     config: &ModelConfig,
     train: &[Example],
     ids: &[Vec<u32>],
-    vocab: usize,
+    idf: &[f32],
     feats: &[Vec<f32>],
 ) -> anyhow::Result<(Vec<Vec<f32>>, Vec<WeightsEntry>, Vec<LexiconFit>)> {
+    let vocab = idf.len();
     let known = || COMPLEXITY_FAMILIES.map(|(f, _)| f).join(", ");
     let families: Vec<(&str, f64)> = args
         .complexity_lexicon
@@ -2173,7 +2175,6 @@ fn complexity_features(
     let mut entries = Vec::new();
     let mut fits = Vec::new();
     if k > 0 {
-        let idf = token_idf(ids, vocab);
         let wide = !args.complexity_wide.is_empty();
         let buckets = if wide { 1usize << PAIR_BITS } else { 0 };
         let pair_ids: Vec<Vec<u32>> = if wide {
@@ -2211,7 +2212,7 @@ fn complexity_features(
                 })
                 .collect();
             let design = |i: usize| -> Vec<(u32, f32)> {
-                let mut row = super::ComplexityLexicon::bag(&idf, &ids[i]);
+                let mut row = super::ComplexityLexicon::bag(idf, &ids[i]);
                 if is_wide {
                     let pairs = super::ComplexityLexicon::bag_of_sorted(&pair_idf, &pair_ids[i]);
                     row.extend(pairs.into_iter().map(|(b, w)| (vocab as u32 + b, w)));
@@ -2251,7 +2252,7 @@ fn complexity_features(
                 }
                 super::ComplexityLexicon {
                     families: 1,
-                    idf: idf.clone(),
+                    idf: idf.to_vec(),
                     rows: f16(&w[..vocab]),
                     wide: wide.then(|| super::WideLexicon {
                         bits: PAIR_BITS,
@@ -2303,7 +2304,7 @@ fn complexity_features(
         ));
         entries.push((
             "token_idf".into(),
-            f16_le_bytes(&idf),
+            f16_le_bytes(idf),
             safetensors::Dtype::F16,
             vec![vocab],
         ));
@@ -2409,9 +2410,10 @@ fn run_encoder_backbone(
         Some(source.to_string()),
     );
     let lexicon = add_lexicons(args, train, &ids, wp.vocab_size(), &mut feats);
-    let bags = fit_bags(args, train, &ids, wp.vocab_size())?;
+    let idf = token_idf(&ids, wp.vocab_size());
+    let bags = fit_bags(args, train, &ids, &idf)?;
     let (cfeats, complexity_lexicon, fits) =
-        complexity_features(args, &config, train, &ids, wp.vocab_size(), &feats)?;
+        complexity_features(args, &config, train, &ids, &idf, &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
     let (experts, expert_fits) = fit_experts(args, &config, train, &cfeats)?;
@@ -3382,7 +3384,7 @@ mod tests {
             .map(|i| vec![i as f32; config.inputs()])
             .collect();
         let (cfeats, entries, _) =
-            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+            complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         // The head reads the surface features and one pooled dimension, then a score per family.
         assert_eq!(cfeats[7].len(), EXTRA_FEATURES + 1 + 2);
         assert_eq!(
@@ -3435,7 +3437,7 @@ mod tests {
         args.complexity_wide = vec!["levels".into()];
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
         let (wide_feats, entries, _) =
-            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+            complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             names,
@@ -3467,7 +3469,7 @@ mod tests {
         assert!(surface[EXTRA_FEATURES + 1] != 0.0, "{surface:?}");
         // A wide family must be one of the lexicon's.
         args.complexity_wide = vec!["outcomes".into(), "vibes".into()];
-        let err = complexity_features(&args, &config, &train, &ids, 8, &feats)
+        let err = complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats)
             .unwrap_err()
             .to_string();
         assert!(
@@ -3479,12 +3481,12 @@ mod tests {
         args.complexity_lexicon.clear();
         let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
         let (cfeats, entries, _) =
-            complexity_features(&args, &config, &train, &ids, 8, &feats).unwrap();
+            complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         assert!(entries.is_empty());
         assert_eq!(cfeats[0].len(), EXTRA_FEATURES + 1);
         // An unknown family is refused by name.
         args.complexity_lexicon = vec!["vibes".into()];
-        let err = complexity_features(&args, &config, &train, &ids, 8, &feats)
+        let err = complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats)
             .unwrap_err()
             .to_string();
         assert!(err.contains("vibes") && err.contains("outcomes"), "{err}");
@@ -3529,7 +3531,8 @@ mod tests {
             .collect();
         let token_6 = |args: &TrainArgs| {
             let (_, entries, _) =
-                complexity_features(args, &config, &train, &ids, 8, &feats).unwrap();
+                complexity_features(args, &config, &train, &ids, &token_idf(&ids, 8), &feats)
+                    .unwrap();
             let b = &entries[0].1[6 * 2..6 * 2 + 2];
             half::f16::from_le_bytes([b[0], b[1]]).to_f32()
         };
