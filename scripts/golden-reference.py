@@ -208,6 +208,16 @@ def main():
                     row = surface[j * 5:(j + 1) * 5]
                     scores[j] += row[4] + sum(a * b for a, b in zip(row, f[:4]))
             x += scores
+            topics = cfg.get("complexity_topics", 0)
+            if topics:
+                # The topic prior, which only the experts read (as "topic.FAMILY"): a softmax
+                # over the main pool (f[4:4 + D]) says which source of labelled prompts the
+                # prompt is like, and each family's per-topic mean label is averaged under it.
+                tw, tb, tp = w["topic_weight"][0], w["topic_bias"][0], w["topic_prior"][0]
+                main_pool = f[4:4 + D]
+                probs = softmax([tb[t] + sum(a * b for a, b in zip(tw[t * D:(t + 1) * D], main_pool)) for t in range(topics)])
+                for j in range(k):
+                    scores.append(sum(probs[t] * tp[t * k + j] for t in range(topics)))
         if cfg.get("complexity_intent"):
             x += intent
         # Platt scaling of the head's logit, when the model was calibrated.
@@ -219,7 +229,9 @@ def main():
             # Each expert adds its family's score again, centred and scaled, in proportion to
             # the probability of its intents.
             gate = sum(intent[cfg["intent_labels"].index(i)] for i in expert["intents"])
-            score = scores[families.index(expert["family"])]
+            name = expert["family"]
+            at = len(families) + families.index(name[len("topic."):]) if name.startswith("topic.") else families.index(name)
+            score = scores[at]
             z += min(max(gate, 0.0), 1.0) * expert["slope"] * (score - expert["centre"])
 
         def pool_bag(name, heads):

@@ -75,6 +75,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             complexity_lexicon,
             complexity_wide,
             complexity_intent,
+            topic_prior,
             complexity_expert,
             epochs,
             tune_epochs,
@@ -117,6 +118,10 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                     .filter(|f| f != "none" && !f.is_empty())
                     .collect(),
                 complexity_intent,
+                topic_prior: topic_prior
+                    .into_iter()
+                    .filter(|f| f != "none" && !f.is_empty())
+                    .collect(),
                 complexity_experts,
                 epochs,
                 tune_epochs,

@@ -100,6 +100,12 @@ pub struct ModelConfig {
     /// The token pairs of the wide families hash into `1 << complexity_pair_bits` buckets.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub complexity_pair_bits: u32,
+    /// How many topics the model's topic prior holds (`topic_weight`, `topic_bias` and
+    /// `topic_prior` in the weights; see [`TopicPrior`]): one more score per complexity lexicon
+    /// family follows the lexicon's, and only the complexity experts read them (as
+    /// "topic.FAMILY"). 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub complexity_topics: usize,
     /// Whether the complexity head reads the intent head's probabilities after its other
     /// inputs: the kind of prompt tells which of them to trust (a maths problem's difficulty
     /// lexicon, an exam question's outcome lexicon).
@@ -269,6 +275,20 @@ impl ModelConfig {
             }
     }
 
+    /// Where a family's score is among the scores after the heads' inputs
+    /// ([`ModelConfig::lexicon_scores`]): a complexity lexicon family ("outcomes"), or the topic
+    /// prior's score of one ("topic.outcomes").
+    pub fn score_index(&self, family: &str) -> Option<usize> {
+        let of = |name: &str| self.complexity_lexicon.iter().position(|f| f == name);
+        match family.strip_prefix(TOPIC_PREFIX) {
+            Some(name) if self.complexity_topics > 0 => {
+                of(name).map(|j| self.complexity_lexicon.len() + j)
+            }
+            Some(_) => None,
+            None => of(family),
+        }
+    }
+
     /// The complexity head's logit `z`, calibrated.
     pub fn calibrated_logit(&self, z: f32) -> f32 {
         match self.complexity_calibration {
@@ -277,18 +297,20 @@ impl ModelConfig {
         }
     }
 
-    /// The complexity lexicon's scores in a full feature vector: they follow the heads' inputs.
+    /// The complexity lexicon's scores in a full feature vector, then the topic prior's: they
+    /// follow the heads' inputs. Experts find a family's score by [`ModelConfig::score_index`].
     pub fn lexicon_scores<'a>(&self, features: &'a [f32]) -> &'a [f32] {
         features.get(self.inputs()..).unwrap_or_default()
     }
 
     /// What the complexity head reads of a full feature vector (the heads' inputs followed by
-    /// the complexity lexicon's scores), before the intent probabilities: the prefix and the
-    /// scores.
+    /// the complexity lexicon's scores and the topic prior's), before the intent
+    /// probabilities: the prefix and the lexicon's scores.
     pub fn complexity_view(&self, features: &[f32]) -> Vec<f32> {
         let prefix = self.complexity_prefix().min(features.len());
         let mut v = features[..prefix].to_vec();
-        v.extend_from_slice(self.lexicon_scores(features));
+        let scores = self.lexicon_scores(features);
+        v.extend_from_slice(&scores[..self.complexity_lexicon.len().min(scores.len())]);
         v
     }
 }
@@ -385,6 +407,7 @@ pub struct Classifier {
     /// complexity lexicon holds it; [`Classifier::token_idf`]).
     bag_idf: Vec<f32>,
     complexity_lexicon: Option<ComplexityLexicon>,
+    topic_prior: Option<TopicPrior>,
     /// The intent heads of the ensemble (one, for most models), then the domain heads.
     pub intent: Vec<Head>,
     pub domain: Vec<Head>,
@@ -432,17 +455,18 @@ fn resolve_expert(
     config: &ModelConfig,
     key: &str,
 ) -> Result<Expert, String> {
-    let family = config
-        .complexity_lexicon
-        .iter()
-        .position(|f| *f == spec.family)
-        .ok_or_else(|| {
-            format!(
-                "{key}.family: {:?} is not one of complexity_lexicon ({})",
-                spec.family,
-                config.complexity_lexicon.join(", ")
-            )
-        })?;
+    let family = config.score_index(&spec.family).ok_or_else(|| {
+        format!(
+            "{key}.family: {:?} is not one of complexity_lexicon ({}){}",
+            spec.family,
+            config.complexity_lexicon.join(", "),
+            if config.complexity_topics > 0 {
+                ", nor one of them after \"topic.\""
+            } else {
+                ""
+            }
+        )
+    })?;
     if spec.intents.is_empty() {
         return Err(format!("{key}.intents: name at least one intent"));
     }
@@ -472,6 +496,9 @@ fn resolve_expert(
     }
     Ok(Expert { family, intents })
 }
+
+/// How an expert names the topic prior's score of a complexity family: "topic.outcomes".
+pub const TOPIC_PREFIX: &str = "topic.";
 
 /// The domain label of prompts in no particular domain.
 pub const GENERAL: &str = "general";
@@ -813,6 +840,51 @@ pub struct ComplexityLexicon {
     pub rows: Vec<f32>,
     /// Token pairs and surface features, for the families fitted on them too (none: unigrams).
     pub wide: Option<WideLexicon>,
+}
+
+/// The topic prior: which source of labelled prompts a prompt looks like (a softmax over the
+/// prompt's main pooled embedding, over the sources named at training, e.g. MMLU and MATH
+/// subjects), and each
+/// complexity family's mean label over each source's training prompts, averaged under that
+/// softmax. The lexicon weighs tokens one by one; many a cheap model's weak spot is a whole
+/// subject, which the pooled embedding tells apart as a topic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicPrior {
+    pub topics: usize,
+    /// `[topics, dim]`, row-major: the softmax's weights over the main pool.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// `[topics, families]`, row-major: each topic's mean label per family.
+    pub prior: Vec<f32>,
+}
+
+impl TopicPrior {
+    /// The topics' probabilities for a prompt's main pool.
+    pub fn probabilities(&self, pooled: &[f32]) -> Vec<f32> {
+        let dim = self.weight.len() / self.topics.max(1);
+        let mut p: Vec<f32> = self
+            .weight
+            .chunks_exact(dim.max(1))
+            .zip(&self.bias)
+            .map(|(row, b)| dot(row, pooled) + b)
+            .collect();
+        softmax(&mut p);
+        p
+    }
+
+    /// Each family's prior for a prompt's main pool.
+    pub fn scores(&self, pooled: &[f32]) -> Vec<f32> {
+        let p = self.probabilities(pooled);
+        let families = self.prior.len() / self.topics.max(1);
+        (0..families)
+            .map(|j| {
+                p.iter()
+                    .enumerate()
+                    .map(|(t, pt)| pt * self.prior[t * families + j])
+                    .sum()
+            })
+            .collect()
+    }
 }
 
 /// What a "wide" complexity family reads besides single tokens: the prompt's pairs of adjacent
@@ -1208,6 +1280,35 @@ impl Classifier {
                 wide,
             })
         };
+        let topic_prior = match config.complexity_topics {
+            0 => None,
+            topics => {
+                let families = config.complexity_lexicon.len();
+                let (weight, shape) = tensor_f32(&st, "topic_weight", &wpath)?;
+                let (bias, bias_shape) = tensor_f32(&st, "topic_bias", &wpath)?;
+                let (prior, prior_shape) = tensor_f32(&st, "topic_prior", &wpath)?;
+                if families == 0
+                    || shape != [topics, config.dim]
+                    || bias_shape != [topics]
+                    || prior_shape != [topics, families]
+                {
+                    return Err(load_err(
+                        &wpath,
+                        format!(
+                            "topic_weight shape {shape:?}, topic_bias shape {bias_shape:?} and \
+                             topic_prior shape {prior_shape:?} do not match complexity_topics, \
+                             dim and the complexity_lexicon families in config.json"
+                        ),
+                    ));
+                }
+                Some(TopicPrior {
+                    topics,
+                    weight,
+                    bias,
+                    prior,
+                })
+            }
+        };
         // The bags read the complexity lexicon's TF-IDF bag; without one, its idf alone.
         let bag_idf =
             if complexity_lexicon.is_none() && (intent_bag.is_some() || domain_bag.is_some()) {
@@ -1271,6 +1372,7 @@ impl Classifier {
             domain_bag,
             bag_idf,
             complexity_lexicon,
+            topic_prior,
             intent,
             domain,
             complexity,
@@ -1421,6 +1523,10 @@ impl Classifier {
             let mut surface = [0f32; EXTRA_FEATURES];
             surface.copy_from_slice(&f[..EXTRA_FEATURES]);
             lexicon.features_of_bag(ids, &bag, &surface, &mut f);
+        }
+        if let Some(topics) = &self.topic_prior {
+            let scores = topics.scores(&f[EXTRA_FEATURES..EXTRA_FEATURES + self.config.dim]);
+            f.extend(scores);
         }
         (f, bag)
     }
@@ -1967,6 +2073,153 @@ mod tests {
         );
         config.complexity_dims = 0;
         assert_eq!(config.complexity_view(&f), f);
+    }
+
+    #[test]
+    fn the_topic_prior_averages_each_familys_prior_under_its_softmax() {
+        let prior = TopicPrior {
+            topics: 2,
+            weight: vec![1.0, 0.0, 0.0, 1.0],
+            bias: vec![0.0, 0.5],
+            prior: vec![0.1, 0.2, 0.9, 0.4],
+        };
+        let p = prior.probabilities(&[2.0, 0.0]);
+        let e = (-1.5f32).exp();
+        assert!((p[0] - 1.0 / (1.0 + e)).abs() < 1e-6, "{p:?}");
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let scores = prior.scores(&[2.0, 0.0]);
+        assert_eq!(scores.len(), 2);
+        assert!((scores[0] - (p[0] * 0.1 + p[1] * 0.9)).abs() < 1e-6);
+        assert!((scores[1] - (p[0] * 0.2 + p[1] * 0.4)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_topic_scores_follow_the_lexicons_and_only_the_experts_read_them() {
+        let mut config = model().config.clone();
+        config.complexity_dims = 2;
+        config.complexity_lexicon = vec!["outcomes".into(), "levels".into()];
+        config.complexity_topics = 0;
+        assert_eq!(config.score_index("levels"), Some(1));
+        assert_eq!(config.score_index("topic.outcomes"), None);
+        config.complexity_topics = 3;
+        assert_eq!(config.score_index("topic.outcomes"), Some(2));
+        assert_eq!(config.score_index("topic.levels"), Some(3));
+        assert_eq!(config.score_index("topic.votes"), None);
+        assert_eq!(config.score_index("votes"), None);
+        let mut f: Vec<f32> = (0..config.inputs()).map(|i| i as f32).collect();
+        f.extend([-1.0, -2.0, -3.0, -4.0]);
+        assert_eq!(config.lexicon_scores(&f), [-1.0, -2.0, -3.0, -4.0]);
+        let view = config.complexity_view(&f);
+        assert_eq!(view, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0]);
+        config.complexity_intent = false;
+        assert_eq!(config.complexity_inputs(), view.len());
+    }
+
+    /// The default model with a topic prior of two topics over the first two dimensions of the
+    /// main pool, and an expert for open QA that reads its outcomes score: its config and weights.
+    fn with_topic_prior(prior: [f32; 4]) -> (serde_json::Value, Vec<u8>) {
+        let m = model();
+        let dim = m.config.dim;
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut weight = vec![0f32; 2 * dim];
+        weight[0] = 20.0;
+        weight[dim + 1] = 20.0;
+        let le = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let added = [
+            ("topic_weight", le(&weight), vec![2, dim]),
+            ("topic_bias", le(&[0.0, 0.0]), vec![2]),
+            ("topic_prior", le(&prior), vec![2, 2]),
+        ];
+        let mut views = st.tensors();
+        for (name, data, shape) in &added {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            views.push((name.to_string(), view));
+        }
+        let weights = safetensors::serialize(views, None).unwrap();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["complexity_topics"] = 2.into();
+        config["complexity_experts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "family": "topic.outcomes",
+                "intents": ["open_qa"],
+                "slope": 4.0,
+                "centre": 0.25
+            }));
+        (config, weights)
+    }
+
+    fn load_parts(config: &serde_json::Value, weights: &[u8]) -> Result<Classifier, String> {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+        Classifier::from_parts(config.to_string().as_bytes(), &vocab, weights, "m")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_topic_expert_adds_the_topic_priors_evidence_to_open_questions() {
+        let m = model();
+        assert!(
+            !m.config.intent_labels.is_empty() && m.config.complexity_lexicon.len() == 2,
+            "the default model has two complexity families"
+        );
+        let (config, weights) = with_topic_prior([0.1, 0.0, 0.6, 0.0]);
+        let t = load_parts(&config, &weights).unwrap();
+        let text = "Which organelle is the site of the Krebs cycle in eukaryotic cells?";
+        let (f, _) = t.features(text);
+        // The topic scores follow the lexicon's, one per family; the heads read none of them.
+        let families = m.config.complexity_lexicon.len();
+        let scores = t.config.lexicon_scores(&f);
+        assert_eq!(scores.len(), 2 * families);
+        let dim = m.config.dim;
+        let pooled = &f[EXTRA_FEATURES..EXTRA_FEATURES + dim];
+        let e = (20.0 * (pooled[1] - pooled[0])).exp();
+        let p0 = 1.0 / (1.0 + e);
+        let outcomes = p0 * 0.1 + (1.0 - p0) * 0.6;
+        assert!((scores[families] - outcomes).abs() < 1e-5, "{scores:?}");
+        assert_eq!(
+            scores[..families],
+            m.config.lexicon_scores(&m.features(text).0)[..]
+        );
+        // The complexity moves by the expert's evidence, times the intent heads' probability of
+        // open QA (before the bag's, as the experts read it).
+        let before = m.classify(text);
+        let after = t.classify(text);
+        assert_eq!(after.intent_scores, before.intent_scores);
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
+        let heads = Classifier::head_scores(
+            &f,
+            &t.intent,
+            &t.config.intent_labels,
+            &mut hidden,
+            &mut out,
+        );
+        let open_qa = heads.iter().find(|(l, _)| l == "open_qa").unwrap().1;
+        let logit = |c: f32| (c / (1.0 - c)).ln();
+        let evidence = open_qa.clamp(0.0, 1.0) * 4.0 * (outcomes - 0.25);
+        assert!(
+            (logit(after.complexity) - logit(before.complexity) - evidence).abs() < 1e-3,
+            "{} → {}, evidence {evidence}",
+            before.complexity,
+            after.complexity
+        );
+    }
+
+    #[test]
+    fn a_topic_prior_that_does_not_fit_its_config_is_refused() {
+        let (mut config, weights) = with_topic_prior([0.1, 0.0, 0.6, 0.0]);
+        config["complexity_topics"] = 3.into();
+        let err = load_parts(&config, &weights).unwrap_err();
+        assert!(err.contains("topic_weight shape"), "{err}");
+        // Without the topic prior, an expert that reads it names what is missing.
+        config["complexity_topics"] = 0.into();
+        let err = load_parts(&config, &weights).unwrap_err();
+        assert!(err.contains("\"topic.outcomes\" is not one of"), "{err}");
     }
 
     #[test]

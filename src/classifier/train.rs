@@ -75,6 +75,9 @@ pub struct TrainArgs {
     pub complexity_wide: Vec<String>,
     /// Whether the complexity head reads the intent head's probabilities too.
     pub complexity_intent: bool,
+    /// The prefixes of the sources that are the topic prior's topics ([`super::TopicPrior`];
+    /// empty: no topic prior).
+    pub topic_prior: Vec<String>,
     /// The complexity experts to fit, each a family of `complexity_lexicon` and the intents it
     /// speaks for ([`super::ComplexityExpert`]); no intent in two of them. `None`: the
     /// [`default_experts`] of the training data.
@@ -1287,7 +1290,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         complexity_features(args, &config, &train, &ids, &idf, &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
-    let (experts, expert_fits) = fit_experts(args, &config, &train, &cfeats)?;
+    let (efeats, topics) = add_topic_prior(args, &mut config, &train, &feats, cfeats)?;
+    let (experts, expert_fits) = fit_experts(args, &config, &train, &efeats)?;
     config.complexity_experts = experts;
 
     std::fs::create_dir_all(&args.out)?;
@@ -1314,6 +1318,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     tensors.extend(lexicon);
     tensors.extend(bags);
     tensors.extend(complexity_lexicon);
+    tensors.extend(topics);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -1497,11 +1502,13 @@ const MIN_OUTCOME_INTENT_PROMPTS: usize = 1000;
 /// [`MIN_OUTCOME_INTENT_PROMPTS`] training prompts with recorded outcomes (on the default data
 /// every intent but open QA), when
 /// the model fits a levels lexicon and at least [`MIN_CALIBRATION_ROWS`] of those prompts carry
-/// outcomes to fit its slope on; else none. An outcomes expert for the intents with outcomes
-/// is left to the flag: on the default data it moved no held-out APGR beyond its bootstrap
-/// interval and ranked the hand-written difficulty ratings worse (the project's
+/// outcomes to fit its slope on. With a topic prior (`topics`) and an outcomes lexicon, the
+/// topic prior's outcomes score speaks for the other intents (open QA), when at least
+/// [`MIN_CALIBRATION_ROWS`] of their prompts carry outcomes. An outcomes expert for them is left
+/// to the flag: on the default data it moved no held-out APGR beyond its bootstrap interval and
+/// ranked the hand-written difficulty ratings worse (the project's
 /// `eval/router-development.md`).
-pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec> {
+pub fn default_experts(families: &[String], topics: bool, train: &[Example]) -> Vec<ExpertSpec> {
     // Each intent's training prompts with recorded outcomes, counted in one pass.
     let mut with_outcomes = vec![0usize; INTENTS.len()];
     for e in train.iter().filter(|e| e.cheap_error.is_some()) {
@@ -1509,20 +1516,25 @@ pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec
             with_outcomes[at] += 1;
         }
     }
-    let (intents, counts): (Vec<&str>, Vec<usize>) = INTENTS
+    let (few, many): (Vec<_>, Vec<_>) = INTENTS
         .iter()
         .zip(with_outcomes)
-        .filter(|(i, n)| **i == "math" || *n < MIN_OUTCOME_INTENT_PROMPTS)
-        .map(|(i, n)| (*i, n))
-        .unzip();
-    if families.iter().any(|f| f == "levels")
-        && counts.iter().sum::<usize>() >= MIN_CALIBRATION_ROWS
-    {
-        let names = intents.iter().map(|i| i.to_string()).collect();
-        vec![("levels".to_string(), names)]
-    } else {
-        Vec::new()
+        .partition(|(i, n)| **i == "math" || *n < MIN_OUTCOME_INTENT_PROMPTS);
+    let has = |family: &str| families.iter().any(|f| f == family);
+    let mut experts = Vec::new();
+    for (family, on, intents) in [
+        ("levels".to_string(), has("levels"), few),
+        (
+            format!("{}outcomes", super::TOPIC_PREFIX),
+            topics && has("outcomes"),
+            many,
+        ),
+    ] {
+        if on && intents.iter().map(|(_, n)| n).sum::<usize>() >= MIN_CALIBRATION_ROWS {
+            experts.push((family, intents.iter().map(|(i, _)| i.to_string()).collect()));
+        }
     }
+    experts
 }
 
 /// Whether `args`' complexity experts name families it fits a lexicon for and known intents,
@@ -1530,10 +1542,22 @@ pub fn default_experts(families: &[String], train: &[Example]) -> Vec<ExpertSpec
 fn check_experts(args: &TrainArgs) -> anyhow::Result<()> {
     let mut seen: Vec<&String> = Vec::new();
     for (family, intents) in args.complexity_experts.iter().flatten() {
-        if !args.complexity_lexicon.contains(family) {
+        let topic = family.strip_prefix(super::TOPIC_PREFIX);
+        let known = match topic {
+            Some(name) => {
+                !args.topic_prior.is_empty() && args.complexity_lexicon.iter().any(|f| f == name)
+            }
+            None => args.complexity_lexicon.contains(family),
+        };
+        if !known {
             anyhow::bail!(
-                "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({})",
-                args.complexity_lexicon.join(", ")
+                "--complexity-expert: {family:?} is not one of the --complexity-lexicon families ({}){}",
+                args.complexity_lexicon.join(", "),
+                if args.topic_prior.is_empty() {
+                    ", and the topic prior's (topic.FAMILY) need --topic-prior"
+                } else {
+                    ", nor one of them after \"topic.\""
+                }
             );
         }
         for i in intents {
@@ -1575,7 +1599,11 @@ fn fit_experts(
 ) -> anyhow::Result<(Vec<super::ComplexityExpert>, Vec<ExpertFit>)> {
     let wanted = match &args.complexity_experts {
         Some(experts) => experts.clone(),
-        None => default_experts(&args.complexity_lexicon, train),
+        None => default_experts(
+            &args.complexity_lexicon,
+            !args.topic_prior.is_empty(),
+            train,
+        ),
     };
     if args.complexity_experts.is_none()
         && wanted.is_empty()
@@ -1618,9 +1646,7 @@ fn fit_expert(
     cfeats: &[Vec<f32>],
 ) -> anyhow::Result<(super::ComplexityExpert, ExpertFit)> {
     let j = config
-        .complexity_lexicon
-        .iter()
-        .position(|f| f == family)
+        .score_index(family)
         .ok_or_else(|| anyhow::anyhow!("--complexity-expert: no {family:?} lexicon"))?;
     let at = config.complexity_prefix() + j;
     let mut score = Vec::new();
@@ -1698,6 +1724,7 @@ fn model_config(
             PAIR_BITS
         },
         complexity_intent: args.complexity_intent,
+        complexity_topics: 0,
         complexity_calibration: None,
         complexity_experts: Vec::new(),
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
@@ -2341,6 +2368,196 @@ fn complexity_features(
     Ok((cfeats, entries, fits))
 }
 
+/// Sources with at least this many training prompts with a complexity label (hand-written ones
+/// aside) are the topic prior's topics.
+const TOPIC_MIN_PROMPTS: usize = 100;
+
+/// A topic's mean label is shrunk towards its family's mean as if this many more of its prompts
+/// had the family's mean label.
+const TOPIC_SHRINK: f64 = 20.0;
+
+/// Epochs of the topic softmax.
+const TOPIC_EPOCHS: usize = 60;
+
+/// Fits the topic prior ([`super::TopicPrior`]) when `--topic-prior` asks for it and the model
+/// has a complexity lexicon: appends each training prompt's topic scores to its complexity
+/// features `cfeats`, for the experts' fits (cross-fitted over the lexicon's folds, so that a
+/// slope is fitted on priors that did not see the prompt), sets `config.complexity_topics` and
+/// returns the features and the weights entries.
+fn add_topic_prior(
+    args: &TrainArgs,
+    config: &mut ModelConfig,
+    train: &[Example],
+    feats: &[Vec<f32>],
+    mut cfeats: Vec<Vec<f32>>,
+) -> anyhow::Result<(Vec<Vec<f32>>, Vec<WeightsEntry>)> {
+    let families = &config.complexity_lexicon;
+    if args.topic_prior.is_empty() || families.is_empty() {
+        return Ok((cfeats, Vec::new()));
+    }
+    // (prompt, family index) of every public prompt with a complexity label.
+    let labelled: Vec<(usize, usize)> = (0..train.len())
+        .filter(|&i| !train[i].handwritten && train[i].complexity.is_some())
+        .filter_map(|i| {
+            let family = complexity_family(&train[i])?;
+            Some((i, families.iter().position(|f| f == family)?))
+        })
+        .collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for &(i, _) in &labelled {
+        *counts.entry(train[i].source.as_str()).or_default() += 1;
+    }
+    let topics: Vec<&str> = counts
+        .into_iter()
+        .filter(|&(s, n)| {
+            n >= TOPIC_MIN_PROMPTS && args.topic_prior.iter().any(|p| s.starts_with(p.as_str()))
+        })
+        .map(|(s, _)| s)
+        .collect();
+    if topics.len() < 2 {
+        anyhow::bail!(
+            "--topic-prior: fewer than two sources named {} have {TOPIC_MIN_PROMPTS} training \
+             prompts with a complexity label",
+            args.topic_prior.join(",")
+        );
+    }
+    let topic_of = |i: usize| topics.binary_search(&train[i].source.as_str()).ok();
+    let dim = config.dim;
+    let pooled = |i: usize| &feats[i][EXTRA_FEATURES..EXTRA_FEATURES + dim];
+    let k = families.len();
+    let fit = |keep: &dyn Fn(usize) -> bool| -> anyhow::Result<super::TopicPrior> {
+        let rows: Vec<(usize, usize)> = labelled
+            .iter()
+            .filter(|(i, _)| keep(*i))
+            .filter_map(|&(i, _)| Some((i, topic_of(i)?)))
+            .collect();
+        let (weight, bias) = fit_softmax(
+            &rows.iter().map(|&(i, _)| pooled(i)).collect::<Vec<_>>(),
+            &rows.iter().map(|&(_, t)| t as u32).collect::<Vec<_>>(),
+            topics.len(),
+            args,
+        )?;
+        // Each topic's mean label per family, shrunk towards the family's mean.
+        let mut sums = vec![(0f64, 0f64); topics.len() * k];
+        let mut family = vec![(0f64, 0f64); k];
+        for &(i, j) in labelled.iter().filter(|(i, _)| keep(*i)) {
+            let y = f64::from(train[i].complexity.unwrap_or(0.0));
+            family[j].0 += y;
+            family[j].1 += 1.0;
+            if let Some(t) = topic_of(i) {
+                sums[t * k + j].0 += y;
+                sums[t * k + j].1 += 1.0;
+            }
+        }
+        let prior = sums
+            .iter()
+            .enumerate()
+            .map(|(c, (s, n))| {
+                let (fs, fn_) = family[c % k];
+                let mean = if fn_ > 0.0 { fs / fn_ } else { 0.0 };
+                ((s + TOPIC_SHRINK * mean) / (n + TOPIC_SHRINK)) as f32
+            })
+            .collect();
+        Ok(super::TopicPrior {
+            topics: topics.len(),
+            weight,
+            bias,
+            prior,
+        })
+    };
+    let pb = progress(LEXICON_FOLDS as u64 + 1, "topic prior");
+    let mut scores = vec![Vec::new(); train.len()];
+    let mut hits = (0usize, 0usize);
+    for fold in 0..LEXICON_FOLDS {
+        let prior = fit(&|i| i % LEXICON_FOLDS != fold)?;
+        for i in (fold..train.len()).step_by(LEXICON_FOLDS) {
+            scores[i] = prior.scores(pooled(i));
+            if let Some(t) = topic_of(i) {
+                let p = prior.probabilities(pooled(i));
+                let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]));
+                hits.0 += usize::from(best == Some(t));
+                hits.1 += 1;
+            }
+        }
+        pb.inc(1);
+    }
+    let full = fit(&|_| true)?;
+    pb.inc(1);
+    pb.finish();
+    eprintln!(
+        "topic prior: {} topics; the cross-fitted softmax names the source of {:.1}% of their training prompts",
+        topics.len(),
+        100.0 * hits.0 as f64 / hits.1.max(1) as f64
+    );
+    for (c, s) in cfeats.iter_mut().zip(&scores) {
+        c.extend_from_slice(s);
+    }
+    config.complexity_topics = topics.len();
+    let entries = vec![
+        (
+            "topic_weight".into(),
+            f32_le_bytes(&full.weight),
+            safetensors::Dtype::F32,
+            vec![topics.len(), dim],
+        ),
+        (
+            "topic_bias".into(),
+            f32_le_bytes(&full.bias),
+            safetensors::Dtype::F32,
+            vec![topics.len()],
+        ),
+        (
+            "topic_prior".into(),
+            f32_le_bytes(&full.prior),
+            safetensors::Dtype::F32,
+            vec![topics.len(), k],
+        ),
+    ];
+    Ok((cfeats, entries))
+}
+
+/// A multinomial logistic regression of the labels `y` (of `classes`) on the rows `x`, by AdamW
+/// over mini-batches from the training seed: its `[classes, inputs]` weights and biases.
+fn fit_softmax(
+    x: &[&[f32]],
+    y: &[u32],
+    classes: usize,
+    args: &TrainArgs,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let device = Device::Cpu;
+    let n = x.len();
+    let inputs = x.first().map_or(0, |r| r.len());
+    let flat: Vec<f32> = x.iter().flat_map(|r| r.iter().copied()).collect();
+    let xs = Tensor::from_vec(flat, (n, inputs), &device)?;
+    let ys = Tensor::from_vec(y.to_vec(), n, &device)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let linear = candle_nn::linear(inputs, classes, vb.pp("topic"))?;
+    seeded_init(&varmap, args.seed, &device)?;
+    let mut opt = head_optimizer(varmap.all_vars(), args.weight_decay)?;
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ 0x70b1c);
+    let ones = Tensor::ones(n, DType::F32, &device)?;
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    for _ in 0..TOPIC_EPOCHS {
+        rng.shuffle(&mut perm);
+        for chunk in perm.chunks(1024) {
+            let sel = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let loss = weighted_nll(
+                &linear.forward(&xs.index_select(&sel, 0)?)?,
+                &ys.index_select(&sel, 0)?,
+                &ones.index_select(&sel, 0)?,
+            )?;
+            opt.backward_step(&loss)?;
+        }
+    }
+    let weight = linear.weight().flatten_all()?.to_vec1::<f32>()?;
+    let bias = linear
+        .bias()
+        .ok_or_else(|| anyhow::anyhow!("the topic softmax has no bias"))?
+        .to_vec1::<f32>()?;
+    Ok((weight, bias))
+}
+
 fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -2416,12 +2633,14 @@ fn run_encoder_backbone(
         complexity_features(args, &config, train, &ids, &idf, &feats)?;
     let trained = train_heads(train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
-    let (experts, expert_fits) = fit_experts(args, &config, train, &cfeats)?;
+    let (efeats, topics) = add_topic_prior(args, &mut config, train, &feats, cfeats)?;
+    let (experts, expert_fits) = fit_experts(args, &config, train, &efeats)?;
     config.complexity_experts = experts;
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<_> = lexicon.into_iter().collect();
     tensors.extend(bags);
     tensors.extend(complexity_lexicon);
+    tensors.extend(topics);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -2527,15 +2746,29 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         .enumerate()
         .map(|(n, e)| {
             let intents = intents_phrase(&e.intents);
+            let reads = match e.family.strip_prefix(super::TOPIC_PREFIX) {
+                Some(family) => format!(
+                    "reads the topic prior's {family} score for prompts of {intents}, which the head does not \
+                     read: a softmax over the main pool (a linear layer, trained on the {} training sources named \
+                     by `--topic-prior` with at least {TOPIC_MIN_PROMPTS} public prompts with a complexity label) \
+                     guesses which of them a prompt is like, and averages their mean {family} labels (each shrunk \
+                     towards the family's mean as if {TOPIC_SHRINK} more prompts had it) under it. A cheap model's \
+                     weak spot is often a whole subject, which the pooled embedding tells apart better than single \
+                     tokens do.",
+                    config.complexity_topics
+                ),
+                None => format!(
+                    "reads the {0} lexicon's score again for prompts of {intents}: the head weighs every family \
+                     for every prompt, and the expert gives the {0} lexicon more say on those.",
+                    e.family
+                ),
+            };
             format!(
-                " {} complexity expert reads the {} lexicon's score again for prompts of {intents}: the head weighs \
-                 every family for every prompt, and the expert gives the {} lexicon more say on those. It adds {:.3} · \
-                 (score {} {:.4}) to the calibrated logit, times the intent head's probability of {intents}: the slope \
-                 is Platt scaling of the score against the cheap side's errors on the training prompts of {intents} \
-                 with recorded outcomes, and the centre their mean score, so a typical such prompt moves neither way.",
+                " {} complexity expert {reads} It adds {:.3} · (score {} {:.4}) to the calibrated logit, times the \
+                 intent head's probability of {intents}: the slope is Platt scaling of the score against the cheap \
+                 side's errors on the training prompts of {intents} with recorded outcomes, and the centre their \
+                 mean score, so a typical such prompt moves neither way.",
                 if n == 0 { "Then a" } else { "Another" },
-                e.family,
-                e.family,
                 e.slope,
                 if e.centre < 0.0 { "+" } else { "−" },
                 e.centre.abs(),
@@ -2716,6 +2949,14 @@ pub fn model_card(
     // Always spelled out: the flag defaults to true, so leaving it out would not say false.
     cmd.push_str(&format!(" --intent-lexicon {}", config.intent_lexicon));
     cmd.push_str(&format!(" --intent-bag {}", config.intent_bag));
+    cmd.push_str(&format!(
+        " --topic-prior {}",
+        if args.topic_prior.is_empty() {
+            "none".to_string()
+        } else {
+            args.topic_prior.join(",")
+        }
+    ));
     if config.domain_bag > 0.0 {
         cmd.push_str(&format!(" --domain-bag {}", config.domain_bag));
     }
@@ -2879,7 +3120,7 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
         }
         s.push('\n');
     }
-    s.push_str("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does much worse on prompts \
+    s.push_str("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does worse on prompts \
 in everyday voice: `eval/reports/classify-everyday-*` and `classify-difficulty*` (`scripts/eval-reports`) score it on the \
 hand-written sets in `eval/prompts/`, which no training run reads.\n\
 - Outside maths, what the levels lexicon (and so the complexity of every intent the levels expert speaks for) knows of difficulty \
@@ -3180,6 +3421,7 @@ mod tests {
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             complexity_wide: Vec::new(),
             complexity_intent: false,
+            topic_prior: Vec::new(),
             complexity_experts: Some(Vec::new()),
             epochs: 1,
             tune_epochs: 0,
@@ -3334,11 +3576,11 @@ mod tests {
             .collect();
         let levels = ("levels".to_string(), strings(&without));
         assert_eq!(
-            default_experts(&both, &train),
+            default_experts(&both, false, &train),
             std::slice::from_ref(&levels)
         );
         assert_eq!(
-            default_experts(&strings(&["levels"]), &train),
+            default_experts(&strings(&["levels"]), false, &train),
             std::slice::from_ref(&levels)
         );
         // Its slope needs 200 prompts with outcomes: 150 of maths and 30 of reasoning are too
@@ -3347,10 +3589,97 @@ mod tests {
             .chain(prompts("reasoning", 30, true))
             .chain(prompts("open_qa", 5 * enough, true))
             .collect();
-        assert_eq!(default_experts(&both, &few), []);
+        assert_eq!(default_experts(&both, false, &few), []);
         // No outcomes expert by default, and none without a levels lexicon.
-        assert_eq!(default_experts(&strings(&["outcomes"]), &train), []);
-        assert_eq!(default_experts(&[], &train), []);
+        assert_eq!(default_experts(&strings(&["outcomes"]), false, &train), []);
+        assert_eq!(default_experts(&[], false, &train), []);
+        // With a topic prior, its outcomes score speaks for the intents with many outcomes,
+        // given an outcomes lexicon; the levels expert stays as it was.
+        let topic = (
+            "topic.outcomes".to_string(),
+            strings(&["coding", "open_qa"]),
+        );
+        assert_eq!(
+            default_experts(&both, true, &train),
+            [levels.clone(), topic.clone()]
+        );
+        assert_eq!(
+            default_experts(&strings(&["levels"]), true, &train),
+            [levels]
+        );
+        assert_eq!(
+            default_experts(&strings(&["outcomes"]), true, &train),
+            [topic]
+        );
+        assert_eq!(
+            default_experts(&both, true, &few),
+            [("topic.outcomes".to_string(), strings(&["open_qa"]))]
+        );
+    }
+
+    #[test]
+    fn the_topic_prior_learns_each_subjects_mean_label_out_of_fold() {
+        // Two MMLU subjects told apart by the pooled embedding, one easy and one hard; an
+        // LLMRouter task and hand-written prompts that are not topics.
+        let dim = 4;
+        let mut train = Vec::new();
+        let mut pooled = Vec::new();
+        for i in 0..300 {
+            let (source, label, at) = match i % 3 {
+                0 => ("mmlu/easy", 0.1, 0),
+                1 => ("mmlu/hard", 0.9, 1),
+                _ => ("llmrouter/task", 0.5, 2),
+            };
+            let mut e = example("x", "open_qa", "general");
+            e.source = source.into();
+            e.complexity = Some(label);
+            e.handwritten = i % 30 == 2;
+            train.push(e);
+            let mut v = vec![0.0; dim];
+            v[at] = 1.0;
+            pooled.push(v);
+        }
+        let mut args = test_args();
+        args.topic_prior = vec!["mmlu/".into()];
+        let mut config = model_config(&args, dim, (8, 8, 0), String::new(), None);
+        let feats: Vec<Vec<f32>> = pooled
+            .iter()
+            .map(|v| [vec![0.0; EXTRA_FEATURES], v.clone()].concat())
+            .collect();
+        let cfeats = vec![vec![7.0; 3]; train.len()];
+        let (efeats, entries) =
+            add_topic_prior(&args, &mut config, &train, &feats, cfeats.clone()).unwrap();
+        assert_eq!(config.complexity_topics, 2);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["topic_weight", "topic_bias", "topic_prior"]);
+        assert_eq!(entries[2].3, vec![2, 2]);
+        // The features keep what they had, then a topic score per family; the hard subject's
+        // outcomes score is above the easy one's, each from a fold that did not see it.
+        assert!(efeats.iter().all(|f| f.len() == 5 && f[..3] == [7.0; 3]));
+        let outcomes = |i: usize| efeats[i][3];
+        assert!(
+            outcomes(1) > outcomes(0) + 0.1,
+            "{} vs {}",
+            outcomes(1),
+            outcomes(0)
+        );
+        // The stored prior: each subject's mean, shrunk towards the family's.
+        let prior: Vec<f32> = entries[2]
+            .1
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert!(prior[0] > 0.1 && prior[0] < 0.2, "{prior:?}");
+        assert!(prior[2] < 0.9 && prior[2] > 0.8, "{prior:?}");
+        // Without the flag nothing changes; with too few topics training says why.
+        args.topic_prior = Vec::new();
+        let (same, none) =
+            add_topic_prior(&args, &mut config, &train, &feats, cfeats.clone()).unwrap();
+        assert_eq!(same, cfeats);
+        assert!(none.is_empty());
+        args.topic_prior = vec!["llmrouter/".into()];
+        let err = add_topic_prior(&args, &mut config, &train, &feats, cfeats).unwrap_err();
+        assert!(err.to_string().contains("--topic-prior"), "{err}");
     }
 
     #[test]
