@@ -123,10 +123,11 @@ pub enum Command {
         /// lexicon family's score is added to the complexity head's logit again, in proportion
         /// to the intent head's probability of them, with a slope fitted on the training prompts
         /// of those intents with recorded outcomes. Repeat the flag for more experts (no intent
-        /// in two); "none" for none. Default: levels for maths and for every intent with fewer
-        /// than 100 training prompts with recorded outcomes, when a levels lexicon is fitted
-        /// and at least 200 of those prompts carry outcomes (an outcomes expert, e.g.
-        /// outcomes:coding+reasoning+open_qa, is opt-in).
+        /// in two); "none" for none; topic.FAMILY for the --topic-prior's score of a family.
+        /// Default: levels for maths and for every intent with fewer than 1,000 training
+        /// prompts with recorded outcomes, when a levels lexicon is fitted and at least 200 of
+        /// those prompts carry outcomes, and with a topic prior topic.outcomes for the other
+        /// intents (an outcomes expert, e.g. outcomes:coding+reasoning+open_qa, is opt-in).
         #[arg(long)]
         complexity_expert: Vec<String>,
         #[arg(long, default_value_t = 40)]
