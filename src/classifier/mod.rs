@@ -844,9 +844,8 @@ pub struct ComplexityLexicon {
 
 /// The topic prior: which source of labelled prompts a prompt looks like (a softmax over the
 /// prompt's main pooled embedding, over the sources named at training, e.g. MMLU and MATH
-/// subjects), and each
-/// complexity family's mean label over each source's training prompts, averaged under that
-/// softmax. The lexicon weighs tokens one by one; many a cheap model's weak spot is a whole
+/// subjects), and each complexity family's mean label over each source's training prompts,
+/// averaged under that softmax. The lexicon weighs tokens one by one; many a cheap model's weak spot is a whole
 /// subject, which the pooled embedding tells apart as a topic.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TopicPrior {
@@ -874,7 +873,11 @@ impl TopicPrior {
 
     /// Each family's prior for a prompt's main pool.
     pub fn scores(&self, pooled: &[f32]) -> Vec<f32> {
-        let p = self.probabilities(pooled);
+        self.expected(&self.probabilities(pooled))
+    }
+
+    /// Each family's prior under the topics' probabilities `p`.
+    pub fn expected(&self, p: &[f32]) -> Vec<f32> {
         let families = self.prior.len() / self.topics.max(1);
         (0..families)
             .map(|j| {

@@ -2471,9 +2471,9 @@ fn add_topic_prior(
     for fold in 0..LEXICON_FOLDS {
         let prior = fit(&|i| i % LEXICON_FOLDS != fold)?;
         for i in (fold..train.len()).step_by(LEXICON_FOLDS) {
-            scores[i] = prior.scores(pooled(i));
+            let p = prior.probabilities(pooled(i));
+            scores[i] = prior.expected(&p);
             if let Some(t) = topic_of(i) {
-                let p = prior.probabilities(pooled(i));
                 let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]));
                 hits.0 += usize::from(best == Some(t));
                 hits.1 += 1;
