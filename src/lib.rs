@@ -92,10 +92,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             backbone,
             compare_report,
         } => {
-            let complexity_lexicon: Vec<String> = complexity_lexicon
-                .into_iter()
-                .filter(|f| f != "none" && !f.is_empty())
-                .collect();
+            let complexity_lexicon = named(complexity_lexicon);
             let complexity_experts = classifier::train::parse_experts(&complexity_expert)?;
             let args = classifier::train::TrainArgs {
                 data,
@@ -113,15 +110,9 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 domain_bag,
                 ensemble,
                 complexity_lexicon,
-                complexity_wide: complexity_wide
-                    .into_iter()
-                    .filter(|f| f != "none" && !f.is_empty())
-                    .collect(),
+                complexity_wide: named(complexity_wide),
                 complexity_intent,
-                topic_prior: topic_prior
-                    .into_iter()
-                    .filter(|f| f != "none" && !f.is_empty())
-                    .collect(),
+                topic_prior: named(topic_prior),
                 complexity_experts,
                 epochs,
                 tune_epochs,
@@ -532,4 +523,11 @@ fn calibrate_cmd(
         100.0 * above as f64 / scores.len() as f64
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A comma-separated flag's names, without "none" (the word for an empty list) and empty ones.
+fn named(list: Vec<String>) -> Vec<String> {
+    list.into_iter()
+        .filter(|f| f != "none" && !f.is_empty())
+        .collect()
 }
