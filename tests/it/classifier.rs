@@ -445,6 +445,35 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// Every set `eval/prompts/SEALED` names is an evaluation set there, and none has a report yet:
+/// `scripts/eval-reports` skips sealed sets, so a report means one was scored before its change.
+#[test]
+fn sealed_sets_exist_and_have_no_report() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let list = std::fs::read_to_string(root.join("eval/prompts/SEALED")).unwrap();
+    let mut found = Vec::new();
+    for name in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if !root.join("eval/prompts").join(name).is_file() {
+            found.push(format!("{name} is not in eval/prompts"));
+        }
+        let stem = name.strip_suffix(".jsonl").unwrap_or(name);
+        for report in [
+            format!("classify-{stem}"),
+            format!("classify-{stem}-encoder"),
+            format!("classify-{stem}-domain-check"),
+        ] {
+            if root.join("eval/reports").join(&report).exists() {
+                found.push(format!("{name} is sealed but eval/reports/{report} exists"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 #[test]
 fn near_duplicates_are_rewordings_not_shared_phrasing() {
     use switchyard::eval::dataset::{content_words, near_duplicates};
