@@ -460,14 +460,12 @@ fn sealed_sets_exist_and_have_no_report() {
         if !root.join("eval/prompts").join(name).is_file() {
             found.push(format!("{name} is not in eval/prompts"));
         }
-        let stem = name.strip_suffix(".jsonl").unwrap_or(name);
-        for report in [
-            format!("classify-{stem}"),
-            format!("classify-{stem}-encoder"),
-            format!("classify-{stem}-domain-check"),
-        ] {
-            if root.join("eval/reports").join(&report).exists() {
-                found.push(format!("{name} is sealed but eval/reports/{report} exists"));
+        // Any report of the set: classify-<stem>, and its -encoder and -domain-check kin.
+        let report = format!("classify-{}", name.strip_suffix(".jsonl").unwrap_or(name));
+        for entry in std::fs::read_dir(root.join("eval/reports")).unwrap() {
+            let dir = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if dir == report || dir.starts_with(&format!("{report}-")) {
+                found.push(format!("{name} is sealed but eval/reports/{dir} exists"));
             }
         }
     }
