@@ -101,6 +101,12 @@ pub enum Command {
         /// ratings such as MATH levels). "none" for no lexicon.
         #[arg(long, default_value = "outcomes,levels", value_delimiter = ',')]
         complexity_lexicon: Vec<String>,
+        /// How LLMRouter's per-model scores become complexity labels: "pair", what escalating
+        /// from its cheapest model (by price) to its most accurate one (mean score) buys; or
+        /// "groups", the mean score of its models of 40B parameters and up against the smaller
+        /// ones' (the label before 2026-12-06).
+        #[arg(long, value_enum, default_value_t = crate::eval::datasets::LlmrouterLabel::Pair)]
+        llmrouter_label: crate::eval::datasets::LlmrouterLabel,
         /// The complexity families whose ridge also reads the prompt's pairs of adjacent
         /// tokens (hashed into 2^16 buckets) and its surface features, fitted with its tokens
         /// at once. "none" for none.

@@ -70,6 +70,8 @@ pub struct TrainArgs {
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
     /// [`COMPLEXITY_FAMILIES`].
     pub complexity_lexicon: Vec<String>,
+    /// How LLMRouter's per-model scores become complexity labels.
+    pub llmrouter_label: datasets::LlmrouterLabel,
     /// Of those families, the ones whose ridge also reads token pairs and surface features
     /// ([`super::WideLexicon`]).
     pub complexity_wide: Vec<String>,
@@ -1176,7 +1178,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         args.data.display(),
         args.handwritten.display()
     );
-    let mut all = datasets::read_all(&args.data, &args.handwritten, args.cap_per_source)?;
+    let mut all = datasets::read_all(
+        &args.data,
+        &args.handwritten,
+        args.cap_per_source,
+        args.llmrouter_label,
+    )?;
     for f in &args.extra {
         let records = crate::eval::dataset::read(f)?;
         eprintln!("{} labelled prompts from {}", records.len(), f.display());
@@ -2962,6 +2969,14 @@ pub fn model_card(
     }
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
+    // And this: older models were trained on the groups label, the flag's default is the pair.
+    cmd.push_str(&format!(
+        " --llmrouter-label {}",
+        match args.llmrouter_label {
+            datasets::LlmrouterLabel::Pair => "pair",
+            datasets::LlmrouterLabel::Groups => "groups",
+        }
+    ));
     // And these: the flag's default is an expert, which older models lack.
     if config.complexity_experts.is_empty() {
         cmd.push_str(" --complexity-expert none");
@@ -2992,9 +3007,22 @@ pub fn model_card(
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
+    let llmrouter = match args.llmrouter_label {
+        datasets::LlmrouterLabel::Pair => {
+            match datasets::llmrouter_pair_of(&args.data.join(datasets::LLMROUTER_TRAIN)) {
+                Ok(Some((cheap, strong))) => format!(
+                    "complexity as what escalating from its cheapest model, {cheap}, to its most accurate, {strong}, buys"
+                ),
+                _ => "complexity as what escalating from its cheapest model to its most accurate buys".into(),
+            }
+        }
+        datasets::LlmrouterLabel::Groups => {
+            "complexity from its models of 40B parameters and up against the smaller ones".into()
+        }
+    };
     s.push_str(&format!("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
-PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; complexity from its \
-models of 40B parameters and up against the smaller ones, as below), RouteLLM MMLU (open QA; domain by subject; contaminated prompts dropped) and RouteLLM's \
+PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; {llmrouter}, \
+as below), RouteLLM MMLU (open QA; domain by subject; contaminated prompts dropped) and RouteLLM's \
 GSM8K half (maths), both with complexity from Mixtral/GPT-4 correctness as what escalating buys (0.9 right only by GPT-4, 0.1 right by \
 both or wrong by both, 0.0 right only by Mixtral), and the project's hand-written examples in `training-data/` (complexity from the writer's 1–5 \
 rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`; a rated \
@@ -3130,7 +3158,7 @@ of writing flatter them.\n\
 - The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
 - Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\
 - MMLU subjects labelled general but close to medicine or money (biology, psychology, human sexuality, statistics) are often \
-scored medical or finance: that lowers those domains' precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral, GPT-4, LLMRouter's 9 open models); other pairs may disagree.\n\
+scored medical or finance: that lowers those domains' precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral and GPT-4; LLMRouter's cheapest and most accurate, or with `--llmrouter-label groups` its large models against its small ones); other pairs may disagree.\n\
 - English only in practice: the vocabulary is uncased English WordPiece.\n");
     s
 }
@@ -3419,6 +3447,7 @@ mod tests {
             domain_bag: 0.0,
             ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
+            llmrouter_label: datasets::LlmrouterLabel::Pair,
             complexity_wide: Vec::new(),
             complexity_intent: false,
             topic_prior: Vec::new(),

@@ -213,6 +213,9 @@ pub fn gain_complexity(cheap: f64, strong: f64) -> f32 {
     (0.1 + 0.8 * g.max(0.0) + 0.1 * g.min(0.0)) as f32
 }
 
+/// LLMRouter's prompts with per-model scores, under the shared data directory.
+pub const LLMROUTER_TRAIN: &str = "routing-outcomes/llmrouter/train.jsonl";
+
 /// LLMRouter models of at least this many billion parameters count as its strong side.
 pub const LLMROUTER_STRONG_BILLIONS: f64 = 40.0;
 
@@ -411,12 +414,76 @@ pub(crate) fn read_llm_list(train: &Path) -> Result<(PathBuf, BTreeMap<String, V
     Ok((path, models))
 }
 
+/// How [`read_llmrouter_prompts`] turns LLMRouter's per-model scores into a complexity label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LlmrouterLabel {
+    /// What escalating from the cheapest model (by price in `llms.json`) to the most accurate
+    /// one (mean score over the file) buys: the pair a router of this data would be deployed
+    /// between.
+    #[default]
+    Pair,
+    /// The mean score of the models of at least [`LLMROUTER_STRONG_BILLIONS`] billion
+    /// parameters against the mean of the smaller ones. A large model that fails a task's
+    /// answer format (LLMRouter's llama3-chatqa-1.5-70b scores 0.02 on ARC) then pulls that
+    /// task's label down whatever the strong model does.
+    Groups,
+}
+
+/// The cheap and strong models of [`LlmrouterLabel::Pair`]: the model with the lowest input plus
+/// output price in `llms.json`, and the model with the highest mean score over `rows` (ties go
+/// to the first name in order). `None` when no model has both a price and a score.
+fn llmrouter_pair(
+    rows: &[(u64, Value)],
+    models: &BTreeMap<String, Value>,
+) -> Option<(String, String)> {
+    let mut totals: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (_, v) in rows {
+        for (model, score) in v
+            .get("scores")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(score) = score.as_f64() {
+                let t = totals.entry(model.as_str()).or_default();
+                t.0 += score;
+                t.1 += 1.0;
+            }
+        }
+    }
+    let price = |model: &str| {
+        let m = models.get(model)?;
+        let p = |k: &str| m.get(k).and_then(Value::as_f64);
+        Some(p("input_price")? + p("output_price")?)
+    };
+    let cheap = totals
+        .keys()
+        .filter_map(|m| Some((price(m)?, *m)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))?
+        .1;
+    let strong = totals
+        .iter()
+        .map(|(m, (sum, n))| (sum / n, *m))
+        .reduce(|best, x| if x.0 > best.0 { x } else { best })?
+        .1;
+    Some((cheap.to_string(), strong.to_string()))
+}
+
+/// The cheap and strong models [`LlmrouterLabel::Pair`] labels LLMRouter's `train` file by.
+pub fn llmrouter_pair_of(train: &Path) -> Result<Option<(String, String)>, EvalError> {
+    let (_, models) = read_llm_list(train)?;
+    Ok(llmrouter_pair(&read_jsonl(train)?, &models))
+}
+
 /// LLMRouter's `train.jsonl` (`question`, `scores` per model, `task_name`), as labelled prompts.
-/// Complexity is what escalating buys ([`gain_complexity`]): the mean score of its large models
-/// (at least [`LLMROUTER_STRONG_BILLIONS`] billion parameters, by the `size` in the `llms.json`
-/// beside it) against the mean of its small ones. One minus the share of models right (the
-/// prompt's difficulty) ranked prompts every model fails first, and routed worse than random.
-pub fn read_llmrouter_prompts(path: &Path) -> Result<Vec<Example>, EvalError> {
+/// Complexity is what escalating buys ([`gain_complexity`]), between the models `label` names;
+/// the cheap side's error is one minus its score (with [`LlmrouterLabel::Groups`], the small
+/// models' mean). One minus the share of models right (the prompt's difficulty) ranked prompts
+/// every model fails first, and routed worse than random.
+pub fn read_llmrouter_prompts(
+    path: &Path,
+    label: LlmrouterLabel,
+) -> Result<Vec<Example>, EvalError> {
     let (sizes_path, models) = read_llm_list(path)?;
     let strong = |model: &str| -> Result<bool, EvalError> {
         models
@@ -432,34 +499,53 @@ pub fn read_llmrouter_prompts(path: &Path) -> Result<Vec<Example>, EvalError> {
                 )
             })
     };
+    let rows = read_jsonl(path)?;
+    let pair = match label {
+        LlmrouterLabel::Pair => Some(llmrouter_pair(&rows, &models).ok_or_else(|| {
+            file_err(
+                &sizes_path,
+                "no model with both a price (input_price, output_price) and a score",
+            )
+        })?),
+        LlmrouterLabel::Groups => None,
+    };
     let mut out = Vec::new();
-    for (line, v) in read_jsonl(path)? {
+    for (line, v) in rows {
         let q = str_field(path, line, &v, "question")?;
         let task = v
             .get("task_name")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let (mut big, mut small) = (Vec::new(), Vec::new());
-        for (model, score) in v
-            .get("scores")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let Some(score) = score.as_f64() else {
-                continue;
-            };
-            if strong(model)? {
-                big.push(score);
-            } else {
-                small.push(score);
+        let scores = v.get("scores").and_then(Value::as_object);
+        let (complexity, cheap_error) = if let Some((cheap, strong)) = &pair {
+            let score = |m: &str| scores.and_then(|s| s.get(m)).and_then(Value::as_f64);
+            (
+                score(cheap)
+                    .zip(score(strong))
+                    .map(|(c, s)| gain_complexity(c, s)),
+                score(cheap).map(|c| (1.0 - c).clamp(0.0, 1.0) as f32),
+            )
+        } else {
+            let (mut big, mut small) = (Vec::new(), Vec::new());
+            for (model, score) in scores.into_iter().flatten() {
+                let Some(score) = score.as_f64() else {
+                    continue;
+                };
+                if strong(model)? {
+                    big.push(score);
+                } else {
+                    small.push(score);
+                }
             }
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let complexity = (!big.is_empty() && !small.is_empty())
-            .then(|| gain_complexity(mean(&small), mean(&big)));
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            (
+                (!big.is_empty() && !small.is_empty())
+                    .then(|| gain_complexity(mean(&small), mean(&big))),
+                (!small.is_empty()).then(|| (1.0 - mean(&small)).clamp(0.0, 1.0) as f32),
+            )
+        };
         out.push(Example {
-            cheap_error: (!small.is_empty()).then(|| (1.0 - mean(&small)).clamp(0.0, 1.0) as f32),
+            cheap_error,
             ..ex(
                 q,
                 llmrouter_intent(task),
@@ -498,6 +584,7 @@ pub fn read_all(
     data: &Path,
     handwritten: &Path,
     cap_per_source: usize,
+    llmrouter: LlmrouterLabel,
 ) -> Result<Vec<Example>, EvalError> {
     let p = data.join("prompts");
     let mut out = read_gsm8k(&p.join("gsm8k-train.jsonl"))?;
@@ -507,7 +594,8 @@ pub fn read_all(
     out.extend(read_ifeval(&p.join("ifeval.jsonl"))?);
     out.extend(read_legalbench(&p.join("legalbench"))?);
     out.extend(read_llmrouter_prompts(
-        &data.join("routing-outcomes/llmrouter/train.jsonl"),
+        &data.join(LLMROUTER_TRAIN),
+        llmrouter,
     )?);
     out.extend(read_mmlu_prompts(
         &data.join("routing-outcomes/routellm-mmlu"),
@@ -592,4 +680,87 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An LLMRouter folder: `cheap` is the cheapest model, `best` the most accurate, `broken` a
+    /// large model that fails the answer format of the second task.
+    fn llmrouter_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sy-llmrouter-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("llms.json"),
+            r#"{"cheap": {"size": "7B", "input_price": 0.1, "output_price": 0.1},
+                "small": {"size": "8B", "input_price": 0.2, "output_price": 0.2},
+                "broken": {"size": "70B", "input_price": 0.9, "output_price": 0.9},
+                "best": {"size": "51B", "input_price": 0.9, "output_price": 0.9}}"#,
+        )
+        .unwrap();
+        let row = |q: &str, task: &str, c: f64, s: f64, b: f64, k: f64| {
+            format!(
+                r#"{{"question": "{q}", "task_name": "{task}", "scores": {{"cheap": {c}, "small": {s}, "broken": {b}, "best": {k}}}}}"#
+            )
+        };
+        std::fs::write(
+            dir.join("train.jsonl"),
+            [
+                row("Add 2 and 3.", "gsm8k", 1.0, 1.0, 1.0, 1.0),
+                row(
+                    "Which is a mammal? A) trout B) whale",
+                    "arc_challenge",
+                    0.0,
+                    1.0,
+                    0.0,
+                    1.0,
+                ),
+                row("Who wrote Hamlet?", "trivia_qa", 1.0, 0.0, 1.0, 0.0),
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        dir.join("train.jsonl")
+    }
+
+    #[test]
+    fn the_llmrouter_pair_label_is_what_escalating_from_the_cheapest_to_the_best_model_buys() {
+        let train = llmrouter_dir("pair");
+        assert_eq!(
+            llmrouter_pair_of(&train).unwrap(),
+            Some(("cheap".to_string(), "best".to_string()))
+        );
+        let rows = read_llmrouter_prompts(&train, LlmrouterLabel::Pair).unwrap();
+        let labels: Vec<_> = rows.iter().map(|e| (e.complexity, e.cheap_error)).collect();
+        assert_eq!(
+            labels,
+            [
+                (Some(0.1), Some(0.0)),
+                (Some(gain_complexity(0.0, 1.0)), Some(1.0)),
+                (Some(gain_complexity(1.0, 0.0)), Some(0.0)),
+            ]
+        );
+        assert_eq!(rows[1].source, "llmrouter/arc_challenge");
+        // The groups label averages the broken large model in: by it, escalating the second
+        // prompt buys nothing, though the best model gets it right and the cheapest does not.
+        let rows = read_llmrouter_prompts(&train, LlmrouterLabel::Groups).unwrap();
+        assert_eq!(rows[1].complexity, Some(gain_complexity(0.5, 0.5)));
+        assert_eq!(rows[1].cheap_error, Some(0.5));
+    }
+
+    #[test]
+    fn the_llmrouter_pair_label_needs_a_priced_model() {
+        let train = llmrouter_dir("unpriced");
+        std::fs::write(
+            train.with_file_name("llms.json"),
+            r#"{"cheap": {"size": "7B"}, "small": {"size": "8B"}, "broken": {"size": "70B"}, "best": {"size": "51B"}}"#,
+        )
+        .unwrap();
+        let err = read_llmrouter_prompts(&train, LlmrouterLabel::Pair)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llms.json") && err.contains("price"), "{err}");
+        assert!(read_llmrouter_prompts(&train, LlmrouterLabel::Groups).is_ok());
+    }
 }

@@ -169,7 +169,9 @@ fn llmrouter(path: &Path) -> Result<Vec<Record>, EvalError> {
             .and_then(Value::as_f64)
             .ok_or_else(|| file_err(&prices_path, format!("no input_price for model {model:?}")))
     };
-    let examples = datasets::read_llmrouter_prompts(path)?;
+    // The complexity label is dropped below; the groups label reads no prices, only the sizes
+    // an import has always needed.
+    let examples = datasets::read_llmrouter_prompts(path, datasets::LlmrouterLabel::Groups)?;
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
     let mut out = Vec::new();
     let mut lines = text
