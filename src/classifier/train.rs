@@ -1178,7 +1178,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         args.data.display(),
         args.handwritten.display()
     );
-    let mut all = datasets::read_all(
+    let (mut all, llmrouter_pair) = datasets::read_all(
         &args.data,
         &args.handwritten,
         args.cap_per_source,
@@ -1208,7 +1208,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     );
 
     if args.encoder_backbone {
-        return run_encoder_backbone(args, &source, &encoder_dir, &wp, &vocab_text, &train, held);
+        return run_encoder_backbone(
+            args,
+            &source,
+            &encoder_dir,
+            &wp,
+            &vocab_text,
+            &train,
+            held,
+            llmrouter_pair.as_ref(),
+        );
     }
     let (dtype, columns) =
         super::embedding_layout(args.embedding_bits, args.dim).ok_or_else(|| {
@@ -1338,7 +1347,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         lexicon: fits,
         experts: expert_fits,
     };
-    finish(args, &config, raw.len(), &train, held, fits)
+    finish(
+        args,
+        &config,
+        raw.len(),
+        &train,
+        held,
+        fits,
+        llmrouter_pair.as_ref(),
+    )
 }
 
 /// What training measured of the complexity lexicon's and the experts' fits.
@@ -1356,6 +1373,7 @@ fn finish(
     train: &[Example],
     held: Held,
     fits: Fits,
+    llmrouter_pair: Option<&datasets::ModelPair>,
 ) -> anyhow::Result<Metrics> {
     let compare = args
         .compare_report
@@ -1436,7 +1454,7 @@ fn finish(
     )?;
     std::fs::write(
         args.out.join("README.md"),
-        model_card(args, config, vocab_size, &metrics, &compare),
+        model_card(args, config, vocab_size, &metrics, &compare, llmrouter_pair),
     )?;
     let mut manifest = String::new();
     for f in [
@@ -2602,6 +2620,7 @@ fn run_encoder_backbone(
     vocab_text: &str,
     train: &[Example],
     held: Held,
+    llmrouter_pair: Option<&datasets::ModelPair>,
 ) -> anyhow::Result<Metrics> {
     // The encoder's cost grows with length: read at most 96 tokens (64 from the start, 32 from
     // the end) plus [CLS] and [SEP].
@@ -2659,7 +2678,15 @@ fn run_encoder_backbone(
         lexicon: fits,
         experts: expert_fits,
     };
-    finish(args, &config, wp.vocab_size(), train, held, fits)
+    finish(
+        args,
+        &config,
+        wp.vocab_size(),
+        train,
+        held,
+        fits,
+        llmrouter_pair,
+    )
 }
 
 /// `intents` in a sentence of the model card: "math", "math or reasoning", or for most of the
@@ -2861,6 +2888,7 @@ pub fn model_card(
     vocab_size: usize,
     m: &Metrics,
     compare: &[(String, String)],
+    llmrouter_pair: Option<&datasets::ModelPair>,
 ) -> String {
     let mut s = String::new();
     s.push_str("# switchyard router model\n\n");
@@ -3007,18 +3035,11 @@ pub fn model_card(
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
-    let llmrouter = match args.llmrouter_label {
-        datasets::LlmrouterLabel::Pair => {
-            match datasets::llmrouter_pair_of(&args.data.join(datasets::LLMROUTER_TRAIN)) {
-                Ok(Some((cheap, strong))) => format!(
-                    "complexity as what escalating from its cheapest model, {cheap}, to its most accurate, {strong}, buys"
-                ),
-                _ => "complexity as what escalating from its cheapest model to its most accurate buys".into(),
-            }
-        }
-        datasets::LlmrouterLabel::Groups => {
-            "complexity from its models of 40B parameters and up against the smaller ones".into()
-        }
+    let llmrouter = match llmrouter_pair {
+        Some((cheap, strong)) => format!(
+            "complexity as what escalating from its cheapest model, {cheap}, to its most accurate, {strong}, buys"
+        ),
+        None => "complexity from its models of 40B parameters and up against the smaller ones".into(),
     };
     s.push_str(&format!("Sources, read in their publishers' formats: GSM8K and MATH (math; MATH levels give complexity), LegalBench (legal), \
 PubMedQA (medical closed QA), FrugalGPT HEADLINES (finance classification), IFEval (domain only), LLMRouter (intent by task; {llmrouter}, \

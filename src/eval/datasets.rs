@@ -414,6 +414,9 @@ pub(crate) fn read_llm_list(train: &Path) -> Result<(PathBuf, BTreeMap<String, V
     Ok((path, models))
 }
 
+/// A cheap and a strong model, by name.
+pub type ModelPair = (String, String);
+
 /// How [`read_llmrouter_prompts`] turns LLMRouter's per-model scores into a complexity label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LlmrouterLabel {
@@ -432,10 +435,7 @@ pub enum LlmrouterLabel {
 /// The cheap and strong models of [`LlmrouterLabel::Pair`]: the model with the lowest input plus
 /// output price in `llms.json`, and the model with the highest mean score over `rows` (ties go
 /// to the first name in order). `None` when no model has both a price and a score.
-fn llmrouter_pair(
-    rows: &[(u64, Value)],
-    models: &BTreeMap<String, Value>,
-) -> Option<(String, String)> {
+fn llmrouter_pair(rows: &[(u64, Value)], models: &BTreeMap<String, Value>) -> Option<ModelPair> {
     let mut totals: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for (_, v) in rows {
         for (model, score) in v
@@ -469,21 +469,16 @@ fn llmrouter_pair(
     Some((cheap.to_string(), strong.to_string()))
 }
 
-/// The cheap and strong models [`LlmrouterLabel::Pair`] labels LLMRouter's `train` file by.
-pub fn llmrouter_pair_of(train: &Path) -> Result<Option<(String, String)>, EvalError> {
-    let (_, models) = read_llm_list(train)?;
-    Ok(llmrouter_pair(&read_jsonl(train)?, &models))
-}
-
 /// LLMRouter's `train.jsonl` (`question`, `scores` per model, `task_name`), as labelled prompts.
 /// Complexity is what escalating buys ([`gain_complexity`]), between the models `label` names;
 /// the cheap side's error is one minus its score (with [`LlmrouterLabel::Groups`], the small
 /// models' mean). One minus the share of models right (the prompt's difficulty) ranked prompts
-/// every model fails first, and routed worse than random.
+/// every model fails first, and routed worse than random. Also returns the cheap and strong
+/// models of [`LlmrouterLabel::Pair`] (`None` with `Groups`), for the model card.
 pub fn read_llmrouter_prompts(
     path: &Path,
     label: LlmrouterLabel,
-) -> Result<Vec<Example>, EvalError> {
+) -> Result<(Vec<Example>, Option<ModelPair>), EvalError> {
     let (sizes_path, models) = read_llm_list(path)?;
     let strong = |model: &str| -> Result<bool, EvalError> {
         models
@@ -555,7 +550,7 @@ pub fn read_llmrouter_prompts(
             )
         });
     }
-    Ok(out)
+    Ok((out, pair))
 }
 
 /// RouteLLM's MMLU outcomes as labelled prompts (complexity from the outcomes).
@@ -578,14 +573,15 @@ pub fn read_mmlu_prompts(
         .collect())
 }
 
-/// Every labelled example under `data` (the shared data directory) and `handwritten`.
-/// Per-source caps keep the big sources from drowning the small ones.
+/// Every labelled example under `data` (the shared data directory) and `handwritten`, and the
+/// models LLMRouter's complexity labels compare ([`read_llmrouter_prompts`]). Per-source caps
+/// keep the big sources from drowning the small ones.
 pub fn read_all(
     data: &Path,
     handwritten: &Path,
     cap_per_source: usize,
     llmrouter: LlmrouterLabel,
-) -> Result<Vec<Example>, EvalError> {
+) -> Result<(Vec<Example>, Option<ModelPair>), EvalError> {
     let p = data.join("prompts");
     let mut out = read_gsm8k(&p.join("gsm8k-train.jsonl"))?;
     out.extend(read_math(&p.join("math-train.jsonl"))?);
@@ -593,10 +589,8 @@ pub fn read_all(
     out.extend(read_headlines(&p.join("headlines-train.csv"))?);
     out.extend(read_ifeval(&p.join("ifeval.jsonl"))?);
     out.extend(read_legalbench(&p.join("legalbench"))?);
-    out.extend(read_llmrouter_prompts(
-        &data.join(LLMROUTER_TRAIN),
-        llmrouter,
-    )?);
+    let (llmrouter, pair) = read_llmrouter_prompts(&data.join(LLMROUTER_TRAIN), llmrouter)?;
+    out.extend(llmrouter);
     out.extend(read_mmlu_prompts(
         &data.join("routing-outcomes/routellm-mmlu"),
         Some(&data.join("routing-outcomes/routellm-mmlu-contaminated.jsonl")),
@@ -605,7 +599,7 @@ pub fn read_all(
         &data.join("routing-outcomes/routellm-gsm8k-half.csv"),
     )?);
     out.extend(read_handwritten(handwritten)?);
-    Ok(cap(out, cap_per_source))
+    Ok((cap(out, cap_per_source), pair))
 }
 
 /// At most `cap_per_source` examples from each source, deterministically (every k-th row).
@@ -727,11 +721,8 @@ mod tests {
     #[test]
     fn the_llmrouter_pair_label_is_what_escalating_from_the_cheapest_to_the_best_model_buys() {
         let train = llmrouter_dir("pair");
-        assert_eq!(
-            llmrouter_pair_of(&train).unwrap(),
-            Some(("cheap".to_string(), "best".to_string()))
-        );
-        let rows = read_llmrouter_prompts(&train, LlmrouterLabel::Pair).unwrap();
+        let (rows, pair) = read_llmrouter_prompts(&train, LlmrouterLabel::Pair).unwrap();
+        assert_eq!(pair, Some(("cheap".to_string(), "best".to_string())));
         let labels: Vec<_> = rows.iter().map(|e| (e.complexity, e.cheap_error)).collect();
         assert_eq!(
             labels,
@@ -744,7 +735,8 @@ mod tests {
         assert_eq!(rows[1].source, "llmrouter/arc_challenge");
         // The groups label averages the broken large model in: by it, escalating the second
         // prompt buys nothing, though the best model gets it right and the cheapest does not.
-        let rows = read_llmrouter_prompts(&train, LlmrouterLabel::Groups).unwrap();
+        let (rows, pair) = read_llmrouter_prompts(&train, LlmrouterLabel::Groups).unwrap();
+        assert_eq!(pair, None);
         assert_eq!(rows[1].complexity, Some(gain_complexity(0.5, 0.5)));
         assert_eq!(rows[1].cheap_error, Some(0.5));
     }

@@ -171,7 +171,7 @@ fn llmrouter(path: &Path) -> Result<Vec<Record>, EvalError> {
     };
     // The complexity label is dropped below; the groups label reads no prices, only the sizes
     // an import has always needed.
-    let examples = datasets::read_llmrouter_prompts(path, datasets::LlmrouterLabel::Groups)?;
+    let (examples, _) = datasets::read_llmrouter_prompts(path, datasets::LlmrouterLabel::Groups)?;
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
     let mut out = Vec::new();
     let mut lines = text
