@@ -2998,13 +2998,9 @@ pub fn model_card(
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
     // And this: older models were trained on the groups label, the flag's default is the pair.
-    cmd.push_str(&format!(
-        " --llmrouter-label {}",
-        match args.llmrouter_label {
-            datasets::LlmrouterLabel::Pair => "pair",
-            datasets::LlmrouterLabel::Groups => "groups",
-        }
-    ));
+    if let Some(label) = clap::ValueEnum::to_possible_value(&args.llmrouter_label) {
+        cmd.push_str(&format!(" --llmrouter-label {}", label.get_name()));
+    }
     // And these: the flag's default is an expert, which older models lack.
     if config.complexity_experts.is_empty() {
         cmd.push_str(" --complexity-expert none");

@@ -213,9 +213,6 @@ pub fn gain_complexity(cheap: f64, strong: f64) -> f32 {
     (0.1 + 0.8 * g.max(0.0) + 0.1 * g.min(0.0)) as f32
 }
 
-/// LLMRouter's prompts with per-model scores, under the shared data directory.
-pub const LLMROUTER_TRAIN: &str = "routing-outcomes/llmrouter/train.jsonl";
-
 /// LLMRouter models of at least this many billion parameters count as its strong side.
 pub const LLMROUTER_STRONG_BILLIONS: f64 = 40.0;
 
@@ -589,7 +586,10 @@ pub fn read_all(
     out.extend(read_headlines(&p.join("headlines-train.csv"))?);
     out.extend(read_ifeval(&p.join("ifeval.jsonl"))?);
     out.extend(read_legalbench(&p.join("legalbench"))?);
-    let (llmrouter, pair) = read_llmrouter_prompts(&data.join(LLMROUTER_TRAIN), llmrouter)?;
+    let (llmrouter, pair) = read_llmrouter_prompts(
+        &data.join("routing-outcomes/llmrouter/train.jsonl"),
+        llmrouter,
+    )?;
     out.extend(llmrouter);
     out.extend(read_mmlu_prompts(
         &data.join("routing-outcomes/routellm-mmlu"),
