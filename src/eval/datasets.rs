@@ -46,7 +46,7 @@ pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> EvalError {
     }
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<(u64, Value)>, EvalError> {
+pub(crate) fn read_jsonl(path: &Path) -> Result<Vec<(u64, Value)>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -477,6 +477,18 @@ pub fn read_llmrouter_prompts(
     label: LlmrouterLabel,
 ) -> Result<(Vec<Example>, Option<ModelPair>), EvalError> {
     let (sizes_path, models) = read_llm_list(path)?;
+    llmrouter_examples(path, &read_jsonl(path)?, &sizes_path, &models, label)
+}
+
+/// [`read_llmrouter_prompts`] of rows already read from `path` (`read_jsonl`) and the model list
+/// read from `sizes_path` beside it (`read_llm_list`): one example per row, in order.
+pub(crate) fn llmrouter_examples(
+    path: &Path,
+    rows: &[(u64, Value)],
+    sizes_path: &Path,
+    models: &BTreeMap<String, Value>,
+    label: LlmrouterLabel,
+) -> Result<(Vec<Example>, Option<ModelPair>), EvalError> {
     let strong = |model: &str| -> Result<bool, EvalError> {
         models
             .get(model)
@@ -486,16 +498,15 @@ pub fn read_llmrouter_prompts(
             .map(|b| b >= LLMROUTER_STRONG_BILLIONS)
             .ok_or_else(|| {
                 file_err(
-                    &sizes_path,
+                    sizes_path,
                     format!("no size like \"7B\" for model {model:?}"),
                 )
             })
     };
-    let rows = read_jsonl(path)?;
     let pair = match label {
-        LlmrouterLabel::Pair => Some(llmrouter_pair(&rows, &models).ok_or_else(|| {
+        LlmrouterLabel::Pair => Some(llmrouter_pair(rows, models).ok_or_else(|| {
             file_err(
-                &sizes_path,
+                sizes_path,
                 "no model with both a price (input_price, output_price) and a score",
             )
         })?),
@@ -503,7 +514,7 @@ pub fn read_llmrouter_prompts(
     };
     let mut out = Vec::new();
     for (line, v) in rows {
-        let q = str_field(path, line, &v, "question")?;
+        let q = str_field(path, *line, v, "question")?;
         let task = v
             .get("task_name")
             .and_then(Value::as_str)

@@ -170,24 +170,17 @@ fn llmrouter(path: &Path) -> Result<Vec<Record>, EvalError> {
             .ok_or_else(|| file_err(&prices_path, format!("no input_price for model {model:?}")))
     };
     // The complexity label is dropped below; the groups label reads no prices, only the sizes
-    // an import has always needed.
-    let (examples, _) = datasets::read_llmrouter_prompts(path, datasets::LlmrouterLabel::Groups)?;
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
+    // an import has always needed. One example per row, in order.
+    let rows = datasets::read_jsonl(path)?;
+    let (examples, _) = datasets::llmrouter_examples(
+        path,
+        &rows,
+        &prices_path,
+        &prices,
+        datasets::LlmrouterLabel::Groups,
+    )?;
     let mut out = Vec::new();
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    for (i, e) in examples.into_iter().enumerate() {
-        let Some((ln, line)) = lines.next() else {
-            break;
-        };
-        let v: Value = serde_json::from_str(line).map_err(|err| EvalError::Field {
-            file: path.display().to_string(),
-            line: ln as u64 + 1,
-            field: "(line)".into(),
-            message: err.to_string(),
-        })?;
+    for (i, (e, (line, v))) in examples.into_iter().zip(&rows).enumerate() {
         let tokens = estimate_tokens(&e.prompt);
         let mut outcomes = BTreeMap::new();
         for (model, score) in v
@@ -198,7 +191,7 @@ fn llmrouter(path: &Path) -> Result<Vec<Record>, EvalError> {
         {
             let q = score.as_f64().ok_or_else(|| EvalError::Field {
                 file: path.display().to_string(),
-                line: ln as u64 + 1,
+                line: *line,
                 field: format!("scores.{model}"),
                 message: "not a number".into(),
             })?;
