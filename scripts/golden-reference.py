@@ -112,6 +112,14 @@ def wordpiece(word, vocab):
         start = end
     return ids
 
+def tfidf(items, idf):
+    # A TF-IDF bag of the distinct items with an idf: (1 + ln tf) * idf, L2-normalised, as
+    # (item, weight) pairs (empty when no item has an idf).
+    bag = [(i, (1 + math.log(items.count(i))) * idf[i]) for i in sorted(set(items)) if idf[i] > 0]
+    norm = math.sqrt(sum(v * v for _, v in bag))
+    return [(i, v / norm) for i, v in bag] if norm > 0 else []
+
+
 def main():
     cfg = json.load(open(DIR + "/config.json"))
     vocab = {t: i for i, t in enumerate(open(DIR + "/vocab.txt", encoding="utf-8").read().split("\n")) if t or i == 0}
@@ -184,13 +192,11 @@ def main():
         x = list(f[:4 + dims] if dims else f)
         families = cfg.get("complexity_lexicon", [])
         if families:
-            # A TF-IDF bag of the distinct tokens with an idf: (1 + ln tf) * idf, L2-normalised,
-            # times each family's column of weights.
+            # The prompt's TF-IDF bag of tokens times each family's column of weights.
             idf = w["token_idf"][0]
             lex, (_, k) = w["complexity_lexicon"]
-            bag = [(i, (1 + math.log(ids.count(i))) * idf[i]) for i in sorted(set(ids)) if idf[i] > 0]
-            norm = math.sqrt(sum(v * v for _, v in bag))
-            scores = [sum(v / norm * lex[i * k + j] for i, v in bag) if norm > 0 else 0.0 for j in range(k)]
+            bag = tfidf(ids, idf)
+            scores = [sum(v * lex[i * k + j] for i, v in bag) for j in range(k)]
             if cfg.get("complexity_wide"):
                 # Wide families also weigh the prompt's adjacent token pairs, hashed into
                 # 2^bits buckets (the top bits of a 64-bit multiplicative hash of both ids) and
@@ -199,12 +205,10 @@ def main():
                 pairs = [(((a << 32 | b) * 0x9E3779B97F4A7C15) % (1 << 64)) >> (64 - bits) for a, b in zip(ids, ids[1:])]
                 pidf = w["pair_idf"][0]
                 plex = w["complexity_pairs"][0]
-                pbag = [(i, (1 + math.log(pairs.count(i))) * pidf[i]) for i in sorted(set(pairs)) if pidf[i] > 0]
-                pnorm = math.sqrt(sum(v * v for _, v in pbag))
+                pbag = tfidf(pairs, pidf)
                 surface = w["complexity_surface"][0]
                 for j in range(k):
-                    if pnorm > 0:
-                        scores[j] += sum(v / pnorm * plex[i * k + j] for i, v in pbag)
+                    scores[j] += sum(v * plex[i * k + j] for i, v in pbag)
                     row = surface[j * 5:(j + 1) * 5]
                     scores[j] += row[4] + sum(a * b for a, b in zip(row, f[:4]))
             x += scores
@@ -241,14 +245,24 @@ def main():
             weight = cfg.get(name, 0.0)
             if not weight:
                 return heads
-            bidf = w["token_idf"][0]
             rows, (_, n) = w[name]
-            bag = [(i, (1 + math.log(ids.count(i))) * bidf[i]) for i in sorted(set(ids)) if bidf[i] > 0]
-            norm = math.sqrt(sum(v * v for _, v in bag))
-            z = [w[name + "_bias"][0][j] + (sum(v / norm * rows[i * n + j] for i, v in bag) if norm > 0 else 0.0) for j in range(n)]
+            bag = tfidf(ids, w["token_idf"][0])
+            z = [w[name + "_bias"][0][j] + sum(v * rows[i * n + j] for i, v in bag) for j in range(n)]
             probs = softmax(z)
             floor = 1e-12
             return softmax([(1 - weight) * math.log(max(h, floor)) + weight * math.log(max(q, floor)) for h, q in zip(heads, probs)])
+
+        # Each recorded pair's own complexity: the same TF-IDF bag (token_idf) times the pair's
+        # column of pair_lexicon, then Platt scaling with the pair's calibration.
+        pair_scores = {}
+        pairs = cfg.get("complexity_pairs", [])
+        if pairs:
+            plex, (_, n) = w["pair_lexicon"]
+            bag = tfidf(ids, w["token_idf"][0])
+            for j, pair in enumerate(pairs):
+                s = sum(v * plex[i * n + j] for i, v in bag)
+                a, b = pair["calibration"]
+                pair_scores[pair["name"]] = 1 / (1 + math.exp(-(a * s + b)))
 
         results.append({
             "prompt": p,
@@ -257,6 +271,7 @@ def main():
             "intent": dict(zip(cfg["intent_labels"], pool_bag("intent_bag", intent))),
             "domain": dict(zip(cfg["domain_labels"], pool_bag("domain_bag", mean_of_members("domain")))),
             "complexity": 1 / (1 + math.exp(-z)),
+            "complexity_pairs": pair_scores,
         })
     json.dump(results, sys.stdout, indent=1)
     print()

@@ -107,6 +107,13 @@ pub enum Command {
         /// ones' (the label before 2026-12-06).
         #[arg(long, value_enum, default_value_t = crate::eval::datasets::LlmrouterLabel::Pair)]
         llmrouter_label: crate::eval::datasets::LlmrouterLabel,
+        /// Recorded pairs of models to fit a complexity score of their own for,
+        /// comma-separated, beside the head's complexity that weighs every family of labels:
+        /// "llmrouter", LLMRouter's cheap and strong model (see --llmrouter-label). A ridge over
+        /// the prompts' TF-IDF bags of tokens, calibrated to the cheap model's errors; routing
+        /// uses it when routing.complexity_pair names it. "none" for none.
+        #[arg(long, default_value = "llmrouter", value_delimiter = ',')]
+        complexity_pair: Vec<String>,
         /// The complexity families whose ridge also reads the prompt's pairs of adjacent
         /// tokens (hashed into 2^16 buckets) and its surface features, fitted with its tokens
         /// at once. "none" for none.
@@ -193,6 +200,10 @@ pub enum Command {
         /// The router config whose policy picks the tier; default: examples/local.toml's policy.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Report (and route by) the model's complexity score for this recorded pair
+        /// (`train --complexity-pair`, e.g. llmrouter) instead of the head's. Default: the config's routing.complexity_pair.
+        #[arg(long)]
+        complexity_pair: Option<String>,
     },
     /// Find the complexity threshold that sends a given share of prompts to the strong tier.
     Calibrate {
@@ -204,6 +215,10 @@ pub enum Command {
         prompts: PathBuf,
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Report (and route by) the model's complexity score for this recorded pair
+        /// (`train --complexity-pair`, e.g. llmrouter) instead of the head's.
+        #[arg(long)]
+        complexity_pair: Option<String>,
     },
     /// Offline evaluations over recorded outcomes.
     Eval {
@@ -305,6 +320,10 @@ pub enum EvalCommand {
         model: Option<PathBuf>,
         #[command(flatten)]
         domain_check: DomainCheckArgs,
+        /// Report (and route by) the model's complexity score for this recorded pair
+        /// (`train --complexity-pair`, e.g. llmrouter) instead of the head's.
+        #[arg(long)]
+        complexity_pair: Option<String>,
         /// Also write report.md, report.json and SVG plots here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -335,6 +354,10 @@ pub enum EvalCommand {
         threshold: Option<f64>,
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Report (and route by) the model's complexity score for this recorded pair
+        /// (`train --complexity-pair`, e.g. llmrouter) instead of the head's. Default: the --config's routing.complexity_pair.
+        #[arg(long)]
+        complexity_pair: Option<String>,
         /// Random-routing seeds to average.
         #[arg(long, default_value_t = 10)]
         seeds: u64,
@@ -351,6 +374,12 @@ pub enum EvalCommand {
         a: String,
         /// A model folder, or "embedded".
         b: String,
+        /// Model A's complexity for this recorded pair instead of its head's.
+        #[arg(long)]
+        complexity_pair_a: Option<String>,
+        /// Model B's complexity for this recorded pair instead of its head's.
+        #[arg(long)]
+        complexity_pair_b: Option<String>,
         /// With --strong, also compare APGR on the recorded outcomes.
         #[arg(long)]
         cheap: Option<String>,

@@ -123,6 +123,10 @@ pub struct RawRouting {
     pub domain_check_below: Option<f64>,
     /// The tier for prompts whose complexity is above the threshold.
     pub strong_tier: Option<String>,
+    /// Route by the classifier's complexity score for this recorded pair of models (e.g.
+    /// "llmrouter"; `switchyard train --complexity-pair`) instead of the head's, which weighs
+    /// every recorded pair at once. Off by default.
+    pub complexity_pair: Option<String>,
     /// Complexity above this goes to `strong_tier`; the per-request knob overrides it.
     pub complexity_threshold: Option<f64>,
     /// Per-intent thresholds, e.g. `{ coding = 0.3 }`.
@@ -372,6 +376,8 @@ pub struct Routing {
     /// The domain check's model folder and threshold.
     pub domain_check: Option<(std::path::PathBuf, f32)>,
     pub strong_tier: Option<String>,
+    /// The recorded pair whose complexity score routes, instead of the head's.
+    pub complexity_pair: Option<String>,
     pub complexity_threshold: f64,
     pub intent_thresholds: BTreeMap<String, f64>,
     pub domain_tiers: BTreeMap<String, String>,
@@ -797,6 +803,21 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
             )? as f32,
         )),
     };
+    let complexity_pair = match &raw.complexity_pair {
+        Some(_) if classifier == ClassifierChoice::None => {
+            return Err(err(
+                "routing.complexity_pair",
+                "needs a classifier (routing.classifier is \"none\")",
+            ))
+        }
+        Some(p) if p.trim().is_empty() => {
+            return Err(err(
+                "routing.complexity_pair",
+                "empty: name a recorded pair",
+            ))
+        }
+        p => p.clone(),
+    };
     let domain_min_confidence = unit(
         "routing.domain_min_confidence".into(),
         raw.domain_min_confidence
@@ -833,6 +854,7 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
         classifier,
         domain_check,
         strong_tier: raw.strong_tier.clone(),
+        complexity_pair,
         complexity_threshold,
         intent_thresholds: raw.intent_thresholds.clone(),
         domain_tiers: raw.domain_tiers.clone(),
@@ -1231,6 +1253,26 @@ targets = [{ provider = "a", model = "big" }]
         assert!(e.starts_with("routing.domain_check_below"), "{e}");
         let e = error_of(&with("classifier = \"none\"\ndomain_check = \"enc\""));
         assert!(e.starts_with("routing.domain_check"), "{e}");
+    }
+
+    #[test]
+    fn a_complexity_pair_is_validated_by_key() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "default_tier = \"cheap\"",
+                &format!("default_tier = \"cheap\"\n{extra}"),
+            )
+        };
+        let c = Config::from_toml(&with("complexity_pair = \"llmrouter\""), &env).unwrap();
+        assert_eq!(c.routing.complexity_pair.as_deref(), Some("llmrouter"));
+        let c = Config::from_toml(GOOD, &env).unwrap();
+        assert_eq!(c.routing.complexity_pair, None);
+        let e = error_of(&with("complexity_pair = \"\""));
+        assert!(e.starts_with("routing.complexity_pair"), "{e}");
+        let e = error_of(&with(
+            "classifier = \"none\"\ncomplexity_pair = \"llmrouter\"",
+        ));
+        assert!(e.starts_with("routing.complexity_pair"), "{e}");
     }
 
     #[test]

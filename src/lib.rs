@@ -74,6 +74,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             ensemble,
             complexity_lexicon,
             llmrouter_label,
+            complexity_pair,
             complexity_wide,
             complexity_intent,
             topic_prior,
@@ -112,6 +113,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 ensemble,
                 complexity_lexicon,
                 llmrouter_label,
+                complexity_pairs: named(complexity_pair),
                 complexity_wide: named(complexity_wide),
                 complexity_intent,
                 topic_prior: named(topic_prior),
@@ -141,12 +143,17 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             model,
             domain_check,
             config,
-        } => return classify_cmd(prompt, jsonl, model, &domain_check, config),
+            complexity_pair,
+        } => return classify_cmd(prompt, jsonl, model, &domain_check, config, complexity_pair),
         Command::Calibrate {
             strong_share,
             prompts,
             model,
-        } => return calibrate_cmd(strong_share, &prompts, model),
+            complexity_pair,
+        } => {
+            let m = with_pair(load_model(model)?, complexity_pair.as_deref())?;
+            return calibrate_cmd(strong_share, &prompts, &m);
+        }
         Command::Sim {
             listen,
             model,
@@ -237,9 +244,13 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             held_out,
             model,
             domain_check,
+            complexity_pair,
             out,
         } => {
-            let m = checked_model(model.clone(), &domain_check)?;
+            let m = with_pair(
+                checked_model(model.clone(), &domain_check)?,
+                complexity_pair.as_deref(),
+            )?;
             print!(
                 "{}",
                 commands::classify_cmd(
@@ -261,9 +272,15 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             strong_price,
             threshold,
             model,
+            complexity_pair,
             seeds,
             out,
         } => {
+            let pair = match (&complexity_pair, &config) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(c)) => config::Config::load(c)?.routing.complexity_pair,
+                (None, None) => None,
+            };
             let price =
                 |flag: &str, v: Option<String>| v.map(|t| parse_price(flag, &t)).transpose();
             let tm = commands::tier_models(
@@ -274,18 +291,14 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 price("--strong-price", strong_price)?,
                 threshold,
             )?;
-            let m = load_model(model.clone())?;
+            let m = with_pair(load_model(model.clone())?, pair.as_deref())?;
+            let name = match &pair {
+                Some(p) => format!("{}, its complexity for the pair {p}", model_name(&model)),
+                None => model_name(&model),
+            };
             print!(
                 "{}",
-                commands::route_cmd(
-                    &data,
-                    held_out.get(),
-                    &tm,
-                    &m,
-                    &model_name(&model),
-                    seeds,
-                    out.as_deref()
-                )?
+                commands::route_cmd(&data, held_out.get(), &tm, &m, &name, seeds, out.as_deref())?
             );
         }
         EvalCommand::Compare {
@@ -293,13 +306,21 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             held_out,
             a,
             b,
+            complexity_pair_a,
+            complexity_pair_b,
             cheap,
             strong,
             resamples,
             seed,
             out,
         } => {
-            let (ma, mb) = (model_arg(&a)?, model_arg(&b)?);
+            let ma = with_pair(model_arg(&a)?, complexity_pair_a.as_deref())?;
+            let mb = with_pair(model_arg(&b)?, complexity_pair_b.as_deref())?;
+            let name = |m: &str, pair: &Option<String>| match pair {
+                Some(p) => format!("{m} (complexity pair {p})"),
+                None => m.to_string(),
+            };
+            let (a, b) = (name(&a, &complexity_pair_a), name(&b, &complexity_pair_b));
             let tm = match (cheap, strong) {
                 (Some(c), Some(s)) => Some(commands::tier_models(
                     None,
@@ -374,6 +395,15 @@ fn load_model(dir: Option<std::path::PathBuf>) -> anyhow::Result<classifier::Cla
     }
 }
 
+/// `m`, reporting its complexity score for the recorded pair `pair` when one is named.
+fn with_pair(
+    m: classifier::Classifier,
+    pair: Option<&str>,
+) -> anyhow::Result<classifier::Classifier> {
+    m.with_complexity_pair(pair)
+        .map_err(|e| anyhow::anyhow!("--complexity-pair: {e}"))
+}
+
 /// `load_model`, with its domain check when one is asked for.
 fn checked_model(
     dir: Option<std::path::PathBuf>,
@@ -406,13 +436,20 @@ fn classify_cmd(
     model: Option<std::path::PathBuf>,
     domain_check: &cli::DomainCheckArgs,
     config: Option<std::path::PathBuf>,
+    complexity_pair: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{BufRead, Write};
-    let c = checked_model(model, domain_check)?;
-    let policy = match config {
-        Some(p) => routing::Policy::new(&config::Config::load(&p)?),
-        None => routing::Policy::default_for_classify(),
+    let (policy, config_pair) = match config {
+        Some(p) => {
+            let cfg = config::Config::load(&p)?;
+            (routing::Policy::new(&cfg), cfg.routing.complexity_pair)
+        }
+        None => (routing::Policy::default_for_classify(), None),
     };
+    let c = with_pair(
+        checked_model(model, domain_check)?,
+        complexity_pair.or(config_pair).as_deref(),
+    )?;
     let describe = |text: &str| {
         let t = std::time::Instant::now();
         let s = c.classify(text);
@@ -448,7 +485,17 @@ fn classify_cmd(
             s.domain,
             top(&s.domain_scores)
         );
-        println!("complexity: {:.3}", s.complexity);
+        match &s.complexity_pair {
+            Some(p) => println!("complexity: {:.3} (recorded pair {p})", s.complexity),
+            None => println!("complexity: {:.3}", s.complexity),
+        }
+        for (p, v) in s
+            .complexity_pairs
+            .iter()
+            .filter(|(p, _)| Some(p) != s.complexity_pair.as_ref())
+        {
+            println!("            {v:.3} for the recorded pair {p}");
+        }
         println!("tier:       {} ({})", tier.0, tier.1);
         println!("tokens:     {}; {us:.0} µs", s.tokens);
         return Ok(ExitCode::SUCCESS);
@@ -474,7 +521,10 @@ fn classify_cmd(
                 serde_json::json!({
                     "intent": s.intent, "intent_scores": scores(&s.intent_scores),
                     "domain": s.domain, "domain_scores": scores(&s.domain_scores),
-                    "complexity": s.complexity, "tier": tier.0, "reason": tier.1,
+                    "complexity": s.complexity,
+                    "complexity_pairs": scores(&s.complexity_pairs),
+                    "complexity_pair": s.complexity_pair,
+                    "tier": tier.0, "reason": tier.1,
                     "tokens": s.tokens, "latency_us": us,
                     "domain_checked": s.domain_checked(),
                 })
@@ -490,14 +540,13 @@ fn classify_cmd(
 fn calibrate_cmd(
     share: f64,
     prompts: &std::path::Path,
-    model: Option<std::path::PathBuf>,
+    c: &classifier::Classifier,
 ) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
     anyhow::ensure!(
         (0.0..=1.0).contains(&share),
         "--strong-share must be between 0 and 1"
     );
-    let c = load_model(model)?;
     let f =
         std::fs::File::open(prompts).map_err(|e| anyhow::anyhow!("{}: {e}", prompts.display()))?;
     let mut scores = Vec::new();

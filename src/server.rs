@@ -48,7 +48,7 @@ impl Drop for RunningServer {
 pub fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
-    let classifier = load_classifier(&config.routing.classifier, &config.routing.domain_check)?;
+    let classifier = load_classifier(&config.routing)?;
     let log = match &config.server.decision_log {
         Some(path) => Some(
             crate::api::decision_log::DecisionLog::open(path, config.server.decision_log_prompts)
@@ -128,13 +128,14 @@ async fn serve(
     Ok(())
 }
 
-/// The model the config asks for: the embedded one (if the binary has it), a folder, or none;
-/// with the model folder of `check` re-scoring the domains it is unsure of.
+/// The model the routing config asks for: the embedded one (if the binary has it), a folder,
+/// or none; routing by its complexity score for `complexity_pair` if one is named, with the
+/// model folder of `domain_check` re-scoring the domains it is unsure of.
 pub fn load_classifier(
-    choice: &ClassifierChoice,
-    check: &Option<(std::path::PathBuf, f32)>,
+    routing: &crate::config::Routing,
 ) -> anyhow::Result<Option<Arc<Classifier>>> {
-    let model = match choice {
+    let check = &routing.domain_check;
+    let model = match &routing.classifier {
         ClassifierChoice::None => None,
         ClassifierChoice::Dir(d) => Some(Classifier::load(d)?),
         ClassifierChoice::Embedded => match Classifier::embedded() {
@@ -144,6 +145,16 @@ pub fn load_classifier(
                 None
             }
         },
+    };
+    let model = match (model, routing.complexity_pair.as_deref()) {
+        (Some(m), Some(pair)) => {
+            let m = m
+                .with_complexity_pair(Some(pair))
+                .map_err(|e| anyhow::anyhow!("routing.complexity_pair: {e}"))?;
+            tracing::info!(pair = %pair, "routing by the complexity score of this recorded pair");
+            Some(m)
+        }
+        (m, _) => m,
     };
     Ok(match (model, check) {
         (Some(m), Some((dir, below))) => {

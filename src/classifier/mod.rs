@@ -127,6 +127,13 @@ pub struct ModelConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub complexity_experts: Vec<ComplexityExpert>,
+    /// Complexity for single recorded pairs of models (`pair_lexicon` in the weights, one
+    /// column per pair, over the TF-IDF bag with its `token_idf`; see [`ComplexityPair`]). The
+    /// head weighs every family of labels at once; a deployment whose cheap and strong models
+    /// are like one recorded pair can route by that pair's score instead
+    /// (`routing.complexity_pair`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complexity_pairs: Vec<ComplexityPair>,
     pub intent_labels: Vec<String>,
     pub domain_labels: Vec<String>,
     /// Where the static embeddings came from.
@@ -168,6 +175,60 @@ impl ComplexityExpert {
     pub fn evidence(&self, score: f32, gate: f32) -> f32 {
         gate.clamp(0.0, 1.0) * self.slope * (score - self.centre)
     }
+}
+
+/// A complexity score for one recorded pair of models alone: a ridge fit over the TF-IDF bags of
+/// the training prompts with that pair's outcomes, of what escalating from its cheap model to its
+/// strong one bought, calibrated. Two recorded pairs gain on different prompts (Mixtral → GPT-4
+/// on hard exam subjects; LLMRouter's gemma-2-9b → nemotron-51b on code and science questions,
+/// not on competition maths both fail), and the head, which weighs them together, follows
+/// neither fully.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexityPair {
+    /// What `routing.complexity_pair` and `--complexity-pair` call it, e.g. `llmrouter`.
+    pub name: String,
+    /// The cheap model of the recorded outcomes.
+    pub cheap: String,
+    /// The strong model of the recorded outcomes.
+    pub strong: String,
+    /// `[a, b]`: the pair's lexicon score s becomes sigmoid(a·s + b), calibrated at training to
+    /// how often the cheap model was wrong (Platt scaling; a > 0 keeps the score's order).
+    pub calibration: [f32; 2],
+}
+
+impl ComplexityPair {
+    /// The calibrated score of the lexicon score `s`.
+    pub fn probability(&self, s: f32) -> f32 {
+        let [a, b] = self.calibration;
+        1.0 / (1.0 + (-(a * s + b)).exp())
+    }
+}
+
+/// `config`'s complexity pairs, or what in them does not fit, naming the key.
+fn check_pairs(config: &ModelConfig) -> Result<(), String> {
+    for (n, pair) in config.complexity_pairs.iter().enumerate() {
+        let key = format!("complexity_pairs[{n}]");
+        if pair.name.trim().is_empty() {
+            return Err(format!("{key}.name: empty"));
+        }
+        if let Some(m) = config.complexity_pairs[..n]
+            .iter()
+            .position(|p| p.name == pair.name)
+        {
+            return Err(format!(
+                "{key}.name: {:?} is already complexity_pairs[{m}]'s",
+                pair.name
+            ));
+        }
+        let [a, b] = pair.calibration;
+        if !(a.is_finite() && b.is_finite() && a > 0.0) {
+            return Err(format!(
+                "{key}.calibration: [{a}, {b}], but both must be finite and the first positive"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `complexity_experts` as a list, or as the single object older models wrote. Read through a
@@ -371,6 +432,11 @@ pub struct Scores {
     pub domain_scores: Vec<(String, f32)>,
     /// 0..1: how likely a cheap model gets this wrong where a stronger one gets it right.
     pub complexity: f32,
+    /// Each of the model's recorded pairs' complexity ([`ComplexityPair`]), by name.
+    pub complexity_pairs: Vec<(String, f32)>,
+    /// The pair whose score `complexity` is, when the classifier routes by one
+    /// ([`Classifier::with_complexity_pair`]); `None`: the head's.
+    pub complexity_pair: Option<String>,
     pub tokens: usize,
     /// When a second model re-scored the domain ([`Classifier::with_domain_check`]): the first
     /// model's domain.
@@ -408,6 +474,10 @@ pub struct Classifier {
     bag_idf: Vec<f32>,
     complexity_lexicon: Option<ComplexityLexicon>,
     topic_prior: Option<TopicPrior>,
+    /// The lexicon of `config.complexity_pairs`, one family per pair (its idf is the bag's).
+    pair_lexicon: Option<ComplexityLexicon>,
+    /// The index of the pair whose score is the reported complexity, if any.
+    complexity_pair: Option<usize>,
     /// The intent heads of the ensemble (one, for most models), then the domain heads.
     pub intent: Vec<Head>,
     pub domain: Vec<Head>,
@@ -1312,20 +1382,44 @@ impl Classifier {
                 })
             }
         };
-        // The bags read the complexity lexicon's TF-IDF bag; without one, its idf alone.
-        let bag_idf =
-            if complexity_lexicon.is_none() && (intent_bag.is_some() || domain_bag.is_some()) {
-                let (idf, shape) = tensor_f32(&st, "token_idf", &wpath)?;
-                if shape != [tokenizer.vocab_size()] {
+        check_pairs(&config).map_err(|e| load_err(format!("{origin}/config.json"), e))?;
+        let pair_lexicon = match config.complexity_pairs.len() {
+            0 => None,
+            pairs => {
+                let (rows, shape) = tensor_f32(&st, "pair_lexicon", &wpath)?;
+                if shape != [tokenizer.vocab_size(), pairs] {
                     return Err(load_err(
                         &wpath,
-                        format!("token_idf shape {shape:?} does not match the vocabulary"),
+                        format!(
+                            "pair_lexicon shape {shape:?} does not match the vocabulary and the \
+                             complexity_pairs in config.json"
+                        ),
                     ));
                 }
-                idf
-            } else {
-                Vec::new()
-            };
+                Some(ComplexityLexicon {
+                    families: pairs,
+                    idf: Vec::new(),
+                    rows,
+                    wide: None,
+                })
+            }
+        };
+        // The bags and the pairs read the complexity lexicon's TF-IDF bag; without one, its idf
+        // alone.
+        let bag_idf = if complexity_lexicon.is_none()
+            && (intent_bag.is_some() || domain_bag.is_some() || pair_lexicon.is_some())
+        {
+            let (idf, shape) = tensor_f32(&st, "token_idf", &wpath)?;
+            if shape != [tokenizer.vocab_size()] {
+                return Err(load_err(
+                    &wpath,
+                    format!("token_idf shape {shape:?} does not match the vocabulary"),
+                ));
+            }
+            idf
+        } else {
+            Vec::new()
+        };
         if config.ensemble == 0 {
             return Err(load_err(
                 format!("{origin}/config.json"),
@@ -1376,12 +1470,45 @@ impl Classifier {
             bag_idf,
             complexity_lexicon,
             topic_prior,
+            pair_lexicon,
+            complexity_pair: None,
             intent,
             domain,
             complexity,
             experts,
             domain_check: None,
         })
+    }
+
+    /// This model, reporting the complexity of its recorded pair `name` ([`ComplexityPair`])
+    /// instead of the head's; `None` goes back to the head's.
+    pub fn with_complexity_pair(mut self, name: Option<&str>) -> Result<Classifier, String> {
+        self.complexity_pair = match name {
+            None => None,
+            Some(name) => Some(
+                self.config
+                    .complexity_pairs
+                    .iter()
+                    .position(|p| p.name == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = self
+                            .config
+                            .complexity_pairs
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect();
+                        format!(
+                            "the model has no complexity pair {name:?} ({})",
+                            if names.is_empty() {
+                                "it has none".to_string()
+                            } else {
+                                format!("it has {}", names.join(", "))
+                            }
+                        )
+                    })?,
+            ),
+        };
+        Ok(self)
     }
 
     /// This model, with `check` re-scoring the domain of every prompt whose probability of
@@ -1665,7 +1792,11 @@ impl Classifier {
             let gate = e.intents.iter().map(|&i| head_intent[i].1).sum();
             z += spec.evidence(score, gate);
         }
-        let complexity = 1.0 / (1.0 + (-z).exp());
+        let complexity_pairs = self.pair_scores(&ids, &bag);
+        let complexity = match self.complexity_pair {
+            Some(j) => complexity_pairs.get(j).map_or(0.0, |(_, p)| *p),
+            None => 1.0 / (1.0 + (-z).exp()),
+        };
         let intent_scores = pool_bag(
             head_intent,
             self.intent_bag.as_ref(),
@@ -1684,9 +1815,28 @@ impl Classifier {
             intent_scores,
             domain_scores,
             complexity,
+            complexity_pairs,
+            complexity_pair: self
+                .complexity_pair
+                .map(|j| self.config.complexity_pairs[j].name.clone()),
             tokens: ids.len(),
             unchecked_domain: None,
         }
+    }
+
+    /// Each recorded pair's calibrated complexity for a prompt's ids and TF-IDF bag.
+    fn pair_scores(&self, ids: &[u32], bag: &[(u32, f32)]) -> Vec<(String, f32)> {
+        let Some(lexicon) = &self.pair_lexicon else {
+            return Vec::new();
+        };
+        let mut raw = Vec::with_capacity(lexicon.families);
+        lexicon.features_of_bag(ids, bag, &[], &mut raw);
+        self.config
+            .complexity_pairs
+            .iter()
+            .zip(raw)
+            .map(|(p, s)| (p.name.clone(), p.probability(s)))
+            .collect()
     }
 
     /// Whether the domain check should re-score these scores (this model's, unchecked): it is
@@ -2155,6 +2305,96 @@ mod tests {
                 "centre": 0.25
             }));
         (config, weights)
+    }
+
+    #[test]
+    fn a_recorded_pairs_complexity_is_reported_and_can_be_the_one_that_routes() {
+        let m = model();
+        assert!(
+            !m.config.complexity_pairs.is_empty(),
+            "the default model fits a pair"
+        );
+        let name = m.config.complexity_pairs[0].name.clone();
+        let text = "Which of these is a prime number: 21, 27, 29 or 33?";
+        let head = m.classify(text);
+        assert_eq!(head.complexity_pair, None);
+        let names: Vec<&str> = head
+            .complexity_pairs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let want: Vec<&str> = m
+            .config
+            .complexity_pairs
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, want);
+        // By hand: the prompt's TF-IDF bag times the pair's column, then its calibration.
+        let ids = m.tokens(text);
+        let lexicon = m.pair_lexicon.as_ref().unwrap();
+        let raw: f32 = ComplexityLexicon::bag(m.token_idf(), &ids)
+            .iter()
+            .map(|&(t, w)| w * lexicon.rows[t as usize * lexicon.families])
+            .sum();
+        let by_hand = m.config.complexity_pairs[0].probability(raw);
+        assert!((head.complexity_pairs[0].1 - by_hand).abs() < 1e-6);
+        let paired = Classifier::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/router"
+        )))
+        .unwrap()
+        .with_complexity_pair(Some(&name))
+        .unwrap();
+        let s = paired.classify(text);
+        assert_eq!(s.complexity, head.complexity_pairs[0].1);
+        assert_eq!(s.complexity_pair.as_deref(), Some(name.as_str()));
+        assert_eq!((s.intent, s.domain), (head.intent, head.domain));
+        let back = paired.with_complexity_pair(None).unwrap().classify(text);
+        assert_eq!(back.complexity, head.complexity);
+        let err = model_from_disk()
+            .with_complexity_pair(Some("no-such-pair"))
+            .unwrap_err();
+        assert!(err.contains("no-such-pair") && err.contains(&name), "{err}");
+    }
+
+    fn model_from_disk() -> Classifier {
+        Classifier::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/router"
+        )))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_complexity_pair_that_does_not_fit_its_model_is_refused_by_key() {
+        let config = serde_json::to_value(&model().config).unwrap();
+        let pair = config["complexity_pairs"][0].clone();
+        for (key, value, says) in [
+            (
+                "calibration",
+                serde_json::json!([-1.0, 0.0]),
+                "complexity_pairs[0].calibration",
+            ),
+            ("name", serde_json::json!(" "), "complexity_pairs[0].name"),
+        ] {
+            let mut bad = config.clone();
+            bad["complexity_pairs"][0][key] = value;
+            let err = load_error(&bad);
+            assert!(err.contains(says), "{err}");
+        }
+        let mut bad = config.clone();
+        bad["complexity_pairs"] = serde_json::json!([pair.clone(), pair.clone()]);
+        let err = load_error(&bad);
+        assert!(err.contains("complexity_pairs[1].name"), "{err}");
+        let mut other = pair.clone();
+        other["name"] = "other".into();
+        bad["complexity_pairs"] = serde_json::json!([pair, other]);
+        let err = load_error(&bad);
+        assert!(err.contains("pair_lexicon shape"), "{err}");
+        let mut bad = config;
+        bad["complexity_pairs"][0]["weight"] = 2.into();
+        assert!(load_error(&bad).contains("weight"));
     }
 
     fn load_parts(config: &serde_json::Value, weights: &[u8]) -> Result<Classifier, String> {

@@ -72,6 +72,9 @@ pub struct TrainArgs {
     pub complexity_lexicon: Vec<String>,
     /// How LLMRouter's per-model scores become complexity labels.
     pub llmrouter_label: datasets::LlmrouterLabel,
+    /// The recorded pairs to fit a complexity score of their own for ([`COMPLEXITY_PAIRS`];
+    /// empty: none).
+    pub complexity_pairs: Vec<String>,
     /// Of those families, the ones whose ridge also reads token pairs and surface features
     /// ([`super::WideLexicon`]).
     pub complexity_wide: Vec<String>,
@@ -1003,6 +1006,10 @@ pub struct Metrics {
     /// How each complexity expert was fitted, in the model's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub complexity_experts: Vec<ExpertFit>,
+    /// Per recorded pair ([`super::ComplexityPair`]), how its cross-fitted scores rank the
+    /// training prompts' labels ("family" is the pair's name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub complexity_pairs_cross_fitted: Vec<LexiconFit>,
 }
 
 /// How a complexity family's lexicon ranks the labels of the training prompts it was fitted
@@ -1309,6 +1316,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     let (efeats, topics) = add_topic_prior(args, &mut config, &train, &feats, cfeats)?;
     let (experts, expert_fits) = fit_experts(args, &config, &train, &efeats)?;
     config.complexity_experts = experts;
+    let (pairs, pair_tensors, pair_fits) =
+        fit_pairs(args, &train, &ids, &idf, llmrouter_pair.as_ref())?;
+    config.complexity_pairs = pairs;
 
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<WeightsEntry> = vec![
@@ -1335,6 +1345,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     tensors.extend(bags);
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
+    tensors.extend(pair_tensors);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -1346,6 +1357,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     let fits = Fits {
         lexicon: fits,
         experts: expert_fits,
+        pairs: pair_fits,
     };
     finish(
         args,
@@ -1362,6 +1374,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
 struct Fits {
     lexicon: Vec<LexiconFit>,
     experts: Vec<ExpertFit>,
+    pairs: Vec<LexiconFit>,
 }
 
 /// Loads the model just written, evaluates it on the held-out sources, and writes
@@ -1447,6 +1460,7 @@ fn finish(
         split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
         complexity_lexicon_cross_fitted: fits.lexicon,
         complexity_experts: fits.experts,
+        complexity_pairs_cross_fitted: fits.pairs,
     };
     std::fs::write(
         args.out.join("metrics.json"),
@@ -1752,6 +1766,7 @@ fn model_config(
         complexity_topics: 0,
         complexity_calibration: None,
         complexity_experts: Vec::new(),
+        complexity_pairs: Vec::new(),
         intent_labels: INTENTS.iter().map(|s| s.to_string()).collect(),
         domain_labels: DOMAINS.iter().map(|s| s.to_string()).collect(),
         ensemble: args.ensemble.max(1),
@@ -2172,6 +2187,153 @@ pub fn ridge(rows: &[&[(u32, f32)]], y: &[f64], dim: usize, alpha: f64) -> Vec<f
         rs = next;
     }
     w
+}
+
+/// The recorded pairs a complexity score of their own can be fitted for
+/// ([`super::ComplexityPair`]): the name, the prefix of the sources whose outcomes label it, and
+/// the ridge penalty of its fit.
+pub const COMPLEXITY_PAIRS: [(&str, &str, f64); 1] = [("llmrouter", "llmrouter/", 10.0)];
+
+/// Fits the complexity score of each recorded pair `args` names: a ridge over the TF-IDF bags
+/// of the training prompts with that pair's complexity labels (as a narrow complexity lexicon
+/// family), and Platt scaling of its scores, cross-fitted over [`LEXICON_FOLDS`] folds, against
+/// the cheap model's errors. Returns the pairs for `config.json`, the weights entries
+/// (`pair_lexicon`, and `token_idf` when nothing else stores it) and each fit's cross-fitted
+/// ranking.
+fn fit_pairs(
+    args: &TrainArgs,
+    train: &[Example],
+    ids: &[Vec<u32>],
+    idf: &[f32],
+    llmrouter_pair: Option<&datasets::ModelPair>,
+) -> anyhow::Result<(
+    Vec<super::ComplexityPair>,
+    Vec<WeightsEntry>,
+    Vec<LexiconFit>,
+)> {
+    let known = || COMPLEXITY_PAIRS.map(|(p, _, _)| p).join(", ");
+    let chosen: Vec<(&str, &str, f64)> = args
+        .complexity_pairs
+        .iter()
+        .map(|name| {
+            COMPLEXITY_PAIRS
+                .iter()
+                .find(|(p, _, _)| p == name)
+                .copied()
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--complexity-pair: unknown pair {name:?}; use {} or none",
+                        known()
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if chosen.is_empty() {
+        return Ok((Vec::new(), Vec::new(), Vec::new()));
+    }
+    let (vocab, k) = (idf.len(), chosen.len());
+    let mut table = vec![0f32; vocab * k];
+    let (mut pairs, mut fits) = (Vec::new(), Vec::new());
+    let pb = progress((k * (LEXICON_FOLDS + 1)) as u64, "complexity pairs");
+    for (j, (name, prefix, alpha)) in chosen.into_iter().enumerate() {
+        let members: Vec<usize> = (0..train.len())
+            .filter(|&i| train[i].source.starts_with(prefix) && train[i].complexity.is_some())
+            .collect();
+        if members.len() < MIN_CALIBRATION_ROWS {
+            anyhow::bail!(
+                "--complexity-pair {name}: {} training prompts carry its outcomes; it needs at \
+                 least {MIN_CALIBRATION_ROWS} (or use --complexity-pair none)",
+                members.len()
+            );
+        }
+        let bags: Vec<Vec<(u32, f32)>> = members
+            .iter()
+            .map(|&i| super::ComplexityLexicon::bag(idf, &ids[i]))
+            .collect();
+        let label = |i: usize| f64::from(train[i].complexity.unwrap_or(0.0));
+        let fit = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+            let kept: Vec<usize> = (0..members.len()).filter(|&m| keep(members[m])).collect();
+            let x: Vec<&[(u32, f32)]> = kept.iter().map(|&m| bags[m].as_slice()).collect();
+            let y: Vec<f64> = kept.iter().map(|&m| label(members[m])).collect();
+            ridge(&x, &y, vocab, alpha)
+                .iter()
+                .map(|&w| half::f16::from_f64(w).to_f32())
+                .collect()
+        };
+        let score = |w: &[f32], b: &[(u32, f32)]| -> f64 {
+            b.iter()
+                .map(|&(t, x)| f64::from(x * w.get(t as usize).copied().unwrap_or(0.0)))
+                .sum()
+        };
+        // Each member's score from the fold whose weights never saw it.
+        let mut cross = vec![0f64; members.len()];
+        for fold in 0..LEXICON_FOLDS {
+            let w = fit(&|i| i % LEXICON_FOLDS != fold);
+            for (m, &i) in members.iter().enumerate() {
+                if i % LEXICON_FOLDS == fold {
+                    cross[m] = score(&w, &bags[m]);
+                }
+            }
+            pb.inc(1);
+        }
+        let (z, error): (Vec<f64>, Vec<f64>) = members
+            .iter()
+            .zip(&cross)
+            .filter_map(|(&i, &z)| Some((z, f64::from(train[i].cheap_error?))))
+            .unzip();
+        let labels: Vec<f64> = members.iter().map(|&i| label(i)).collect();
+        let lengths: Vec<f64> = members
+            .iter()
+            .map(|&i| train[i].prompt.len() as f64)
+            .collect();
+        fits.push(LexiconFit {
+            family: name.to_string(),
+            prompts: members.len(),
+            spearman: metrics::spearman(&cross, &labels),
+            length_spearman: metrics::spearman(&lengths, &labels),
+        });
+        let (cheap, strong) = match (name, llmrouter_pair) {
+            ("llmrouter", Some((cheap, strong))) => (cheap.clone(), strong.clone()),
+            _ => (
+                format!(
+                    "LLMRouter's models under {}B",
+                    datasets::LLMROUTER_STRONG_BILLIONS
+                ),
+                format!(
+                    "LLMRouter's models of {}B and more",
+                    datasets::LLMROUTER_STRONG_BILLIONS
+                ),
+            ),
+        };
+        pairs.push(super::ComplexityPair {
+            name: name.to_string(),
+            cheap,
+            strong,
+            calibration: platt(&z, &error),
+        });
+        for (t, w) in fit(&|_| true).into_iter().enumerate() {
+            table[t * k + j] = w;
+        }
+        pb.inc(1);
+    }
+    pb.finish();
+    let mut entries = vec![(
+        "pair_lexicon".to_string(),
+        f16_le_bytes(&table),
+        safetensors::Dtype::F16,
+        vec![vocab, k],
+    )];
+    let idf_stored =
+        !args.complexity_lexicon.is_empty() || args.intent_bag != 0.0 || args.domain_bag != 0.0;
+    if !idf_stored {
+        entries.push((
+            "token_idf".into(),
+            f16_le_bytes(idf),
+            safetensors::Dtype::F16,
+            vec![vocab],
+        ));
+    }
+    Ok((pairs, entries, fits))
 }
 
 /// Token pairs of the wide complexity families hash into `1 << PAIR_BITS` buckets.
@@ -2662,11 +2824,14 @@ fn run_encoder_backbone(
     let (efeats, topics) = add_topic_prior(args, &mut config, train, &feats, cfeats)?;
     let (experts, expert_fits) = fit_experts(args, &config, train, &efeats)?;
     config.complexity_experts = experts;
+    let (pairs, pair_tensors, pair_fits) = fit_pairs(args, train, &ids, &idf, llmrouter_pair)?;
+    config.complexity_pairs = pairs;
     std::fs::create_dir_all(&args.out)?;
     let mut tensors: Vec<_> = lexicon.into_iter().collect();
     tensors.extend(bags);
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
+    tensors.extend(pair_tensors);
     tensors.extend(head_tensors(&trained));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -2677,6 +2842,7 @@ fn run_encoder_backbone(
     let fits = Fits {
         lexicon: fits,
         experts: expert_fits,
+        pairs: pair_fits,
     };
     finish(
         args,
@@ -3001,6 +3167,15 @@ pub fn model_card(
     if let Some(label) = clap::ValueEnum::to_possible_value(&args.llmrouter_label) {
         cmd.push_str(&format!(" --llmrouter-label {}", label.get_name()));
     }
+    // And this: the flag's default is a pair, which older models lack.
+    cmd.push_str(&format!(
+        " --complexity-pair {}",
+        if args.complexity_pairs.is_empty() {
+            "none".to_string()
+        } else {
+            args.complexity_pairs.join(",")
+        }
+    ));
     // And these: the flag's default is an expert, which older models lack.
     if config.complexity_experts.is_empty() {
         cmd.push_str(" --complexity-expert none");
@@ -3145,6 +3320,37 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
             f(e.spearman),
             f(e.length_spearman)
         ));
+    }
+    if !config.complexity_pairs.is_empty() {
+        s.push_str(
+            "## Complexity for one recorded pair\n\nThe head's complexity weighs every family of labels, and two recorded \
+             pairs gain on different prompts. Each pair below also has a score of its own: a ridge over the prompt's TF-IDF \
+             bag of tokens fitted on that pair's labels alone (what escalating from its cheap to its strong model bought), \
+             calibrated to the cheap model's errors. `classify --jsonl` reports it under `complexity_pairs`; \
+             `routing.complexity_pair` (or `--complexity-pair`) routes by it instead of the head's. Use it when the \
+             deployment's models are like the pair's; the head stays the score that ranks human difficulty ratings.\n\n\
+             | pair | cheap model | strong model | training prompts | cross-fitted Spearman | prompt length |\n\
+             |---|---|---|---:|---:|---:|\n",
+        );
+        for (p, fit) in config
+            .complexity_pairs
+            .iter()
+            .zip(&m.complexity_pairs_cross_fitted)
+        {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                p.name,
+                p.cheap,
+                p.strong,
+                fit.prompts,
+                f(fit.spearman),
+                f(fit.length_spearman)
+            ));
+        }
+        s.push_str(
+            "\nRouting by it on the pair's held-out rows: `eval/reports/route-llmrouter-held-out-rows-pair` \
+             (`scripts/eval-reports`).\n\n",
+        );
     }
     if !compare.is_empty() {
         s.push_str("## Static embeddings against the full encoder\n\n");
@@ -3465,6 +3671,7 @@ mod tests {
             ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             llmrouter_label: datasets::LlmrouterLabel::Pair,
+            complexity_pairs: vec!["llmrouter".into()],
             complexity_wide: Vec::new(),
             complexity_intent: false,
             topic_prior: Vec::new(),
@@ -3728,6 +3935,104 @@ mod tests {
         assert!(err.to_string().contains("--topic-prior"), "{err}");
     }
 
+    /// A lexicon of `families` columns over token weights stored as f16 `bytes`, no wide part.
+    fn narrow_lexicon(
+        families: usize,
+        idf: &[f32],
+        bytes: &[u8],
+    ) -> crate::classifier::ComplexityLexicon {
+        crate::classifier::ComplexityLexicon {
+            families,
+            idf: idf.to_vec(),
+            rows: bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            wide: None,
+        }
+    }
+
+    #[test]
+    fn a_recorded_pair_is_fitted_on_its_own_rows_and_calibrated_to_the_cheap_errors() {
+        // 250 LLMRouter rows: token 3 marks the prompts escalating helps (the cheap model
+        // fails, the strong one passes); 50 MMLU rows with token 4 and the opposite labels,
+        // which the pair must not read.
+        let mut train = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let mmlu = i >= 250;
+            let hard = i % 4 == 0;
+            let mut e = example("q", "open_qa", "general");
+            e.source = if mmlu {
+                "mmlu/s".into()
+            } else {
+                "llmrouter/task".into()
+            };
+            e.complexity = Some(if hard != mmlu { 0.9 } else { 0.1 });
+            e.cheap_error = Some(if hard { 0.8 } else { 0.2 });
+            train.push(e);
+            ids.push(match (mmlu, hard) {
+                (false, true) => vec![1, 3, 2],
+                (false, false) => vec![1, 2, 5 + (i % 3) as u32],
+                (true, _) => vec![1, 4],
+            });
+        }
+        let idf = token_idf(&ids, 8);
+        let args = test_args();
+        let pair = ("cheap-9b".to_string(), "strong-51b".to_string());
+        let (pairs, entries, fits) = fit_pairs(&args, &train, &ids, &idf, Some(&pair)).unwrap();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(
+            (
+                pairs[0].name.as_str(),
+                pairs[0].cheap.as_str(),
+                pairs[0].strong.as_str()
+            ),
+            ("llmrouter", "cheap-9b", "strong-51b")
+        );
+        assert_eq!(fits[0].prompts, 250);
+        assert!(fits[0].spearman.unwrap() > 0.7, "{:?}", fits[0]);
+        // The lexicon is stored alone: the model's complexity lexicon holds token_idf.
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["pair_lexicon"]);
+        assert_eq!(entries[0].3, vec![8, 1]);
+        let table = narrow_lexicon(1, &idf, &entries[0].1);
+        let score = |t: &[u32]| {
+            let mut out = Vec::new();
+            table.features_into(t, &[], &mut out);
+            pairs[0].probability(out[0])
+        };
+        let (hard, easy) = (score(&[1, 3, 2]), score(&[1, 2, 6]));
+        // Calibrated to the cheap model's errors: near 0.8 and 0.2, in that order.
+        assert!(hard > 0.6 && easy < 0.4 && hard > easy, "{hard} {easy}");
+        // MMLU's token carries no weight for this pair.
+        assert_eq!(table.rows[4], 0.0);
+        let mut none = test_args();
+        none.complexity_lexicon.clear();
+        none.complexity_pairs = vec!["llmrouter".into()];
+        let (_, entries, _) = fit_pairs(&none, &train, &ids, &idf, None).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["pair_lexicon", "token_idf"]);
+        let mut bad = test_args();
+        bad.complexity_pairs = vec!["routellm".into()];
+        let err = fit_pairs(&bad, &train, &ids, &idf, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--complexity-pair") && err.contains("routellm"),
+            "{err}"
+        );
+        let err = fit_pairs(&args, &train[200..], &ids[200..], &idf, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("50 training prompts"), "{err}");
+        bad.complexity_pairs.clear();
+        assert!(fit_pairs(&bad, &train, &ids, &idf, None)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
     #[test]
     fn the_complexity_lexicon_is_cross_fitted_per_family() {
         // Token 7 appears only in prompts 0 and 5, both hard and both in fold 0; token 5 only
@@ -3772,16 +4077,7 @@ mod tests {
         // Token 5 is in one prompt only, so it has no idf and no weight.
         let idf = token_idf(&ids, 8);
         assert_eq!(idf[5], 0.0);
-        let table = crate::classifier::ComplexityLexicon {
-            families: 2,
-            idf: idf.clone(),
-            rows: entries[0]
-                .1
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            wide: None,
-        };
+        let table = narrow_lexicon(2, &idf, &entries[0].1);
         assert_eq!(table.rows[5 * 2], 0.0);
         let outcome = |i: usize| cfeats[i][EXTRA_FEATURES + 1];
         let level = |i: usize| cfeats[i][EXTRA_FEATURES + 2];

@@ -110,6 +110,7 @@ impl Policy {
                     classifier: crate::config::ClassifierChoice::Embedded,
                     domain_check: None,
                     strong_tier: Some("reasoning".into()),
+                    complexity_pair: None,
                     complexity_threshold: crate::config::DEFAULT_COMPLEXITY_THRESHOLD,
                     intent_thresholds: Default::default(),
                     domain_tiers: Default::default(),
@@ -158,14 +159,18 @@ impl Policy {
             .or_else(|| self.routing.intent_thresholds.get(&s.intent).copied())
             .unwrap_or(self.routing.complexity_threshold);
         let c = s.complexity as f64;
+        // The score of a recorded pair says so: "complexity (llmrouter) 0.81 > 0.50".
+        let name = match &s.complexity_pair {
+            Some(p) => format!("complexity ({p})"),
+            None => "complexity".to_string(),
+        };
         match &self.routing.strong_tier {
-            Some(strong) if c > threshold => (
-                strong.clone(),
-                format!("complexity {c:.2} > {threshold:.2}"),
-            ),
+            Some(strong) if c > threshold => {
+                (strong.clone(), format!("{name} {c:.2} > {threshold:.2}"))
+            }
             _ => (
                 self.default_tier.clone(),
-                format!("complexity {c:.2} <= {threshold:.2}"),
+                format!("{name} {c:.2} <= {threshold:.2}"),
             ),
         }
     }

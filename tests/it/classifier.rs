@@ -59,6 +59,15 @@ fn matches_the_independent_python_reference() {
             "{prompt:?} complexity {} vs {want}",
             s.complexity
         );
+        let pairs = g["complexity_pairs"].as_object().unwrap();
+        assert_eq!(pairs.len(), s.complexity_pairs.len(), "{prompt:?} pairs");
+        for (name, p) in &s.complexity_pairs {
+            let want = pairs[name].as_f64().unwrap();
+            assert!(
+                (*p as f64 - want).abs() < 1e-4,
+                "{prompt:?} complexity for the pair {name}: {p} vs {want}"
+            );
+        }
     }
 }
 
@@ -265,22 +274,27 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
 
 /// `classify --domain-check DIR`: each line says whether the second model re-scored it; a
 /// folder that is not a model is refused by name.
+/// `switchyard ARGS` with one JSON line asking `prompt` on stdin.
+fn run_with_prompt(args: &[&str], prompt: &str) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = format!("{}\n", serde_json::json!({ "prompt": prompt }));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), line.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn classify_takes_a_domain_check() {
     let run = |args: &[&str]| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(
-            &mut child.stdin.take().unwrap(),
-            b"{\"prompt\": \"Can my landlord keep my deposit for a stain on the carpet?\"}\n",
+        run_with_prompt(
+            args,
+            "Can my landlord keep my deposit for a stain on the carpet?",
         )
-        .unwrap();
-        child.wait_with_output().unwrap()
     };
     let dir = model_dir();
     let dir = dir.to_str().unwrap();
@@ -302,6 +316,49 @@ fn classify_takes_a_domain_check() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no/such/model"), "{err}");
+}
+
+/// `classify --complexity-pair NAME` reports that recorded pair's score as the complexity the
+/// policy reads; every line carries each pair's score; an unknown pair is refused by name.
+#[test]
+fn classify_reports_and_can_route_by_a_recorded_pair() {
+    let run = |args: &[&str]| {
+        run_with_prompt(
+            args,
+            "Implement Dijkstra's algorithm in Rust with a binary heap.",
+        )
+    };
+    let line = |out: &std::process::Output| -> Value {
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let head = line(&run(&["classify", "--jsonl"]));
+    let pair = head["complexity_pairs"]["llmrouter"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&pair), "{head}");
+    assert!(head["complexity_pair"].is_null(), "{head}");
+    let routed = line(&run(&[
+        "classify",
+        "--jsonl",
+        "--complexity-pair",
+        "llmrouter",
+    ]));
+    assert_eq!(routed["complexity"].as_f64().unwrap(), pair);
+    assert_eq!(routed["complexity_pair"], "llmrouter");
+    assert!(
+        routed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("complexity (llmrouter) "),
+        "{routed}"
+    );
+    assert_eq!(routed["intent"], head["intent"]);
+    let out = run(&["classify", "--jsonl", "--complexity-pair", "no-such-pair"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-pair") && err.contains("llmrouter"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,11 @@ use serde_json::json;
 use crate::harness::*;
 
 async fn setup() -> (Harness, [switchyard::upstream::sim::SimServer; 4]) {
+    setup_with("").await
+}
+
+/// The policy of [`setup`], with `extra` added to its `[routing]` table.
+async fn setup_with(extra: &str) -> (Harness, [switchyard::upstream::sim::SimServer; 4]) {
     let (c, r, l, e) = (
         sim("cheap").await,
         sim("strong").await,
@@ -19,6 +24,7 @@ strong_tier = "reasoning"
 complexity_threshold = 0.5
 domain_tiers = {{ legal = "legal" }}
 domain_min_confidence = 0.6
+{extra}
 [[routing.rules]]
 name = "eu-residency"
 tier = "eu"
@@ -79,6 +85,41 @@ async fn the_classifier_picks_the_tier_and_says_why() {
     assert_eq!(r.header("x-switchyard-domain"), "legal");
     assert_eq!(r.header("x-switchyard-tier"), "legal");
     assert!(r.header("x-switchyard-policy").starts_with("domain legal"));
+}
+
+/// `routing.complexity_pair`: the classifier's score for that recorded pair routes, and the
+/// policy header names it.
+#[tokio::test]
+async fn a_recorded_pairs_complexity_can_route() {
+    let (h, _sims) = setup_with("complexity_pair = \"llmrouter\"").await;
+    let text = "Write a Python function that checks whether a string is a palindrome.";
+    let model = switchyard::classifier::Classifier::embedded()
+        .unwrap()
+        .unwrap();
+    let scores = model.classify(text);
+    let want = scores
+        .complexity_pairs
+        .iter()
+        .find(|(p, _)| p == "llmrouter")
+        .unwrap()
+        .1;
+    let r = h.post(&ask("switchyard", text)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-switchyard-decision"), "classifier");
+    let c: f64 = r.header("x-switchyard-complexity").parse().unwrap();
+    assert!((c - f64::from(want)).abs() < 1e-3, "{c} vs {want}");
+    assert!(
+        r.header("x-switchyard-policy")
+            .starts_with("complexity (llmrouter) "),
+        "{}",
+        r.header("x-switchyard-policy")
+    );
+    let tier = if f64::from(want) > 0.5 {
+        "reasoning"
+    } else {
+        "cheap"
+    };
+    assert_eq!(r.header("x-switchyard-tier"), tier);
 }
 
 #[tokio::test]
