@@ -252,8 +252,9 @@ def main():
             floor = 1e-12
             return softmax([(1 - weight) * math.log(max(h, floor)) + weight * math.log(max(q, floor)) for h, q in zip(heads, probs)])
 
-        # Each recorded pair's own complexity: the same TF-IDF bag (token_idf) times the pair's
-        # column of pair_lexicon, then Platt scaling with the pair's calibration.
+        # Each recorded pair's complexity: the same TF-IDF bag (token_idf) times the pair's
+        # column of pair_lexicon, Platt-scaled with the pair's calibration to a logit, then pooled
+        # with the head's logit z (experts included) with the pair's weight.
         pair_scores = {}
         pairs = cfg.get("complexity_pairs", [])
         if pairs:
@@ -262,7 +263,8 @@ def main():
             for j, pair in enumerate(pairs):
                 s = sum(v * plex[i * n + j] for i, v in bag)
                 a, b = pair["calibration"]
-                pair_scores[pair["name"]] = 1 / (1 + math.exp(-(a * s + b)))
+                u = (1 - pair["pool"]) * z + pair["pool"] * (a * s + b)
+                pair_scores[pair["name"]] = 1 / (1 + math.exp(-u))
 
         results.append({
             "prompt": p,

@@ -110,10 +110,16 @@ pub enum Command {
         /// Recorded pairs of models to fit a complexity score of their own for,
         /// comma-separated, beside the head's complexity that weighs every family of labels:
         /// "llmrouter", LLMRouter's cheap and strong model (see --llmrouter-label). A ridge over
-        /// the prompts' TF-IDF bags of tokens, calibrated to the cheap model's errors; routing
-        /// uses it when routing.complexity_pair names it. "none" for none.
+        /// the prompts' TF-IDF bags of tokens fitted on the pair's labels, calibrated to the
+        /// cheap model's errors and pooled with the head's complexity (--complexity-pair-pool);
+        /// routing uses it when routing.complexity_pair names it. "none" for none.
         #[arg(long, default_value = "llmrouter", value_delimiter = ',')]
         complexity_pair: Vec<String>,
+        /// The pair's own score's weight, 0..1, in a logarithmic pool with the head's
+        /// complexity (1: the pair's score alone). 0.75 was chosen on two validation splits: the
+        /// pair's score alone routed LLMRouter tasks never trained on worse than the head.
+        #[arg(long, default_value_t = 0.75)]
+        complexity_pair_pool: f32,
         /// The complexity families whose ridge also reads the prompt's pairs of adjacent
         /// tokens (hashed into 2^16 buckets) and its surface features, fitted with its tokens
         /// at once. "none" for none.

@@ -177,12 +177,14 @@ impl ComplexityExpert {
     }
 }
 
-/// A complexity score for one recorded pair of models alone: a ridge fit over the TF-IDF bags of
-/// the training prompts with that pair's outcomes, of what escalating from its cheap model to its
-/// strong one bought, calibrated. Two recorded pairs gain on different prompts (Mixtral → GPT-4
-/// on hard exam subjects; LLMRouter's gemma-2-9b → nemotron-51b on code and science questions,
-/// not on competition maths both fail), and the head, which weighs them together, follows
-/// neither fully.
+/// A complexity score for one recorded pair of models: the head's complexity pooled with a
+/// score of the pair's own, a ridge fit over the TF-IDF bags of the training prompts with that
+/// pair's outcomes (what escalating from its cheap model to its strong one bought), calibrated.
+/// Two recorded pairs gain on different prompts (Mixtral → GPT-4 on hard exam subjects;
+/// LLMRouter's gemma-2-9b → nemotron-51b on code and science questions, not on competition maths
+/// both fail), and the head, which weighs them together, follows neither fully. The pair's own
+/// score alone knows its pair's tasks and little beyond them; pooled with the head, it keeps the
+/// head's ranking of prompts unlike them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComplexityPair {
@@ -192,16 +194,21 @@ pub struct ComplexityPair {
     pub cheap: String,
     /// The strong model of the recorded outcomes.
     pub strong: String,
-    /// `[a, b]`: the pair's lexicon score s becomes sigmoid(a·s + b), calibrated at training to
+    /// `[a, b]`: the pair's lexicon score s becomes the logit a·s + b, calibrated at training to
     /// how often the cheap model was wrong (Platt scaling; a > 0 keeps the score's order).
     pub calibration: [f32; 2],
+    /// The pair's weight w in a logarithmic pool with the head's complexity, 0..1: the pair's
+    /// complexity is sigmoid((1 − w)·z + w·(a·s + b)), z the head's logit (experts included), as
+    /// the intent bag is pooled with the heads. 1: the pair's own score alone.
+    pub pool: f32,
 }
 
 impl ComplexityPair {
-    /// The calibrated score of the lexicon score `s`.
-    pub fn probability(&self, s: f32) -> f32 {
+    /// The pair's complexity for the head's logit `z` and the pair's lexicon score `s`.
+    pub fn complexity(&self, z: f32, s: f32) -> f32 {
         let [a, b] = self.calibration;
-        1.0 / (1.0 + (-(a * s + b)).exp())
+        let w = self.pool;
+        1.0 / (1.0 + (-((1.0 - w) * z + w * (a * s + b))).exp())
     }
 }
 
@@ -226,6 +233,9 @@ fn check_pairs(config: &ModelConfig) -> Result<(), String> {
             return Err(format!(
                 "{key}.calibration: [{a}, {b}], but both must be finite and the first positive"
             ));
+        }
+        if !(0.0..=1.0).contains(&pair.pool) {
+            return Err(format!("{key}.pool: {}, but it must be 0 to 1", pair.pool));
         }
     }
     Ok(())
@@ -1792,7 +1802,7 @@ impl Classifier {
             let gate = e.intents.iter().map(|&i| head_intent[i].1).sum();
             z += spec.evidence(score, gate);
         }
-        let complexity_pairs = self.pair_scores(&ids, &bag);
+        let complexity_pairs = self.pair_scores(&ids, &bag, z);
         let complexity = match self.complexity_pair {
             Some(j) => complexity_pairs.get(j).map_or(0.0, |(_, p)| *p),
             None => 1.0 / (1.0 + (-z).exp()),
@@ -1824,8 +1834,9 @@ impl Classifier {
         }
     }
 
-    /// Each recorded pair's calibrated complexity for a prompt's ids and TF-IDF bag.
-    fn pair_scores(&self, ids: &[u32], bag: &[(u32, f32)]) -> Vec<(String, f32)> {
+    /// Each recorded pair's complexity for a prompt's ids and TF-IDF bag, and the head's logit
+    /// `z` (experts included).
+    fn pair_scores(&self, ids: &[u32], bag: &[(u32, f32)], z: f32) -> Vec<(String, f32)> {
         let Some(lexicon) = &self.pair_lexicon else {
             return Vec::new();
         };
@@ -1835,7 +1846,7 @@ impl Classifier {
             .complexity_pairs
             .iter()
             .zip(raw)
-            .map(|(p, s)| (p.name.clone(), p.probability(s)))
+            .map(|(p, s)| (p.name.clone(), p.complexity(z, s)))
             .collect()
     }
 
@@ -2330,15 +2341,30 @@ mod tests {
             .map(|p| p.name.as_str())
             .collect();
         assert_eq!(names, want);
-        // By hand: the prompt's TF-IDF bag times the pair's column, then its calibration.
+        // By hand: the prompt's TF-IDF bag times the pair's column, calibrated, then pooled with
+        // the head's logit.
         let ids = m.tokens(text);
         let lexicon = m.pair_lexicon.as_ref().unwrap();
         let raw: f32 = ComplexityLexicon::bag(m.token_idf(), &ids)
             .iter()
             .map(|&(t, w)| w * lexicon.rows[t as usize * lexicon.families])
             .sum();
-        let by_hand = m.config.complexity_pairs[0].probability(raw);
-        assert!((head.complexity_pairs[0].1 - by_hand).abs() < 1e-6);
+        let pair = &m.config.complexity_pairs[0];
+        let z = (head.complexity / (1.0 - head.complexity)).ln();
+        let [a, b] = pair.calibration;
+        let u = (1.0 - pair.pool) * z + pair.pool * (a * raw + b);
+        let by_hand = 1.0 / (1.0 + (-u).exp());
+        assert!(
+            (head.complexity_pairs[0].1 - by_hand).abs() < 1e-5,
+            "{:?} {by_hand}",
+            head.complexity_pairs
+        );
+        // Pooled at 0 it is the head's complexity, at 1 the pair's own score alone.
+        let mut ends = pair.clone();
+        ends.pool = 0.0;
+        assert!((ends.complexity(z, raw) - head.complexity).abs() < 1e-5);
+        ends.pool = 1.0;
+        assert!((ends.complexity(z, raw) - 1.0 / (1.0 + (-(a * raw + b)).exp())).abs() < 1e-6);
         let paired = Classifier::load(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/models/router"
@@ -2377,6 +2403,7 @@ mod tests {
                 "complexity_pairs[0].calibration",
             ),
             ("name", serde_json::json!(" "), "complexity_pairs[0].name"),
+            ("pool", serde_json::json!(1.5), "complexity_pairs[0].pool"),
         ] {
             let mut bad = config.clone();
             bad["complexity_pairs"][0][key] = value;

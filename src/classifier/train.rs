@@ -75,6 +75,9 @@ pub struct TrainArgs {
     /// The recorded pairs to fit a complexity score of their own for ([`COMPLEXITY_PAIRS`];
     /// empty: none).
     pub complexity_pairs: Vec<String>,
+    /// Each pair's own score's weight in its pool with the head's complexity, 0..1
+    /// ([`super::ComplexityPair::pool`]).
+    pub complexity_pair_pool: f32,
     /// Of those families, the ones whose ridge also reads token pairs and surface features
     /// ([`super::WideLexicon`]).
     pub complexity_wide: Vec<String>,
@@ -2231,6 +2234,12 @@ fn fit_pairs(
     if chosen.is_empty() {
         return Ok((Vec::new(), Vec::new(), Vec::new()));
     }
+    if !(0.0..=1.0).contains(&args.complexity_pair_pool) {
+        anyhow::bail!(
+            "--complexity-pair-pool {}: it must be 0 to 1",
+            args.complexity_pair_pool
+        );
+    }
     let (vocab, k) = (idf.len(), chosen.len());
     let mut table = vec![0f32; vocab * k];
     let (mut pairs, mut fits) = (Vec::new(), Vec::new());
@@ -2310,6 +2319,7 @@ fn fit_pairs(
             cheap,
             strong,
             calibration: platt(&z, &error),
+            pool: args.complexity_pair_pool,
         });
         for (t, w) in fit(&|_| true).into_iter().enumerate() {
             table[t * k + j] = w;
@@ -3167,15 +3177,16 @@ pub fn model_card(
     if let Some(label) = clap::ValueEnum::to_possible_value(&args.llmrouter_label) {
         cmd.push_str(&format!(" --llmrouter-label {}", label.get_name()));
     }
-    // And this: the flag's default is a pair, which older models lack.
-    cmd.push_str(&format!(
-        " --complexity-pair {}",
-        if args.complexity_pairs.is_empty() {
-            "none".to_string()
-        } else {
-            args.complexity_pairs.join(",")
-        }
-    ));
+    // And these: the flag's default is a pair, which older models lack.
+    if args.complexity_pairs.is_empty() {
+        cmd.push_str(" --complexity-pair none");
+    } else {
+        cmd.push_str(&format!(
+            " --complexity-pair {} --complexity-pair-pool {}",
+            args.complexity_pairs.join(","),
+            args.complexity_pair_pool
+        ));
+    }
     // And these: the flag's default is an expert, which older models lack.
     if config.complexity_experts.is_empty() {
         cmd.push_str(" --complexity-expert none");
@@ -3324,13 +3335,14 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
     if !config.complexity_pairs.is_empty() {
         s.push_str(
             "## Complexity for one recorded pair\n\nThe head's complexity weighs every family of labels, and two recorded \
-             pairs gain on different prompts. Each pair below also has a score of its own: a ridge over the prompt's TF-IDF \
-             bag of tokens fitted on that pair's labels alone (what escalating from its cheap to its strong model bought), \
-             calibrated to the cheap model's errors. `classify --jsonl` reports it under `complexity_pairs`; \
+             pairs gain on different prompts. Each pair below also has a complexity of its own: a ridge over the prompt's \
+             TF-IDF bag of tokens fitted on that pair's labels alone (what escalating from its cheap to its strong model \
+             bought), calibrated to the cheap model's errors, then pooled with the head's complexity (its logit weighted \
+             `pool`, the head's 1 − `pool`). `classify --jsonl` reports it under `complexity_pairs`; \
              `routing.complexity_pair` (or `--complexity-pair`) routes by it instead of the head's. Use it when the \
              deployment's models are like the pair's; the head stays the score that ranks human difficulty ratings.\n\n\
-             | pair | cheap model | strong model | training prompts | cross-fitted Spearman | prompt length |\n\
-             |---|---|---|---:|---:|---:|\n",
+             | pair | cheap model | strong model | pool | training prompts | cross-fitted Spearman of its own score | prompt length |\n\
+             |---|---|---|---:|---:|---:|---:|\n",
         );
         for (p, fit) in config
             .complexity_pairs
@@ -3338,10 +3350,11 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
             .zip(&m.complexity_pairs_cross_fitted)
         {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 p.name,
                 p.cheap,
                 p.strong,
+                p.pool,
                 fit.prompts,
                 f(fit.spearman),
                 f(fit.length_spearman)
@@ -3672,6 +3685,7 @@ mod tests {
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             llmrouter_label: datasets::LlmrouterLabel::Pair,
             complexity_pairs: vec!["llmrouter".into()],
+            complexity_pair_pool: 1.0,
             complexity_wide: Vec::new(),
             complexity_intent: false,
             topic_prior: Vec::new(),
@@ -3997,10 +4011,12 @@ mod tests {
         assert_eq!(names, ["pair_lexicon"]);
         assert_eq!(entries[0].3, vec![8, 1]);
         let table = narrow_lexicon(1, &idf, &entries[0].1);
+        // Pooled with a head whose logit is 0, at the pool of test_args (1): the pair alone.
+        assert_eq!(pairs[0].pool, 1.0);
         let score = |t: &[u32]| {
             let mut out = Vec::new();
             table.features_into(t, &[], &mut out);
-            pairs[0].probability(out[0])
+            pairs[0].complexity(0.0, out[0])
         };
         let (hard, easy) = (score(&[1, 3, 2]), score(&[1, 2, 6]));
         // Calibrated to the cheap model's errors: near 0.8 and 0.2, in that order.
@@ -4026,6 +4042,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("50 training prompts"), "{err}");
+        let mut pool = test_args();
+        pool.complexity_pair_pool = 1.5;
+        let err = fit_pairs(&pool, &train, &ids, &idf, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--complexity-pair-pool"), "{err}");
         bad.complexity_pairs.clear();
         assert!(fit_pairs(&bad, &train, &ids, &idf, None)
             .unwrap()
