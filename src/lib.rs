@@ -278,11 +278,6 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             seeds,
             out,
         } => {
-            let pair = match (&complexity_pair, &config) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(c)) => config::Config::load(c)?.routing.complexity_pair,
-                (None, None) => None,
-            };
             let price =
                 |flag: &str, v: Option<String>| v.map(|t| parse_price(flag, &t)).transpose();
             let tm = commands::tier_models(
@@ -293,6 +288,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 price("--strong-price", strong_price)?,
                 threshold,
             )?;
+            let pair = complexity_pair.or_else(|| tm.complexity_pair.clone());
             let m = with_pair(load_model(model.clone())?, pair.as_deref())?;
             let name = match &pair {
                 Some(p) => format!("{}, its complexity for the pair {p}", model_name(&model)),

@@ -348,10 +348,13 @@ pub struct TierModels {
     pub cheap_price: Option<Price>,
     pub strong_price: Option<Price>,
     pub threshold: f64,
+    /// The config's `routing.complexity_pair`, if it names one.
+    pub complexity_pair: Option<String>,
 }
 
 /// From flags, or else the router config: the default tier's and the strong tier's first
-/// targets (their `model` and `price`), and the complexity threshold.
+/// targets (their `model` and `price`), the complexity threshold, and the config's complexity
+/// pair.
 pub fn tier_models(
     config: Option<&Path>,
     cheap: Option<String>,
@@ -402,6 +405,7 @@ pub fn tier_models(
         threshold: threshold
             .or(cfg.as_ref().map(|c| c.routing.complexity_threshold))
             .unwrap_or(crate::config::DEFAULT_COMPLEXITY_THRESHOLD),
+        complexity_pair: cfg.and_then(|c| c.routing.complexity_pair),
     })
 }
 

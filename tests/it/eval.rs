@@ -99,6 +99,45 @@ fn route_reports_the_hand_computed_baselines() {
     assert!(svg.starts_with("<svg") && svg.contains("prompt length"));
 }
 
+/// `eval route --config`: the config's tiers name the models, and its `routing.complexity_pair`
+/// the complexity that routes; a provider key the machine does not have is not needed offline.
+#[test]
+fn route_follows_a_configs_complexity_pair() {
+    let dir = tmpdir("route-pair");
+    let data = four_prompts(&dir);
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        r#"[providers.p]
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "SWITCHYARD_TEST_KEY_THAT_IS_NOT_SET"
+[routing]
+default_tier = "cheap"
+strong_tier = "strong"
+complexity_pair = "llmrouter"
+[tiers.cheap]
+targets = [{ provider = "p", model = "small" }]
+[tiers.strong]
+targets = [{ provider = "p", model = "big" }]
+"#,
+    )
+    .unwrap();
+    let route = |pair: &[&str]| {
+        let mut args = vec!["eval", "route", "--data", data.to_str().unwrap()];
+        args.extend(["--config", config.to_str().unwrap()]);
+        args.extend(pair);
+        run(&args)
+    };
+    let (ok, md, err) = route(&[]);
+    assert!(ok, "{err}");
+    assert!(md.contains("its complexity for the pair llmrouter"), "{md}");
+    assert!(md.contains("| always-cheap | 50.0% | 0.0% |"), "{md}");
+    // The flag wins over the config.
+    let (ok, _, err) = route(&["--complexity-pair", "no-such-pair"]);
+    assert!(!ok);
+    assert!(err.contains("no-such-pair"), "{err}");
+}
+
 #[test]
 fn classify_reports_heads_calibration_and_plots() {
     let dir = tmpdir("classify");
