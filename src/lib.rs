@@ -153,7 +153,11 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             model,
             complexity_pair,
         } => {
-            let m = with_pair(load_model(model)?, complexity_pair.as_deref())?;
+            let m = with_pair(
+                load_model(model)?,
+                complexity_pair.as_deref(),
+                "--complexity-pair",
+            )?;
             return calibrate_cmd(strong_share, &prompts, &m);
         }
         Command::Sim {
@@ -252,6 +256,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             let m = with_pair(
                 checked_model(model.clone(), &domain_check)?,
                 complexity_pair.as_deref(),
+                "--complexity-pair",
             )?;
             print!(
                 "{}",
@@ -288,8 +293,8 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 price("--strong-price", strong_price)?,
                 threshold,
             )?;
-            let pair = complexity_pair.or_else(|| tm.complexity_pair.clone());
-            let m = with_pair(load_model(model.clone())?, pair.as_deref())?;
+            let (pair, key) = flag_or_config_pair(complexity_pair, tm.complexity_pair.clone());
+            let m = with_pair(load_model(model.clone())?, pair.as_deref(), key)?;
             let name = match &pair {
                 Some(p) => format!("{}, its complexity for the pair {p}", model_name(&model)),
                 None => model_name(&model),
@@ -312,8 +317,16 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             seed,
             out,
         } => {
-            let ma = with_pair(model_arg(&a)?, complexity_pair_a.as_deref())?;
-            let mb = with_pair(model_arg(&b)?, complexity_pair_b.as_deref())?;
+            let ma = with_pair(
+                model_arg(&a)?,
+                complexity_pair_a.as_deref(),
+                "--complexity-pair-a",
+            )?;
+            let mb = with_pair(
+                model_arg(&b)?,
+                complexity_pair_b.as_deref(),
+                "--complexity-pair-b",
+            )?;
             let name = |m: &str, pair: &Option<String>| match pair {
                 Some(p) => format!("{m} (complexity pair {p})"),
                 None => m.to_string(),
@@ -393,13 +406,27 @@ fn load_model(dir: Option<std::path::PathBuf>) -> anyhow::Result<classifier::Cla
     }
 }
 
-/// `m`, reporting its complexity score for the recorded pair `pair` when one is named.
+/// `m`, reporting its complexity score for the recorded pair `pair` when one is named; an
+/// error names `key`, where the pair was named.
 fn with_pair(
     m: classifier::Classifier,
     pair: Option<&str>,
+    key: &str,
 ) -> anyhow::Result<classifier::Classifier> {
     m.with_complexity_pair(pair)
-        .map_err(|e| anyhow::anyhow!("--complexity-pair: {e}"))
+        .map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
+/// The pair a `--complexity-pair` flag names, else the one a config's `routing.complexity_pair`
+/// names, with the key to blame if the model lacks it.
+fn flag_or_config_pair(
+    flag: Option<String>,
+    config: Option<String>,
+) -> (Option<String>, &'static str) {
+    match (flag, config) {
+        (Some(p), _) => (Some(p), "--complexity-pair"),
+        (None, p) => (p, "routing.complexity_pair"),
+    }
 }
 
 /// `load_model`, with its domain check when one is asked for.
@@ -444,10 +471,8 @@ fn classify_cmd(
         }
         None => (routing::Policy::default_for_classify(), None),
     };
-    let c = with_pair(
-        checked_model(model, domain_check)?,
-        complexity_pair.or(config_pair).as_deref(),
-    )?;
+    let (pair, key) = flag_or_config_pair(complexity_pair, config_pair);
+    let c = with_pair(checked_model(model, domain_check)?, pair.as_deref(), key)?;
     let describe = |text: &str| {
         let t = std::time::Instant::now();
         let s = c.classify(text);

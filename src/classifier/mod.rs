@@ -2365,13 +2365,7 @@ mod tests {
         assert!((ends.complexity(z, raw) - head.complexity).abs() < 1e-5);
         ends.pool = 1.0;
         assert!((ends.complexity(z, raw) - 1.0 / (1.0 + (-(a * raw + b)).exp())).abs() < 1e-6);
-        let paired = Classifier::load(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/router"
-        )))
-        .unwrap()
-        .with_complexity_pair(Some(&name))
-        .unwrap();
+        let paired = model_from_disk().with_complexity_pair(Some(&name)).unwrap();
         let s = paired.classify(text);
         assert_eq!(s.complexity, head.complexity_pairs[0].1);
         assert_eq!(s.complexity_pair.as_deref(), Some(name.as_str()));

@@ -132,10 +132,18 @@ targets = [{ provider = "p", model = "big" }]
     assert!(ok, "{err}");
     assert!(md.contains("its complexity for the pair llmrouter"), "{md}");
     assert!(md.contains("| always-cheap | 50.0% | 0.0% |"), "{md}");
-    // The flag wins over the config.
+    // The flag wins over the config, and an error names where the pair was named.
     let (ok, _, err) = route(&["--complexity-pair", "no-such-pair"]);
     assert!(!ok);
-    assert!(err.contains("no-such-pair"), "{err}");
+    assert!(
+        err.contains("--complexity-pair: ") && err.contains("no-such-pair"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"llmrouter\"", "\"no-such-pair\"")).unwrap();
+    let (ok, _, err) = route(&[]);
+    assert!(!ok);
+    assert!(err.contains("routing.complexity_pair: "), "{err}");
 }
 
 #[test]
