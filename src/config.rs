@@ -540,13 +540,13 @@ impl Config {
 
     /// Reads, parses and validates a config file, taking API keys from the process environment.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            err(
-                path.display().to_string(),
-                format!("cannot read config: {e}"),
-            )
-        })?;
-        Config::from_toml(&text, &|k| std::env::var(k).ok())
+        Config::from_toml(&read_config(path)?, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] for the commands that call no provider (`classify`, `eval`): provider
+    /// keys are not looked up, so a config whose keys this machine lacks still gives its policy.
+    pub fn load_offline(path: &std::path::Path) -> Result<Config, ConfigError> {
+        Config::from_toml(&read_config(path)?, &|_| Some("offline".into()))
     }
 
     /// The tier a target model name belongs to (the first tier listing it) and its index there.
@@ -860,6 +860,16 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
         domain_tiers: raw.domain_tiers.clone(),
         domain_min_confidence,
         rules,
+    })
+}
+
+/// The text of the config file at `path`.
+fn read_config(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        err(
+            path.display().to_string(),
+            format!("cannot read config: {e}"),
+        )
     })
 }
 

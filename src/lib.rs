@@ -466,7 +466,7 @@ fn classify_cmd(
     use std::io::{BufRead, Write};
     let (policy, config_pair) = match config {
         Some(p) => {
-            let cfg = config::Config::load(&p)?;
+            let cfg = config::Config::load_offline(&p)?;
             (routing::Policy::new(&cfg), cfg.routing.complexity_pair)
         }
         None => (routing::Policy::default_for_classify(), None),

@@ -364,21 +364,16 @@ pub fn tier_models(
     threshold: Option<f64>,
 ) -> Result<TierModels, EvalError> {
     let cfg = match config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| EvalError::File {
-                file: p.display().to_string(),
-                message: e.to_string(),
-            })?;
-            // Provider keys are not needed offline.
-            Some(
-                Config::from_toml(&text, &|_| Some("offline".into())).map_err(|e| {
-                    EvalError::File {
-                        file: p.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?,
-            )
-        }
+        Some(p) => Some(Config::load_offline(p).map_err(|e| {
+            let file = p.display().to_string();
+            // A file that cannot be read is already named; a bad key is named inside it.
+            let message = if e.path == file {
+                e.message
+            } else {
+                e.to_string()
+            };
+            EvalError::File { file, message }
+        })?),
         None => None,
     };
     let first = |tier: Option<&String>| {

@@ -359,6 +359,28 @@ fn classify_reports_and_can_route_by_a_recorded_pair() {
         err.contains("no-such-pair") && err.contains("llmrouter"),
         "{err}"
     );
+    // A config's routing.complexity_pair routes too; classify calls no provider, so a key the
+    // machine lacks is not asked for.
+    let config = std::env::temp_dir().join(format!("sy-pair-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         api_key_env = \"SWITCHYARD_TEST_KEY_THAT_IS_NOT_SET\"\n\
+         [routing]\ndefault_tier = \"cheap\"\nstrong_tier = \"strong\"\n\
+         complexity_pair = \"llmrouter\"\n\
+         [tiers.cheap]\ntargets = [{ provider = \"p\", model = \"small\" }]\n\
+         [tiers.strong]\ntargets = [{ provider = \"p\", model = \"big\" }]\n",
+    )
+    .unwrap();
+    let by_config = line(&run(&[
+        "classify",
+        "--jsonl",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!(by_config["complexity_pair"], "llmrouter", "{by_config}");
+    assert_eq!(by_config["complexity"].as_f64().unwrap(), pair);
 }
 
 #[tokio::test]
