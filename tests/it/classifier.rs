@@ -431,11 +431,13 @@ fn prompts_in(folder: &str) -> Vec<(String, usize, String)> {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         for (i, line) in std::fs::read_to_string(&f).unwrap().lines().enumerate() {
             let v: Value = serde_json::from_str(line).unwrap();
-            out.push((
-                name.clone(),
-                i + 1,
-                v["prompt"].as_str().unwrap().to_string(),
-            ));
+            // A conversation is read as the classifier reads it: its last user turn, with
+            // earlier turns as context.
+            let text = match v["prompt"].as_str() {
+                Some(p) => p.to_string(),
+                None => switchyard::classifier::prompt_text(v["messages"].as_array().unwrap()),
+            };
+            out.push((name.clone(), i + 1, text));
         }
     }
     out
@@ -495,6 +497,7 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
     let checked = |file: &str| {
         number(file, "difficulty-").is_some_and(|n| n >= 2)
             || number(file, "everyday-test-").is_some_and(|n| n >= 4)
+            || file.starts_with("conversations-")
     };
     let eval: Vec<_> = prompts_in("eval/prompts")
         .into_iter()
