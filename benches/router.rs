@@ -127,6 +127,18 @@ fn classifier(c: &mut Criterion) {
             b.iter(|| model.tokens(black_box(&p)))
         });
     }
+    // A conversation: about 128 tokens of earlier turns, then a short follow-up. It is read
+    // twice (whole, and the last turn alone) and the two readings pooled.
+    let context = prompt_of(&model, 128);
+    let chat = switchyard::classifier::chat_text(&[
+        json!({"role": "user", "content": context}),
+        json!({"role": "assistant", "content": "Here is a first outline of the migration."}),
+        json!({"role": "user", "content": "now write the Python example with type hints"}),
+    ]);
+    assert!(chat.has_context());
+    c.bench_function("classify_chat_128_tokens_then_a_follow_up", |b| {
+        b.iter(|| model.classify_chat(black_box(&chat)))
+    });
     // The routing decision for the model `switchyard` under the default policy: rules (keywords,
     // regex, metadata) over the prompt, then the tier for the scores. The scores are computed
     // once outside the loop so this measures the policy alone.

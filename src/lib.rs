@@ -251,6 +251,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             model,
             domain_check,
             complexity_pair,
+            chat_reading,
             out,
         } => {
             let m = with_pair(
@@ -265,6 +266,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                     held_out.get(),
                     &m,
                     &checked_model_name(&model, &domain_check),
+                    chat_reading,
                     out.as_deref()
                 )?
             );
@@ -441,16 +443,17 @@ fn checked_model(
     })
 }
 
-/// The prompt text of a JSON line: `prompt`, or the last user turn of `messages`.
-fn line_prompt(v: &serde_json::Value) -> Result<String, String> {
+/// What the classifier reads of a JSON line: `prompt`, or the last user turn of `messages` and
+/// its context.
+fn line_prompt(v: &serde_json::Value) -> Result<classifier::ChatText, String> {
     if let Some(p) = v.get("prompt") {
         return p
             .as_str()
-            .map(str::to_string)
+            .map(classifier::ChatText::prompt)
             .ok_or_else(|| "\"prompt\" must be a string".to_string());
     }
     match v.get("messages").and_then(|m| m.as_array()) {
-        Some(m) => Ok(classifier::prompt_text(m)),
+        Some(m) => Ok(classifier::chat_text(m)),
         None => Err("expected a \"prompt\" string or a \"messages\" array".to_string()),
     }
 }
@@ -473,11 +476,11 @@ fn classify_cmd(
     };
     let (pair, key) = flag_or_config_pair(complexity_pair, config_pair);
     let c = with_pair(checked_model(model, domain_check)?, pair.as_deref(), key)?;
-    let describe = |text: &str| {
+    let describe = |chat: &classifier::ChatText| {
         let t = std::time::Instant::now();
-        let s = c.classify(text);
+        let s = c.classify_chat(chat);
         let us = t.elapsed().as_secs_f64() * 1e6;
-        let tier = match policy.rule_for(text, None) {
+        let tier = match policy.rule_for(&chat.text, None) {
             Some(r) => (r.tier.clone(), format!("rule {}", r.name)),
             None => policy.tier_for_scores(&s, None),
         };
@@ -487,7 +490,7 @@ fn classify_cmd(
         let Some(p) = prompt else {
             anyhow::bail!("give a prompt, or --jsonl to read JSON lines from stdin");
         };
-        let (s, tier, us) = describe(&p);
+        let (s, tier, us) = describe(&classifier::ChatText::prompt(p));
         let top = |v: &[(String, f32)]| {
             let mut v = v.to_vec();
             v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -534,8 +537,8 @@ fn classify_cmd(
             .map_err(|e| format!("invalid JSON: {e}"))
             .and_then(|v| line_prompt(&v))
         {
-            Ok(text) => {
-                let (s, tier, us) = describe(&text);
+            Ok(chat) => {
+                let (s, tier, us) = describe(&chat);
                 let scores = |v: &[(String, f32)]| {
                     v.iter()
                         .map(|(l, p)| (l.clone(), serde_json::json!(p)))
@@ -580,9 +583,9 @@ fn calibrate_cmd(
         }
         let v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("{}:{}: invalid JSON: {e}", prompts.display(), i + 1))?;
-        let text =
+        let chat =
             line_prompt(&v).map_err(|e| anyhow::anyhow!("{}:{}: {e}", prompts.display(), i + 1))?;
-        scores.push(c.classify(&text).complexity as f64);
+        scores.push(c.classify_chat(&chat).complexity as f64);
     }
     anyhow::ensure!(!scores.is_empty(), "{}: no prompts", prompts.display());
     scores.sort_by(f64::total_cmp);

@@ -532,8 +532,8 @@ async fn route_request(
         .get("messages")
         .and_then(|m| m.as_array())
         .map_or(&[][..], Vec::as_slice);
-    let text = crate::classifier::prompt_text(messages);
-    if let Some(rule) = s.policy.rule_for(&text, chat.body.get("metadata")) {
+    let text = crate::classifier::chat_text(messages);
+    if let Some(rule) = s.policy.rule_for(&text.text, chat.body.get("metadata")) {
         plan.tier = rule.tier.clone();
         decision.rule = Some(rule.name.clone());
         decision.reason = "rule";
@@ -546,16 +546,16 @@ async fn route_request(
     // microseconds (`cargo bench --bench router`), less than a hand-off to the blocking pool.
     // Longer ones, and the domain check's second model (milliseconds with an encoder), run off
     // the async runtime; when too many are queued, shed.
-    let inline = classifier.is_static() && text.len() <= INLINE_CLASSIFY_BYTES;
+    let inline = classifier.is_static() && text.text.len() <= INLINE_CLASSIFY_BYTES;
     let scores = if inline {
-        classifier.classify_unchecked(&text)
+        classifier.classify_chat_unchecked(&text)
     } else {
         off_runtime(s, classifier.clone(), text.clone(), None).await?
     };
     let scores = if classifier.needs_domain_check(&scores) {
         if classifier.is_static_with_check() && inline {
             let mut scores = scores;
-            classifier.check_domain(&text, &mut scores);
+            classifier.check_domain(&text.text, &mut scores);
             scores
         } else {
             off_runtime(s, classifier, text, Some(scores)).await?
@@ -585,12 +585,12 @@ async fn route_request(
     Ok(())
 }
 
-/// Classifies `text` on the blocking pool (or, given this model's `scores`, checks their
+/// Classifies `chat` on the blocking pool (or, given this model's `scores`, checks their
 /// domain there), holding one of the bounded classification permits.
 async fn off_runtime(
     s: &AppState,
     classifier: std::sync::Arc<crate::classifier::Classifier>,
-    text: String,
+    chat: crate::classifier::ChatText,
     scores: Option<crate::classifier::Scores>,
 ) -> Result<crate::classifier::Scores, ApiError> {
     let permit = s
@@ -601,9 +601,9 @@ async fn off_runtime(
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         match scores {
-            None => classifier.classify(&text),
+            None => classifier.classify_chat(&chat),
             Some(mut scores) => {
-                classifier.check_domain(&text, &mut scores);
+                classifier.check_domain(&chat.text, &mut scores);
                 scores
             }
         }

@@ -614,19 +614,64 @@ pub fn message_text(m: &Value) -> String {
     }
 }
 
-/// The text the router classifies: the last user turn, with earlier turns as context up to a
-/// bounded number of characters.
-pub fn prompt_text(messages: &[Value]) -> String {
-    const CONTEXT_CHARS: usize = 600;
-    let text_of = message_text;
+/// What the router reads of a chat: its last user turn, after up to [`CONTEXT_CHARS`] of the
+/// turns before it as context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatText {
+    /// The context (older turns first, one a line), then the last user turn.
+    pub text: String,
+    /// Where the last user turn starts in `text`: 0 when there is no context.
+    pub last_turn: usize,
+}
+
+impl ChatText {
+    /// A prompt with no earlier turns.
+    pub fn prompt(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            last_turn: 0,
+        }
+    }
+
+    /// The last user turn alone.
+    pub fn last_turn(&self) -> &str {
+        &self.text[self.last_turn..]
+    }
+
+    pub fn has_context(&self) -> bool {
+        self.last_turn > 0
+    }
+}
+
+/// How a chat with earlier turns is read ([`Classifier::classify_chat_as`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChatReading {
+    /// Whole and by its last user turn alone, the two readings pooled: what the router does.
+    #[default]
+    Both,
+    /// Context and last turn as one text.
+    Whole,
+    /// The last user turn alone.
+    LastTurn,
+}
+
+/// How many characters of earlier turns a chat's text keeps as context, the last user turn's
+/// own length included.
+pub const CONTEXT_CHARS: usize = 600;
+
+/// The text the router classifies: the last user turn, with earlier turns (system messages
+/// aside) as context up to [`CONTEXT_CHARS`] characters; the last message when no turn is the
+/// user's.
+pub fn chat_text(messages: &[Value]) -> ChatText {
     let last_user = messages
         .iter()
         .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"));
     let Some(i) = last_user else {
-        return messages.last().map(text_of).unwrap_or_default();
+        return ChatText::prompt(messages.last().map(message_text).unwrap_or_default());
     };
-    let mut text = text_of(&messages[i]);
-    let mut budget = CONTEXT_CHARS.saturating_sub(text.len());
+    let last = message_text(&messages[i]);
+    let mut budget = CONTEXT_CHARS.saturating_sub(last.chars().count());
+    let mut context: Vec<String> = Vec::new();
     for m in messages[..i].iter().rev() {
         if budget == 0 {
             break;
@@ -634,19 +679,25 @@ pub fn prompt_text(messages: &[Value]) -> String {
         if m.get("role").and_then(Value::as_str) == Some("system") {
             continue;
         }
-        let t = text_of(m);
-        let take: String = t
-            .chars()
-            .rev()
-            .take(budget)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        budget = budget.saturating_sub(take.len());
-        text = format!("{take}\n{text}");
+        let t = message_text(m);
+        let skip = t.chars().count().saturating_sub(budget);
+        let take: String = t.chars().skip(skip).collect();
+        budget -= take.chars().count();
+        context.push(take);
     }
-    text
+    let mut text = String::new();
+    for t in context.iter().rev() {
+        text.push_str(t);
+        text.push('\n');
+    }
+    let last_turn = text.len();
+    text.push_str(&last);
+    ChatText { text, last_turn }
+}
+
+/// The text of [`chat_text`], context and last user turn together.
+pub fn prompt_text(messages: &[Value]) -> String {
+    chat_text(messages).text
 }
 
 /// The extra features of a text, from its characters and token count.
@@ -1834,6 +1885,40 @@ impl Classifier {
         }
     }
 
+    /// The scores of a chat, its domain checked by the second model when it needs it (that
+    /// model reads the whole text).
+    pub fn classify_chat(&self, chat: &ChatText) -> Scores {
+        self.classify_chat_as(chat, ChatReading::Both)
+    }
+
+    /// [`Classifier::classify_chat`], with the chat read as `reading` says: the router's way
+    /// (both readings pooled), or one of the two alone, to compare them.
+    pub fn classify_chat_as(&self, chat: &ChatText, reading: ChatReading) -> Scores {
+        let mut s = match reading {
+            ChatReading::Both => self.classify_chat_unchecked(chat),
+            ChatReading::Whole => self.classify_unchecked(&chat.text),
+            ChatReading::LastTurn => self.classify_unchecked(chat.last_turn()),
+        };
+        if self.needs_domain_check(&s) {
+            self.check_domain(&chat.text, &mut s);
+        }
+        s
+    }
+
+    /// The scores of a chat, this model alone. A chat with earlier turns is read twice: whole
+    /// (context and last turn), which knows what "that" is and that a question about a deposit
+    /// is legal, and its last user turn alone, which knows what is asked now ("now write it as
+    /// a poem" after a sum). Each score pools the two readings with equal weight: probabilities
+    /// by their normalised geometric mean, complexities by the mean of their logits. A chat
+    /// without context is read once, as a prompt.
+    pub fn classify_chat_unchecked(&self, chat: &ChatText) -> Scores {
+        let whole = self.classify_unchecked(&chat.text);
+        if !chat.has_context() {
+            return whole;
+        }
+        pool_readings(whole, &self.classify_unchecked(chat.last_turn()))
+    }
+
     /// Each recorded pair's complexity for a prompt's ids and TF-IDF bag, and the head's logit
     /// `z` (experts included).
     fn pair_scores(&self, ids: &[u32], bag: &[(u32, f32)], z: f32) -> Vec<(String, f32)> {
@@ -1886,17 +1971,55 @@ fn pool_bag(
     w: f32,
     tfidf: &[(u32, f32)],
 ) -> Vec<(String, f32)> {
-    let Some(bag) = bag else {
-        return heads;
-    };
+    match bag {
+        None => heads,
+        Some(bag) => log_pool(heads, &bag.probs(tfidf), w),
+    }
+}
+
+/// The logarithmic pool of two distributions over the same labels, p ∝ a^(1 − w) · b^w.
+fn log_pool(a: Vec<(String, f32)>, b: &[f32], w: f32) -> Vec<(String, f32)> {
     let log = |x: f32| x.max(MIN_PROB).ln();
-    let (labels, mut pooled): (Vec<String>, Vec<f32>) = heads
+    let (labels, mut pooled): (Vec<String>, Vec<f32>) = a
         .into_iter()
-        .zip(bag.probs(tfidf))
-        .map(|((label, p), q)| (label, (1.0 - w) * log(p) + w * log(q)))
+        .zip(b)
+        .map(|((label, p), &q)| (label, (1.0 - w) * log(p) + w * log(q)))
         .unzip();
     softmax(&mut pooled);
     labels.into_iter().zip(pooled).collect()
+}
+
+/// The weight of a chat's last user turn read alone against the whole chat read together
+/// ([`Classifier::classify_chat_unchecked`]); chosen on `eval/prompts/conversations-dev.jsonl`.
+const LAST_TURN_WEIGHT: f32 = 0.5;
+
+/// The scores of a chat read whole, pooled with those of its last turn read alone.
+fn pool_readings(whole: Scores, last: &Scores) -> Scores {
+    let w = LAST_TURN_WEIGHT;
+    let probs = |v: &[(String, f32)]| v.iter().map(|(_, p)| *p).collect::<Vec<_>>();
+    let logit = |p: f32| {
+        let p = p.clamp(MIN_PROB, 1.0 - f32::EPSILON);
+        (p / (1.0 - p)).ln()
+    };
+    let mean = |a: f32, b: f32| 1.0 / (1.0 + (-((1.0 - w) * logit(a) + w * logit(b))).exp());
+    let intent_scores = log_pool(whole.intent_scores, &probs(&last.intent_scores), w);
+    let domain_scores = log_pool(whole.domain_scores, &probs(&last.domain_scores), w);
+    Scores {
+        intent: best_label(&intent_scores),
+        domain: best_label(&domain_scores),
+        intent_scores,
+        domain_scores,
+        complexity: mean(whole.complexity, last.complexity),
+        complexity_pairs: whole
+            .complexity_pairs
+            .into_iter()
+            .zip(&last.complexity_pairs)
+            .map(|((name, a), (_, b))| (name, mean(a, *b)))
+            .collect(),
+        complexity_pair: whole.complexity_pair,
+        tokens: whole.tokens,
+        unchecked_domain: None,
+    }
 }
 
 /// The label with the highest probability.
@@ -2735,5 +2858,94 @@ mod tests {
             let s = model().classify(&format!("{pad}{text}{pad}"));
             prop_assert!(s.complexity.is_finite());
         }
+    }
+
+    fn turn(role: &str, content: &str) -> Value {
+        serde_json::json!({"role": role, "content": content})
+    }
+
+    #[test]
+    fn a_chat_keeps_its_last_user_turn_and_the_characters_of_context_before_it() {
+        let chat = chat_text(&[
+            turn("system", "be brief"),
+            turn("user", "what's the capital of Australia?"),
+            turn("assistant", "Canberra."),
+            turn("user", "and how many people live there?"),
+        ]);
+        assert_eq!(
+            chat.text,
+            "what's the capital of Australia?\nCanberra.\nand how many people live there?"
+        );
+        assert_eq!(chat.last_turn(), "and how many people live there?");
+        assert!(chat.has_context());
+        // The context's budget counts characters, not bytes: 595 of "é" (two bytes each) fit
+        // beside a five-character last turn.
+        let chat = chat_text(&[
+            turn("user", &"é".repeat(700)),
+            turn("assistant", "ok"),
+            turn("user", "why?!"),
+        ]);
+        assert_eq!(chat.text, format!("{}\nok\nwhy?!", "é".repeat(593)));
+        assert_eq!(chat.text.chars().count() - 2, CONTEXT_CHARS);
+        // No earlier turn, or no user turn at all: a prompt, read once.
+        let alone = chat_text(&[turn("system", "be brief"), turn("user", "hi")]);
+        assert_eq!(alone, ChatText::prompt("hi"));
+        assert_eq!(
+            chat_text(&[turn("assistant", "hello")]),
+            ChatText::prompt("hello")
+        );
+        assert_eq!(chat_text(&[]), ChatText::default());
+        // A last turn longer than the budget leaves no room for context.
+        let long = "x".repeat(CONTEXT_CHARS + 5);
+        let chat = chat_text(&[turn("user", "earlier"), turn("user", &long)]);
+        assert_eq!(chat, ChatText::prompt(long));
+    }
+
+    #[test]
+    fn a_chat_with_context_pools_its_two_readings_and_a_prompt_is_read_once() {
+        let m = model();
+        let prompt = ChatText::prompt("write a haiku about rain");
+        let once = m.classify_unchecked(&prompt.text);
+        let read = m.classify_chat_unchecked(&prompt);
+        assert_eq!(read.intent_scores, once.intent_scores);
+        assert_eq!(read.complexity, once.complexity);
+        let chat = chat_text(&[
+            turn("user", "solve x^2 = 4"),
+            turn("assistant", "x = 2 or x = -2."),
+            turn("user", "now write that as a little poem"),
+        ]);
+        let whole = m.classify_unchecked(&chat.text);
+        let last = m.classify_unchecked(chat.last_turn());
+        let pooled = m.classify_chat_unchecked(&chat);
+        // By hand: the normalised geometric mean of the two readings' probabilities.
+        let geo: Vec<f64> = whole
+            .intent_scores
+            .iter()
+            .zip(&last.intent_scores)
+            .map(|((_, a), (_, b))| (f64::from(*a) * f64::from(*b)).sqrt())
+            .collect();
+        let sum: f64 = geo.iter().sum();
+        for ((label, p), g) in pooled.intent_scores.iter().zip(&geo) {
+            assert!(
+                (f64::from(*p) - g / sum).abs() < 1e-5,
+                "{label}: {p} vs {}",
+                g / sum
+            );
+        }
+        let logit = |p: f32| (f64::from(p) / (1.0 - f64::from(p))).ln();
+        let z = (logit(whole.complexity) + logit(last.complexity)) / 2.0;
+        assert!((f64::from(pooled.complexity) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5);
+        assert_eq!(pooled.complexity_pairs.len(), whole.complexity_pairs.len());
+        assert_eq!(pooled.tokens, whole.tokens);
+        // The sum says maths and the last turn says a poem; pooled, the poem wins, and the
+        // complexity lies between the two readings'.
+        assert_eq!(whole.intent, "math");
+        assert_eq!(pooled.intent, "creative_writing");
+        let (lo, hi) = if whole.complexity < last.complexity {
+            (whole.complexity, last.complexity)
+        } else {
+            (last.complexity, whole.complexity)
+        };
+        assert!(lo <= pooled.complexity && pooled.complexity <= hi);
     }
 }

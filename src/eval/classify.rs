@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::dataset::Record;
 use super::metrics::spearman;
-use crate::classifier::{Classifier, Scores};
+use crate::classifier::{ChatReading, Classifier, Scores};
 
 /// One head's figures over the prompts that carry its label.
 #[derive(Debug, Clone, Serialize)]
@@ -161,13 +161,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn evaluate(
     model: &Classifier,
     records: &[Record],
+    reading: ChatReading,
     progress: &indicatif::ProgressBar,
 ) -> ClassifyReport {
     let mut scored: Vec<(Scores, f64)> = Vec::with_capacity(records.len());
     for r in records {
-        let text = r.text();
+        let chat = r.chat();
         let t0 = Instant::now();
-        let s = model.classify(&text);
+        let s = model.classify_chat_as(&chat, reading);
         scored.push((s, t0.elapsed().as_secs_f64() * 1e6));
         progress.inc(1);
     }

@@ -11,7 +11,7 @@ use super::dataset::{self, Record};
 use super::route::{self, Pair, Point, Strategy};
 use super::{import, plot, EvalError};
 use crate::classifier::train::RowRule;
-use crate::classifier::Classifier;
+use crate::classifier::{ChatReading, ChatText, Classifier};
 use crate::config::{Config, Price};
 
 fn werr(path: &Path, e: impl std::fmt::Display) -> EvalError {
@@ -311,10 +311,11 @@ pub fn classify_cmd(
     held_out: Option<HeldOut<'_>>,
     model: &Classifier,
     model_name: &str,
+    reading: ChatReading,
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
     let records = records_with_text(data, held_out)?;
-    let report = classify::evaluate(model, &records, &bar(records.len(), "classifying"));
+    let report = classify::evaluate(model, &records, reading, &bar(records.len(), "classifying"));
     let what = data_label(data, held_out);
     let md = classify_report_md(&what, model_name, &report);
     if let Some(dir) = out {
@@ -432,13 +433,13 @@ pub fn route_run(records: &[Record], tm: &TierModels, model: &Classifier, seeds:
         .iter()
         .map(|p| {
             pb.inc(1);
-            f64::from(model.classify(&p.text).complexity)
+            f64::from(model.classify_chat(&p.chat).complexity)
         })
         .collect();
     pb.finish_and_clear();
     let length: Vec<f64> = pairs
         .iter()
-        .map(|p| p.text.chars().count() as f64)
+        .map(|p| p.chat.text.chars().count() as f64)
         .collect();
     let mut points = route::fixed_points(&pairs);
     points.push(route::at_threshold(
@@ -459,7 +460,7 @@ pub fn route_run(records: &[Record], tm: &TierModels, model: &Classifier, seeds:
     } else {
         pairs
             .iter()
-            .map(|p| model.complexity_lexicon_scores(&p.text))
+            .map(|p| model.complexity_lexicon_scores(&p.chat.text))
             .collect()
     };
     for (j, family) in families.iter().enumerate() {
@@ -710,17 +711,17 @@ pub fn compare_cmd(
     out: Option<&Path>,
 ) -> Result<String, EvalError> {
     let records = records_with_text(data, held_out)?;
-    let texts: Vec<String> = records.iter().map(Record::text).collect();
-    let pb = bar(texts.len() * 2, "scoring with both models");
+    let chats: Vec<ChatText> = records.iter().map(Record::chat).collect();
+    let pb = bar(chats.len() * 2, "scoring with both models");
     // Scores, and each prompt's classification time in microseconds, sorted.
     let score = |m: &Classifier| -> (Vec<crate::classifier::Scores>, Vec<f64>) {
-        let mut times = Vec::with_capacity(texts.len());
-        let scores = texts
+        let mut times = Vec::with_capacity(chats.len());
+        let scores = chats
             .iter()
             .map(|t| {
                 pb.inc(1);
                 let t0 = std::time::Instant::now();
-                let s = m.classify(t);
+                let s = m.classify_chat(t);
                 times.push(t0.elapsed().as_secs_f64() * 1e6);
                 s
             })
@@ -860,7 +861,7 @@ pub fn compare_cmd(
     }
     diffs.push(Diff {
         metric: "classify latency p50, µs (no interval)".into(),
-        prompts: texts.len(),
+        prompts: chats.len(),
         a: p50(&ta),
         b: p50(&tb),
         diff: p50(&ta).zip(p50(&tb)).map(|(x, y)| y - x),

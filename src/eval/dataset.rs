@@ -85,10 +85,15 @@ impl Outcome {
 impl Record {
     /// The text the classifier reads: `prompt`, or the last user turn of `messages` with context.
     pub fn text(&self) -> String {
+        self.chat().text
+    }
+
+    /// What the classifier reads: `prompt`, or the last user turn of `messages` and its context.
+    pub fn chat(&self) -> crate::classifier::ChatText {
         match (&self.prompt, &self.messages) {
-            (Some(p), _) => p.clone(),
-            (None, Some(m)) => crate::classifier::prompt_text(m),
-            (None, None) => String::new(),
+            (Some(p), _) => crate::classifier::ChatText::prompt(p.clone()),
+            (None, Some(m)) => crate::classifier::chat_text(m),
+            (None, None) => Default::default(),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::config::Price;
 /// One prompt with both models' recorded quality and cost.
 #[derive(Debug, Clone)]
 pub struct Pair {
-    pub text: String,
+    /// What the router reads of the record: its prompt, or its chat.
+    pub chat: crate::classifier::ChatText,
     pub weak: f64,
     pub strong: f64,
     pub weak_cost: f64,
@@ -42,7 +43,7 @@ pub fn pairs(
         let (wc, sc) = (w.cost(cheap_price), s.cost(strong_price));
         costs_known &= wc.is_some() && sc.is_some();
         out.push(Pair {
-            text: r.text(),
+            chat: r.chat(),
             weak: wq,
             strong: sq,
             weak_cost: wc.unwrap_or(0.0),
@@ -354,7 +355,7 @@ mod tests {
 
     fn pair(weak: f64, strong: f64) -> Pair {
         Pair {
-            text: String::new(),
+            chat: Default::default(),
             weak,
             strong,
             weak_cost: 1.0,

@@ -240,6 +240,7 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
         "{\"messages\": [{\"role\": \"system\", \"content\": \"be brief\"}, {\"role\": \"user\", \"content\": \"What is 17 * 23?\"}]}\n",
         "{\"prompt\": 42}\n",
         "{\"other\": true}\n",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"solve x^2 = 4\"}, {\"role\": \"assistant\", \"content\": \"x = 2 or x = -2.\"}, {\"role\": \"user\", \"content\": \"now write that as a little poem\"}]}\n",
     );
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).await.unwrap();
@@ -251,8 +252,8 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
-    for i in [0, 2] {
+    assert_eq!(lines.len(), 6);
+    for i in [0, 2, 5] {
         let l = &lines[i];
         for k in ["intent", "domain", "tier"] {
             assert!(l[k].is_string(), "{k} in {l}");
@@ -266,6 +267,8 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
         assert!(l["latency_us"].as_f64().unwrap() >= 0.0);
     }
     assert_eq!(lines[0]["intent"], "creative_writing");
+    // A follow-up is read with its context and alone: the poem, not the sum.
+    assert_eq!(lines[5]["intent"], "creative_writing");
     for i in [1, 3, 4] {
         assert!(lines[i]["error"]["message"].is_string(), "{}", lines[i]);
         assert_eq!(lines[i]["error"]["line"], i + 1);

@@ -201,6 +201,46 @@ fn classify_reports_heads_calibration_and_plots() {
     assert!(md.contains("| complexity lexicon: levels |"), "{md}");
 }
 
+/// `eval classify --chat-reading`: a conversation read whole, by its last turn, or both pooled
+/// (the router's way, the default).
+#[test]
+fn classify_reads_a_conversation_the_way_it_is_told() {
+    let dir = tmpdir("chat-reading");
+    let data = dir.join("chats.jsonl");
+    let row = json!({"messages": [
+        {"role": "user", "content": "solve x^2 = 4"},
+        {"role": "assistant", "content": "x = 2 or x = -2."},
+        {"role": "user", "content": "now write that as a little poem"},
+    ], "intent": "creative_writing"});
+    std::fs::write(&data, format!("{row}\n")).unwrap();
+    let accuracy = |reading: Option<&str>| {
+        let mut args = vec!["eval", "classify", "--data", data.to_str().unwrap()];
+        if let Some(r) = reading {
+            args.extend(["--chat-reading", r]);
+        }
+        let (ok, md, err) = run(&args);
+        assert!(ok, "{err}");
+        md.lines()
+            .find(|l| l.contains("labelled prompts: accuracy"))
+            .map(str::to_string)
+            .unwrap()
+    };
+    assert!(accuracy(None).contains("**100.0%**"));
+    assert!(accuracy(Some("both")).contains("**100.0%**"));
+    assert!(accuracy(Some("last-turn")).contains("**100.0%**"));
+    assert!(accuracy(Some("whole")).contains("**0.0%**"));
+    let (ok, _, err) = run(&[
+        "eval",
+        "classify",
+        "--data",
+        data.to_str().unwrap(),
+        "--chat-reading",
+        "sideways",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--chat-reading"), "{err}");
+}
+
 #[test]
 fn malformed_data_names_file_line_and_field() {
     let dir = tmpdir("bad");

@@ -206,6 +206,27 @@ async fn the_last_user_turn_is_what_gets_classified() {
     assert_eq!(r.header("x-switchyard-intent"), "coding");
 }
 
+/// A conversation is read whole and by its last user turn alone, pooled: a follow-up that asks
+/// for something new is classified by what it asks, with the turns before it still counted.
+#[tokio::test]
+async fn a_follow_up_is_classified_by_what_it_asks_now() {
+    let (h, _sims) = setup().await;
+    let sum = [
+        json!({"role": "user", "content": "solve x^2 = 4"}),
+        json!({"role": "assistant", "content": "x = 2 or x = -2."}),
+    ];
+    let r = h
+        .post(&json!({"model": "switchyard", "messages": [sum[0].clone()]}))
+        .await;
+    assert_eq!(r.header("x-switchyard-intent"), "math");
+    let mut messages = sum.to_vec();
+    messages.push(json!({"role": "user", "content": "now write that as a little poem"}));
+    let r = h
+        .post(&json!({"model": "switchyard", "messages": messages}))
+        .await;
+    assert_eq!(r.header("x-switchyard-intent"), "creative_writing");
+}
+
 /// `routing.domain_check`: a second model re-scores the domain of the prompts the first is
 /// unsure of, and the answer says so (the first model's domain in
 /// `x-switchyard-domain-checked`) and the metrics count it. Here the second model is the
