@@ -3230,7 +3230,8 @@ GSM8K half (maths), both with complexity from Mixtral/GPT-4 correctness as what 
 both or wrong by both, 0.0 right only by Mixtral), and the project's hand-written examples in `training-data/` (complexity from the writer's 1–5 \
 rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`; a rated \
 one is a \"levels\" label and counts {} times in that family's lexicon fit, where a few hundred everyday prompts sit beside thousands of \
-MATH problems). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
+MATH problems; a hand-written conversation is read as the router reads a chat whole, its last user turn after its context, and \
+trains intent and complexity only). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
 a hand-written group) are held out for validation, about one in five by a hash of the source name. Of the other MMLU, MATH, LLMRouter \
 and RouteLLM GSM8K sources, one prompt in {} is held out as well, by a hash of its text: the router mostly meets prompts like those it \
 was trained on, and subjects it has never seen are the harder, rarer case.\n\n", args.rated_weight, m.validation_rows.rule.one_in));

@@ -672,10 +672,26 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
                     _ => None,
                 },
             };
+            // A conversation trains as the router reads it whole: the last user turn after its
+            // context, labelled by what that turn asks. It may have no domain: then it trains
+            // intent and complexity only (training-data/README.md says why).
+            let (prompt, domain) = match v.get("messages").and_then(|m| m.as_array()) {
+                Some(m) => {
+                    let domain = match v.get("domain") {
+                        None => None,
+                        Some(_) => Some(str_field(&f, line, &v, "domain")?),
+                    };
+                    (crate::classifier::chat_text(m).text, domain)
+                }
+                None => (
+                    str_field(&f, line, &v, "prompt")?,
+                    Some(str_field(&f, line, &v, "domain")?),
+                ),
+            };
             let mut e = ex(
-                str_field(&f, line, &v, "prompt")?,
+                prompt,
                 Some(&intent),
-                Some(&str_field(&f, line, &v, "domain")?),
+                domain.as_deref(),
                 prior,
                 str_field(&f, line, &v, "source")?,
             );
@@ -690,6 +706,30 @@ pub fn read_handwritten(dir: &Path) -> Result<Vec<Example>, EvalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hand-written conversation trains as the router reads it whole, and may have no domain;
+    /// a hand-written prompt still needs one.
+    #[test]
+    fn a_hand_written_conversation_reads_whole_and_needs_no_domain() {
+        let dir = std::env::temp_dir().join(format!("sy-handwritten-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chat = r#"{"messages": [{"role": "user", "content": "solve x^2 = 4"}, {"role": "assistant", "content": "x = 2 or -2"}, {"role": "user", "content": "now as a poem"}], "intent": "creative_writing", "source": "handwritten-conversations-0"}"#;
+        std::fs::write(dir.join("c.jsonl"), format!("{chat}\n")).unwrap();
+        let read = read_handwritten(&dir).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].prompt, "solve x^2 = 4\nx = 2 or -2\nnow as a poem");
+        assert_eq!(read[0].intent.as_deref(), Some("creative_writing"));
+        assert_eq!(read[0].domain, None);
+        assert!(read[0].handwritten);
+        std::fs::write(
+            dir.join("c.jsonl"),
+            "{\"prompt\": \"hi\", \"intent\": \"chat\", \"source\": \"s\"}\n",
+        )
+        .unwrap();
+        let err = read_handwritten(&dir).unwrap_err().to_string();
+        assert!(err.contains("c.jsonl:1") && err.contains("domain"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// An LLMRouter folder: `cheap` is the cheapest model, `best` the most accurate, `broken` a
     /// large model that fails the answer format of the second task.
