@@ -331,8 +331,8 @@ pub enum EvalCommand {
         #[arg(long)]
         complexity_pair: Option<String>,
         /// How to read a record's `messages` when there are turns before the last user turn:
-        /// both (whole and its last turn alone, pooled: what the router does), whole, or
-        /// last-turn. Prompts are read once either way.
+        /// both (whole and its last turn alone, pooled, the domain the whole reading's: what the
+        /// router does), whole, or last-turn. Prompts are read once either way.
         #[arg(long, value_enum, default_value_t)]
         chat_reading: crate::classifier::ChatReading,
         /// Also write report.md, report.json and SVG plots here.

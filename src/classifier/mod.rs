@@ -646,7 +646,8 @@ impl ChatText {
 /// How a chat with earlier turns is read ([`Classifier::classify_chat_as`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ChatReading {
-    /// Whole and by its last user turn alone, the two readings pooled: what the router does.
+    /// Whole and by its last user turn alone, the two readings pooled for intent and
+    /// complexity, the domain the whole reading's: what the router does.
     #[default]
     Both,
     /// Context and last turn as one text.
@@ -1908,9 +1909,11 @@ impl Classifier {
     /// The scores of a chat, this model alone. A chat with earlier turns is read twice: whole
     /// (context and last turn), which knows what "that" is and that a question about a deposit
     /// is legal, and its last user turn alone, which knows what is asked now ("now write it as
-    /// a poem" after a sum). Each score pools the two readings with equal weight: probabilities
-    /// by their normalised geometric mean, complexities by the mean of their logits. A chat
-    /// without context is read once, as a prompt.
+    /// a poem" after a sum). Intent and complexity pool the two readings with equal weight:
+    /// probabilities by their normalised geometric mean, complexities by the mean of their
+    /// logits. The domain is the whole reading's: the last turn alone seldom names a domain the
+    /// whole chat does not, and often loses the one its context gives. A chat without context
+    /// is read once, as a prompt.
     pub fn classify_chat_unchecked(&self, chat: &ChatText) -> Scores {
         let whole = self.classify_unchecked(&chat.text);
         if !chat.has_context() {
@@ -1989,11 +1992,14 @@ fn log_pool(a: Vec<(String, f32)>, b: &[f32], w: f32) -> Vec<(String, f32)> {
     labels.into_iter().zip(pooled).collect()
 }
 
-/// The weight of a chat's last user turn read alone against the whole chat read together
-/// ([`Classifier::classify_chat_unchecked`]); chosen on `eval/prompts/conversations-dev.jsonl`.
+/// The weight of a chat's last user turn read alone against the whole chat read together, for
+/// intent and complexity ([`Classifier::classify_chat_unchecked`]); chosen on
+/// `eval/prompts/conversations-dev.jsonl`.
 const LAST_TURN_WEIGHT: f32 = 0.5;
 
-/// The scores of a chat read whole, pooled with those of its last turn read alone.
+/// The scores of a chat read whole, pooled with those of its last turn read alone; the domain
+/// is the whole reading's (chosen on the three conversation sets before
+/// `conversations-test-3.jsonl`).
 fn pool_readings(whole: Scores, last: &Scores) -> Scores {
     let w = LAST_TURN_WEIGHT;
     let probs = |v: &[(String, f32)]| v.iter().map(|(_, p)| *p).collect::<Vec<_>>();
@@ -2003,12 +2009,11 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
     };
     let mean = |a: f32, b: f32| 1.0 / (1.0 + (-((1.0 - w) * logit(a) + w * logit(b))).exp());
     let intent_scores = log_pool(whole.intent_scores, &probs(&last.intent_scores), w);
-    let domain_scores = log_pool(whole.domain_scores, &probs(&last.domain_scores), w);
     Scores {
         intent: best_label(&intent_scores),
-        domain: best_label(&domain_scores),
+        domain: whole.domain,
         intent_scores,
-        domain_scores,
+        domain_scores: whole.domain_scores,
         complexity: mean(whole.complexity, last.complexity),
         complexity_pairs: whole
             .complexity_pairs
@@ -2937,6 +2942,9 @@ mod tests {
         assert!((f64::from(pooled.complexity) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5);
         assert_eq!(pooled.complexity_pairs.len(), whole.complexity_pairs.len());
         assert_eq!(pooled.tokens, whole.tokens);
+        // The domain is the whole reading's.
+        assert_eq!(pooled.domain_scores, whole.domain_scores);
+        assert_eq!(pooled.domain, whole.domain);
         // The sum says maths and the last turn says a poem; pooled, the poem wins, and the
         // complexity lies between the two readings'.
         assert_eq!(whole.intent, "math");
