@@ -1901,7 +1901,12 @@ impl Classifier {
             ChatReading::LastTurn => self.classify_unchecked(chat.last_turn()),
         };
         if self.needs_domain_check(&s) {
-            self.check_domain(&chat.text, &mut s);
+            // The second model reads what this one read for the domain.
+            let text = match reading {
+                ChatReading::LastTurn => chat.last_turn(),
+                ChatReading::Both | ChatReading::Whole => &chat.text,
+            };
+            self.check_domain(text, &mut s);
         }
         s
     }
@@ -2955,5 +2960,35 @@ mod tests {
             (last.complexity, whole.complexity)
         };
         assert!(lo <= pooled.complexity && pooled.complexity <= hi);
+    }
+
+    /// A domain check reads what the chat reading read: the last turn alone, or the whole.
+    #[test]
+    fn a_domain_check_reads_a_chat_as_the_model_did() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        // The same model as its own second model, checking every prompt not surely general.
+        let m = Classifier::load(dir)
+            .unwrap()
+            .with_domain_check_from(dir, 1.0)
+            .unwrap();
+        let chat = chat_text(&[
+            turn(
+                "user",
+                "my landlord says he will keep my whole deposit for a small stain on the carpet",
+            ),
+            turn(
+                "assistant",
+                "Where do you live? Deposit rules differ by country.",
+            ),
+            turn("user", "England. is he allowed to do that?"),
+        ]);
+        for (reading, text) in [
+            (ChatReading::LastTurn, chat.last_turn()),
+            (ChatReading::Whole, chat.text.as_str()),
+        ] {
+            let s = m.classify_chat_as(&chat, reading);
+            assert!(s.domain_checked(), "{reading:?}");
+            assert_eq!(s.domain_scores, m.domain_scores(text), "{reading:?}");
+        }
     }
 }
