@@ -130,7 +130,7 @@ def main():
         emb, (V, D) = w["embeddings"][0], w["embeddings"][1]
     scales = w["embedding_scales"][0]
     weights = w["token_weights"][0]
-    E = cfg.get("edge_tokens", 0)
+    spans = [e for e in (cfg.get("edge_tokens", 0), cfg.get("wide_edge_tokens", 0)) if e > 0]
 
     def pool(ids, weighted):
         f = [0.0] * D
@@ -154,8 +154,8 @@ def main():
         lines = p.count("\n") + 1
         f = [math.log(len(ids) + 1) / math.log(512), digits / v, code / v, min(math.log(lines) / 5, 1.0)]
         f += pool(ids, True)
-        if E > 0:
-            f += pool(ids[:E], False) + pool(ids[-E:], False)
+        for e in spans:
+            f += pool(ids[:e], False) + pool(ids[-e:], False)
         for name in ("domain_lexicon", "intent_lexicon"):
             if not cfg.get(name):
                 continue

@@ -67,6 +67,10 @@ pub enum Command {
         /// The first and last this many tokens of a prompt are also pooled on their own (0: off).
         #[arg(long, default_value_t = 8)]
         edge_tokens: usize,
+        /// A wider span of first and last tokens pooled the same way (0: off): the request
+        /// around a long pasted text, which the narrow span cuts short.
+        #[arg(long, default_value_t = 24)]
+        wide_edge_tokens: usize,
         /// The complexity head reads only this many leading dimensions of the pooled embedding
         /// (its top principal components) besides the surface features, the complexity
         /// lexicon and the intent probabilities: more of them fit the training subjects, not

@@ -60,6 +60,11 @@ pub struct ModelConfig {
     /// after a pasted text. 0 for none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub edge_tokens: usize,
+    /// The same again for a wider span of tokens (0: none): the request of a prompt that pastes
+    /// a long text in, which the first and last `edge_tokens` cut short. A prompt shorter than
+    /// the span pools whole, so the narrow pools keep the order of a short prompt's words.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wide_edge_tokens: usize,
     /// Bits per stored embedding value: 8 (one `I8` each) or 4 (two packed in each `U8`).
     #[serde(default = "eight", skip_serializing_if = "is_eight")]
     pub embedding_bits: u32,
@@ -296,20 +301,39 @@ fn is_eight(n: &u32) -> bool {
     *n == 8
 }
 
-/// How many pooled vectors the features hold: the weighted mean, and the two edge pools when
-/// `edge_tokens` > 0.
-pub(crate) fn pools(edge_tokens: usize) -> usize {
-    if edge_tokens > 0 {
-        3
-    } else {
-        1
+/// The spans of tokens at each end of a prompt that are pooled again on their own, unweighted:
+/// `narrow` (a model's `edge_tokens`) and `wide` (`wide_edge_tokens`); 0 turns a span off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Edges {
+    pub narrow: usize,
+    pub wide: usize,
+}
+
+impl Edges {
+    /// The spans that are on, narrow first: each adds a pool of a prompt's first tokens and one
+    /// of its last.
+    pub fn spans(self) -> impl Iterator<Item = usize> {
+        [self.narrow, self.wide].into_iter().filter(|&n| n > 0)
     }
+}
+
+/// How many pooled vectors the features hold: the weighted mean, and two per edge span.
+pub(crate) fn pools(edges: Edges) -> usize {
+    1 + 2 * edges.spans().count()
 }
 
 impl ModelConfig {
     /// The length of the feature vector the heads read.
     pub fn inputs(&self) -> usize {
-        self.dim * pools(self.edge_tokens) + EXTRA_FEATURES + self.lexicon_inputs()
+        self.dim * pools(self.edges()) + EXTRA_FEATURES + self.lexicon_inputs()
+    }
+
+    /// The edge spans the features pool.
+    pub fn edges(&self) -> Edges {
+        Edges {
+            narrow: self.edge_tokens,
+            wide: self.wide_edge_tokens,
+        }
     }
 
     /// The lexicons' features: a posterior and a max per domain label, then per intent label,
@@ -878,22 +902,22 @@ impl StaticTable {
     }
 
     /// The features the heads read: the extra features, the L2-normalised weighted mean of the
-    /// tokens' rows, then (when `edge` > 0) the unweighted means of the first and of the last
-    /// `edge` tokens' rows. Shared by training and inference.
-    pub fn features(&self, ids: &[u32], edge: usize, extra: [f32; EXTRA_FEATURES]) -> Vec<f32> {
+    /// tokens' rows, then for each edge span (narrow first) the unweighted means of the first
+    /// and of the last that many tokens' rows. Shared by training and inference.
+    pub fn features(&self, ids: &[u32], edges: Edges, extra: [f32; EXTRA_FEATURES]) -> Vec<f32> {
         let dim = self.dim;
-        let mut f = vec![0f32; EXTRA_FEATURES + dim * pools(edge)];
+        let mut f = vec![0f32; EXTRA_FEATURES + dim * pools(edges)];
         f[..EXTRA_FEATURES].copy_from_slice(&extra);
         let mut chunks = f[EXTRA_FEATURES..].chunks_exact_mut(dim);
         if let Some(main) = chunks.next() {
             self.pool_into(ids, true, main);
         }
-        if edge > 0 {
-            let n = ids.len();
-            let ends = [&ids[..n.min(edge)], &ids[n.saturating_sub(edge)..]];
-            for (out, span) in chunks.zip(ends) {
-                self.pool_into(span, false, out);
-            }
+        let n = ids.len();
+        let ends = edges
+            .spans()
+            .flat_map(|e| [&ids[..n.min(e)], &ids[n.saturating_sub(e)..]]);
+        for (out, span) in chunks.zip(ends) {
+            self.pool_into(span, false, out);
         }
         f
     }
@@ -1738,11 +1762,8 @@ impl Classifier {
             out.extend_from_slice(&f);
             return out;
         }
-        self.table.features(
-            ids,
-            self.config.edge_tokens,
-            extra_features(text, ids.len()),
-        )
+        self.table
+            .features(ids, self.config.edges(), extra_features(text, ids.len()))
     }
 
     /// What the complexity head reads, from a prompt's features and its intent probabilities.
@@ -2104,9 +2125,45 @@ mod tests {
         assert_within_half_a_step(&values, &t);
         // An all-zero row pools to nothing rather than dividing by zero.
         assert_eq!(
-            t.features(&[1], 0, [0.0; EXTRA_FEATURES]).len(),
+            t.features(&[1], Edges::default(), [0.0; EXTRA_FEATURES])
+                .len(),
             EXTRA_FEATURES + 4
         );
+    }
+
+    /// Each edge span adds a pool of the first and one of the last tokens, narrow first; a
+    /// prompt shorter than a span pools whole there.
+    #[test]
+    fn each_edge_span_pools_the_first_and_the_last_tokens() {
+        // Token t's row is the unit vector on axis t (tokens 0 to 3, dim 4).
+        let mut values = vec![0.0f32; 16];
+        for t in 0..4 {
+            values[t * 4 + t] = 1.0;
+        }
+        let t = StaticTable::quantise(4, &values, vec![1.0; 4], 8);
+        let edges = Edges { narrow: 1, wide: 3 };
+        let f = t.features(&[0, 1, 2, 3], edges, [0.0; EXTRA_FEATURES]);
+        assert_eq!(f.len(), EXTRA_FEATURES + 5 * 4);
+        let pool = |k: usize| &f[EXTRA_FEATURES + 4 * k..EXTRA_FEATURES + 4 * (k + 1)];
+        let third = 1.0 / 3f32.sqrt();
+        assert_eq!(pool(1), &[1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(pool(2), &[0.0, 0.0, 0.0, 1.0]);
+        for (got, want) in pool(3).iter().zip([third, third, third, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{:?}", pool(3));
+        }
+        for (got, want) in pool(4).iter().zip([0.0, third, third, third]) {
+            assert!((got - want).abs() < 1e-6, "{:?}", pool(4));
+        }
+        // Two tokens, shorter than the wide span: both wide pools are the whole prompt's mean.
+        let f = t.features(&[0, 2], edges, [0.0; EXTRA_FEATURES]);
+        let half = 1.0 / 2f32.sqrt();
+        let whole = [half, 0.0, half, 0.0];
+        for k in [3, 4] {
+            let p = &f[EXTRA_FEATURES + 4 * k..EXTRA_FEATURES + 4 * (k + 1)];
+            for (got, want) in p.iter().zip(whole) {
+                assert!((got - want).abs() < 1e-6, "{p:?}");
+            }
+        }
     }
 
     #[test]

