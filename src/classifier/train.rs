@@ -2915,17 +2915,23 @@ fn wide_text(config: &ModelConfig) -> String {
 
 /// The model card's words for the edge pools (empty when there are none).
 fn edges_text(edges: super::Edges) -> String {
-    let mut spans = edges.spans();
-    let Some(first) = spans.next() else {
-        return String::new();
-    };
-    let mut s = format!(
-        ", and the unweighted means of the first {first} and of the last {first} tokens alone (the instruction, and a \
-         question after pasted text)"
-    );
-    for e in spans {
+    let mut s = String::new();
+    if edges.narrow > 0 {
         s.push_str(&format!(
-            ", and of the first {e} and of the last {e} (the request around a long pasted text)"
+            ", and the unweighted means of the first {0} and of the last {0} tokens alone (the instruction, and a \
+             question after pasted text)",
+            edges.narrow
+        ));
+    }
+    if edges.wide > 0 {
+        s.push_str(&format!(
+            ", {} the first {1} and of the last {1} (the request around a long pasted text)",
+            if edges.narrow > 0 {
+                "and of"
+            } else {
+                "and the unweighted means of"
+            },
+            edges.wide
         ));
     }
     s
@@ -3430,6 +3436,34 @@ mod tests {
             source: "test".into(),
             handwritten: false,
         }
+    }
+
+    /// The card names each edge span that is on, whichever of them it is.
+    #[test]
+    fn the_card_names_each_edge_span() {
+        use super::super::Edges;
+        let both = edges_text(Edges {
+            narrow: 8,
+            wide: 24,
+        });
+        assert!(
+            both.contains("first 8 and of the last 8 tokens alone"),
+            "{both}"
+        );
+        assert!(
+            both.contains("and of the first 24 and of the last 24 (the request"),
+            "{both}"
+        );
+        let wide = edges_text(Edges {
+            narrow: 0,
+            wide: 24,
+        });
+        assert!(
+            wide.starts_with(", and the unweighted means of the first 24"),
+            "{wide}"
+        );
+        assert!(!wide.contains("instruction"), "{wide}");
+        assert_eq!(edges_text(Edges::default()), "");
     }
 
     #[test]
