@@ -3438,6 +3438,17 @@ mod tests {
         }
     }
 
+    /// The config `run` would write for `args`, without edge pools.
+    fn test_config(args: &TrainArgs, dim: usize) -> ModelConfig {
+        model_config(
+            args,
+            dim,
+            (8, 8, super::super::Edges::default()),
+            String::new(),
+            None,
+        )
+    }
+
     /// The card names each edge span that is on, whichever of them it is.
     #[test]
     fn the_card_names_each_edge_span() {
@@ -3446,18 +3457,16 @@ mod tests {
             narrow: 8,
             wide: 24,
         });
-        assert!(
-            both.contains("first 8 and of the last 8 tokens alone"),
-            "{both}"
-        );
-        assert!(
-            both.contains("and of the first 24 and of the last 24 (the request"),
-            "{both}"
-        );
         let wide = edges_text(Edges {
             narrow: 0,
             wide: 24,
         });
+        for (text, part) in [
+            (&both, "first 8 and of the last 8 tokens alone"),
+            (&both, "and of the first 24 and of the last 24 (the request"),
+        ] {
+            assert!(text.contains(part), "{text}");
+        }
         assert!(
             wide.starts_with(", and the unweighted means of the first 24"),
             "{wide}"
@@ -3764,13 +3773,7 @@ mod tests {
         let mut args = test_args();
         args.complexity_dims = 1;
         args.complexity_experts = Some(vec![("levels".into(), vec!["math".into()])]);
-        let config = model_config(
-            &args,
-            4,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let config = test_config(&args, 4);
         let levels = config.complexity_prefix() + 1;
         let (mut train, mut cfeats) = (Vec::new(), Vec::new());
         // 300 maths prompts whose levels score tells the cheap model's errors apart, some noisy.
@@ -3966,13 +3969,7 @@ mod tests {
         }
         let mut args = test_args();
         args.topic_prior = vec!["mmlu/".into()];
-        let mut config = model_config(
-            &args,
-            dim,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let mut config = test_config(&args, dim);
         let feats: Vec<Vec<f32>> = pooled
             .iter()
             .map(|v| [vec![0.0; EXTRA_FEATURES], v.clone()].concat())
@@ -4145,13 +4142,7 @@ mod tests {
             ids.push(vec![3, 4 + (i % 5 == 4) as u32 * 2]);
         }
         let mut args = test_args();
-        let config = model_config(
-            &args,
-            4,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let config = test_config(&args, 4);
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|i| vec![i as f32; config.inputs()])
             .collect();
@@ -4198,13 +4189,7 @@ mod tests {
         // A wide levels family: pairs and surface features too, stored for every family; the
         // outcomes family's scores do not move.
         args.complexity_wide = vec!["levels".into()];
-        let config = model_config(
-            &args,
-            4,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let config = test_config(&args, 4);
         let (wide_feats, entries, _) =
             complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
@@ -4248,13 +4233,7 @@ mod tests {
         args.complexity_wide.clear();
         // No families: no entries, and the head reads the prefix only.
         args.complexity_lexicon.clear();
-        let config = model_config(
-            &args,
-            4,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let config = test_config(&args, 4);
         let (cfeats, entries, _) =
             complexity_features(&args, &config, &train, &ids, &token_idf(&ids, 8), &feats).unwrap();
         assert!(entries.is_empty());
@@ -4300,13 +4279,7 @@ mod tests {
         assert_eq!(fit_weight(&train[20], 20), 20);
         let mut args = test_args();
         args.complexity_lexicon = vec!["levels".into()];
-        let config = model_config(
-            &args,
-            4,
-            (8, 8, super::super::Edges::default()),
-            String::new(),
-            None,
-        );
+        let config = test_config(&args, 4);
         let feats: Vec<Vec<f32>> = (0..train.len())
             .map(|_| vec![0.0; config.inputs()])
             .collect();
