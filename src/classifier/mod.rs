@@ -11,6 +11,7 @@
 
 pub mod bag;
 pub mod encoder;
+mod kernel;
 pub mod train;
 pub mod wordpiece;
 
@@ -426,35 +427,14 @@ impl Head {
     /// Runs the head on the first `inputs` features of `x`.
     pub fn forward(&self, x: &[f32], hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
         let x = &x[..self.inputs.min(x.len())];
-        hidden.clear();
-        for h in 0..self.hidden {
-            let row = &self.w1[h * self.inputs..(h + 1) * self.inputs];
-            let s = dot(row, x) + self.b1[h];
-            hidden.push(s.max(0.0));
+        hidden.resize(self.hidden, 0.0);
+        kernel::affine(&self.w1, &self.b1, x, hidden);
+        for h in hidden.iter_mut() {
+            *h = h.max(0.0);
         }
-        out.clear();
-        for o in 0..self.outputs {
-            let row = &self.w2[o * self.hidden..(o + 1) * self.hidden];
-            out.push(dot(row, hidden) + self.b2[o]);
-        }
+        out.resize(self.outputs, 0.0);
+        kernel::affine(&self.w2, &self.b2, hidden, out);
     }
-}
-
-/// A dot product in eight independent lanes, so the compiler can vectorise it (a single running
-/// sum is one long dependency chain).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// The scores for one prompt.
@@ -1017,12 +997,13 @@ impl TopicPrior {
     /// The topics' probabilities for a prompt's main pool.
     pub fn probabilities(&self, pooled: &[f32]) -> Vec<f32> {
         let dim = self.weight.len() / self.topics.max(1);
-        let mut p: Vec<f32> = self
-            .weight
-            .chunks_exact(dim.max(1))
-            .zip(&self.bias)
-            .map(|(row, b)| dot(row, pooled) + b)
-            .collect();
+        let mut p = vec![0.0; self.topics];
+        kernel::affine(
+            &self.weight,
+            &self.bias,
+            &pooled[..dim.min(pooled.len())],
+            &mut p,
+        );
         softmax(&mut p);
         p
     }
@@ -1848,6 +1829,12 @@ impl Classifier {
 
     /// The scores of this model alone, without the domain check.
     pub fn classify_unchecked(&self, text: &str) -> Scores {
+        self.read(text, true)
+    }
+
+    /// The scores of `text`; without `domain`, the domain heads are not run and the domain is
+    /// left empty (a chat's last turn alone, whose domain [`pool_readings`] does not read).
+    fn read(&self, text: &str, domain: bool) -> Scores {
         let ids = self.tokens(text);
         let (f, bag) = self.features_and_bag(&ids, text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
@@ -1859,13 +1846,17 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
-        let domain_scores = Self::head_scores(
-            &f,
-            &self.domain,
-            &self.config.domain_labels,
-            &mut hidden,
-            &mut out,
-        );
+        let domain_scores = if domain {
+            Self::head_scores(
+                &f,
+                &self.domain,
+                &self.config.domain_labels,
+                &mut hidden,
+                &mut out,
+            )
+        } else {
+            Vec::new()
+        };
         let cf = self.complexity_input(&f, head_intent.iter().map(|(_, p)| *p));
         self.complexity.forward(&cf, &mut hidden, &mut out);
         let mut z = self.config.calibrated_logit(out[0]);
@@ -1886,12 +1877,16 @@ impl Classifier {
             self.config.intent_bag,
             &bag,
         );
-        let domain_scores = pool_bag(
-            domain_scores,
-            self.domain_bag.as_ref(),
-            self.config.domain_bag,
-            &bag,
-        );
+        let domain_scores = if domain {
+            pool_bag(
+                domain_scores,
+                self.domain_bag.as_ref(),
+                self.config.domain_bag,
+                &bag,
+            )
+        } else {
+            domain_scores
+        };
         Scores {
             intent: best_label(&intent_scores),
             domain: best_label(&domain_scores),
@@ -1945,7 +1940,7 @@ impl Classifier {
         if !chat.has_context() {
             return whole;
         }
-        pool_readings(whole, &self.classify_unchecked(chat.last_turn()))
+        pool_readings(whole, &self.read(chat.last_turn(), false))
     }
 
     /// Each recorded pair's complexity for a prompt's ids and TF-IDF bag, and the head's logit
