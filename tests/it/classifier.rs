@@ -502,6 +502,7 @@ fn later_everyday_sets_reword_no_other_evaluation_prompt() {
             || number(file, "everyday-test-").is_some_and(|n| n >= 4)
             || file.starts_with("conversations-")
             || file.starts_with("long-")
+            || file.starts_with("domains-")
     };
     let eval: Vec<_> = prompts_in("eval/prompts")
         .into_iter()
