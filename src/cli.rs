@@ -92,7 +92,7 @@ pub enum Command {
         intent_bag: f32,
         /// The same for the domain: the weight of a domain bag pooled with the domain heads'
         /// probabilities. 0: no bag.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.5)]
         domain_bag: f32,
         /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
         /// model averages their probabilities, so that no single seed decides a borderline

@@ -3189,9 +3189,8 @@ pub fn model_card(
             args.topic_prior.join(",")
         }
     ));
-    if config.domain_bag > 0.0 {
-        cmd.push_str(&format!(" --domain-bag {}", config.domain_bag));
-    }
+    // Spelled out: the flag's default (0.5) is not the no bag of older models.
+    cmd.push_str(&format!(" --domain-bag {}", config.domain_bag));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
     // And this: older models were trained on the groups label, the flag's default is the pair.
