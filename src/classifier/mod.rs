@@ -2217,7 +2217,11 @@ mod tests {
         assert!(err.contains(&missing), "{err}");
         config["ensemble"] = 0.into();
         assert!(load_error(&config).contains("ensemble"));
-        // The reported probabilities are the mean of the members' softmaxes.
+        // Without the domain bag, the reported probabilities are the mean of the members'
+        // softmaxes.
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["domain_bag"] = 0.0.into();
+        let heads_only = load_with(&config).unwrap();
         let text = "Is it legal to sublet my flat without asking the landlord?";
         let (f, _) = m.features(text);
         let (mut hidden, mut out) = (Vec::new(), Vec::new());
@@ -2229,7 +2233,12 @@ mod tests {
                 *a += p / m.domain.len() as f32;
             }
         }
-        let got: Vec<f32> = m.classify(text).domain_scores.iter().map(|x| x.1).collect();
+        let got: Vec<f32> = heads_only
+            .classify(text)
+            .domain_scores
+            .iter()
+            .map(|x| x.1)
+            .collect();
         assert!(
             got.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-6),
             "{got:?} against {mean:?}"
@@ -2317,14 +2326,25 @@ mod tests {
         config["intent_bag"] = 1.5.into();
         let err = load_error(&config);
         assert!(err.contains("intent_bag: 1.5"), "{err}");
-        // The default model has no domain bag: asking for one names the missing weights.
+        // The default model pools a domain bag: its weights without them are refused, by name.
         assert_eq!(
-            m.config.domain_bag, 0.0,
-            "the default model has no domain bag"
+            m.config.domain_bag, 0.5,
+            "the default model has a domain bag"
         );
-        let mut config = serde_json::to_value(&m.config).unwrap();
-        config["domain_bag"] = 0.5.into();
-        let err = load_error(&config);
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("domain_bag"))
+            .collect();
+        let weights = safetensors::serialize(views, None).unwrap();
+        let config = serde_json::to_value(&m.config).unwrap();
+        let err = match load_parts(&config, &weights) {
+            Ok(_) => panic!("a domain bag without its weights loaded"),
+            Err(e) => e,
+        };
         assert!(err.contains("domain_bag"), "{err}");
         // A bag that does not fit the labels.
         let mut config = serde_json::to_value(&m.config).unwrap();

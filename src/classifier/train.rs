@@ -3054,22 +3054,25 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
     } else {
         String::new()
     };
+    // Why each bag helps: its tokens say what the heads' pooled vectors blur.
+    let intent_why = "The heads read pooled vectors and lexicon summaries; a linear model over the tokens \
+         weighs the few words that say what a prompt asks for against each other, and errs on other prompts than \
+         the heads do. The complexity head and the experts read the heads' mean alone, as they were trained on it.";
+    let domain_why = "Its tokens name the matter (an invoice, a dose, a court) whatever task the prompt asks \
+         for, where the pooled vectors of a request for code or a sum mostly say it is code or a sum.";
     let bags: String = [
-        ("intent", config.intent_bag, "intents"),
-        ("domain", config.domain_bag, "domains"),
+        ("intent", config.intent_bag, "intents", intent_why),
+        ("domain", config.domain_bag, "domains", domain_why),
     ]
     .iter()
-    .filter(|(_, w, _)| *w > 0.0)
-    .map(|(kind, w, labels)| {
+    .filter(|(_, w, _, _)| *w > 0.0)
+    .map(|(kind, w, labels, why)| {
         format!(
             " The reported {kind} is then pooled with the {kind} bag's: a multinomial logistic regression over the \
              prompt's TF-IDF bag of tokens (with the complexity lexicon's idf), fitted by L-BFGS on the \
              training prompts (L2 penalty {BAG_L2:e} on the weighted mean loss; hand-written prompts weighted as above, \
              then each of the {labels}' total weight made equal, so that the bag carries no prior over them), as \
-             p ∝ heads^(1 − w) · bag^w with w = {w}. The heads read pooled vectors and lexicon summaries; a linear model \
-             over the tokens weighs the few words that say what a prompt asks for against each other, and errs on other \
-             prompts than the heads do. The complexity head and the experts read the heads' mean alone, as they were \
-             trained on it."
+             p ∝ heads^(1 − w) · bag^w with w = {w}. {why}"
         )
     })
     .collect();
