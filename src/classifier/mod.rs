@@ -2180,13 +2180,15 @@ mod tests {
         assert_eq!(StaticTable::unpack_nibbles(&table.pack_nibbles()), all);
     }
 
+    /// A file of the default model's folder.
+    fn default_model_file(name: &str) -> Vec<u8> {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
     /// The default model's weights and vocabulary loaded with `config`.
     fn load_with(config: &serde_json::Value) -> Result<Classifier, String> {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
-        Classifier::from_parts(config.to_string().as_bytes(), &vocab, &weights, "m")
-            .map_err(|e| e.to_string())
+        load_parts(config, &default_model_file("model.safetensors"))
     }
 
     /// The error of loading the default model's weights under an altered `config.json`.
@@ -2331,8 +2333,7 @@ mod tests {
             m.config.domain_bag, 0.5,
             "the default model has a domain bag"
         );
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let bytes = default_model_file("model.safetensors");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let views: Vec<_> = st
             .tensors()
@@ -2489,8 +2490,7 @@ mod tests {
     fn with_topic_prior(prior: [f32; 4]) -> (serde_json::Value, Vec<u8>) {
         let m = model();
         let dim = m.config.dim;
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let bytes = default_model_file("model.safetensors");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut weight = vec![0f32; 2 * dim];
         weight[0] = 20.0;
@@ -2624,8 +2624,7 @@ mod tests {
     }
 
     fn load_parts(config: &serde_json::Value, weights: &[u8]) -> Result<Classifier, String> {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        let vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+        let vocab = String::from_utf8(default_model_file("vocab.txt")).unwrap();
         Classifier::from_parts(config.to_string().as_bytes(), &vocab, weights, "m")
             .map_err(|e| e.to_string())
     }
