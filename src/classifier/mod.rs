@@ -1846,13 +1846,20 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
+        // The domain: the heads' mean pooled with the domain bag, unless not asked for.
         let domain_scores = if domain {
-            Self::head_scores(
+            let heads = Self::head_scores(
                 &f,
                 &self.domain,
                 &self.config.domain_labels,
                 &mut hidden,
                 &mut out,
+            );
+            pool_bag(
+                heads,
+                self.domain_bag.as_ref(),
+                self.config.domain_bag,
+                &bag,
             )
         } else {
             Vec::new()
@@ -1877,16 +1884,6 @@ impl Classifier {
             self.config.intent_bag,
             &bag,
         );
-        let domain_scores = if domain {
-            pool_bag(
-                domain_scores,
-                self.domain_bag.as_ref(),
-                self.config.domain_bag,
-                &bag,
-            )
-        } else {
-            domain_scores
-        };
         Scores {
             intent: best_label(&intent_scores),
             domain: best_label(&domain_scores),
