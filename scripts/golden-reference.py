@@ -266,12 +266,21 @@ def main():
                 u = (1 - pair["pool"]) * z + pair["pool"] * (a * s + b)
                 pair_scores[pair["name"]] = 1 / (1 + math.exp(-u))
 
+        def offset(probs):
+            # The domain offsets (config.json, by label) are added to the pooled log-probabilities,
+            # which are renormalised.
+            offsets = cfg.get("domain_offsets", {})
+            if not offsets:
+                return probs
+            return softmax([math.log(max(q, 1e-12)) + offsets.get(label, 0.0)
+                            for label, q in zip(cfg["domain_labels"], probs)])
+
         results.append({
             "prompt": p,
             "token_ids": ids,
             # The complexity above read the heads' intent; the reported one is pooled with the bag.
             "intent": dict(zip(cfg["intent_labels"], pool_bag("intent_bag", intent))),
-            "domain": dict(zip(cfg["domain_labels"], pool_bag("domain_bag", mean_of_members("domain")))),
+            "domain": dict(zip(cfg["domain_labels"], offset(pool_bag("domain_bag", mean_of_members("domain"))))),
             "complexity": 1 / (1 + math.exp(-z)),
             "complexity_pairs": pair_scores,
         })

@@ -94,6 +94,12 @@ pub enum Command {
         /// probabilities. 0: no bag.
         #[arg(long, default_value_t = 0.5)]
         domain_bag: f32,
+        /// Offsets added to the log-probability of domains in the domain the model reports,
+        /// comma-separated LABEL=OFFSET ("none" for none): legal=1 multiplies the odds of legal
+        /// against every other domain by e. The default was chosen on the hand-written
+        /// development sets (eval/router-development.md).
+        #[arg(long, default_value = "legal=1,finance=0.5", value_delimiter = ',')]
+        domain_offset: Vec<String>,
         /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
         /// model averages their probabilities, so that no single seed decides a borderline
         /// prompt.

@@ -72,6 +72,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
             intent_lexicon,
             intent_bag,
             domain_bag,
+            domain_offset,
             ensemble,
             complexity_lexicon,
             llmrouter_label,
@@ -98,6 +99,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
         } => {
             let complexity_lexicon = named(complexity_lexicon);
             let complexity_experts = classifier::train::parse_experts(&complexity_expert)?;
+            let domain_offsets = classifier::train::parse_domain_offsets(&named(domain_offset))?;
             let args = classifier::train::TrainArgs {
                 data,
                 handwritten: training_data,
@@ -113,6 +115,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
                 intent_lexicon,
                 intent_bag,
                 domain_bag,
+                domain_offsets,
                 ensemble,
                 complexity_lexicon,
                 llmrouter_label,

@@ -93,6 +93,12 @@ pub struct ModelConfig {
     /// `domain_bag_bias`) pooled with the domain heads' mean. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub domain_bag: f32,
+    /// Log-prior offsets added to the reported domain's log-probabilities (after the bag),
+    /// by label: `{"legal": 1.0}` multiplies the odds of legal against every other domain by
+    /// e. The heads learn their prior from a training mix of public sources and hand-written
+    /// prompts; these move it towards the traffic the router meets. Absent labels: 0.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub domain_offsets: std::collections::BTreeMap<String, f32>,
     /// The families of complexity labels the model holds a complexity lexicon for
     /// (`complexity_lexicon` and `token_idf` in the weights), e.g. `["outcomes", "levels"]`: one
     /// score per family follows every other feature, and only the complexity head reads them.
@@ -483,6 +489,8 @@ pub struct Classifier {
     intent_lexicon: Option<Lexicon>,
     intent_bag: Option<bag::BagModel>,
     domain_bag: Option<bag::BagModel>,
+    /// `config.domain_offsets` by label index.
+    domain_offsets: Vec<(usize, f32)>,
     /// `token_idf` for the bags of a model without a complexity lexicon (empty otherwise: the
     /// complexity lexicon holds it; [`Classifier::token_idf`]).
     bag_idf: Vec<f32>,
@@ -1363,6 +1371,30 @@ impl Classifier {
         };
         let intent_bag = bag("intent_bag", config.intent_bag, config.intent_labels.len())?;
         let domain_bag = bag("domain_bag", config.domain_bag, config.domain_labels.len())?;
+        let domain_offsets = config
+            .domain_offsets
+            .iter()
+            .map(|(label, &offset)| {
+                let i = config
+                    .domain_labels
+                    .iter()
+                    .position(|l| l == label)
+                    .ok_or_else(|| {
+                        load_err(
+                            format!("{origin}/config.json"),
+                            format!("domain_offsets.{label}: not one of domain_labels"),
+                        )
+                    })?;
+                if offset.is_finite() {
+                    Ok((i, offset))
+                } else {
+                    Err(load_err(
+                        format!("{origin}/config.json"),
+                        format!("domain_offsets.{label}: not a finite number"),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let complexity_lexicon = if config.complexity_lexicon.is_empty() {
             None
         } else {
@@ -1534,6 +1566,7 @@ impl Classifier {
             intent_lexicon,
             intent_bag,
             domain_bag,
+            domain_offsets,
             bag_idf,
             complexity_lexicon,
             topic_prior,
@@ -1802,20 +1835,21 @@ impl Classifier {
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
         let ids = self.tokens(text);
         let (f, bag) = self.features_and_bag(&ids, text);
-        let (mut hidden, mut out) = (Vec::new(), Vec::new());
-        let heads = Self::head_scores(
-            &f,
-            &self.domain,
-            &self.config.domain_labels,
-            &mut hidden,
-            &mut out,
-        );
-        pool_bag(
-            heads,
-            self.domain_bag.as_ref(),
-            self.config.domain_bag,
-            &bag,
-        )
+        self.domain_of(&f, &bag, &mut Vec::new(), &mut Vec::new())
+    }
+
+    /// The reported domain of a prompt's features: the domain heads' mean, pooled with the
+    /// domain bag, moved by the model's domain offsets.
+    fn domain_of(
+        &self,
+        f: &[f32],
+        bag: &[(u32, f32)],
+        hidden: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Vec<(String, f32)> {
+        let heads = Self::head_scores(f, &self.domain, &self.config.domain_labels, hidden, out);
+        let pooled = pool_bag(heads, self.domain_bag.as_ref(), self.config.domain_bag, bag);
+        offset_logs(pooled, &self.domain_offsets)
     }
 
     /// The scores of a prompt, its domain checked by the second model when it needs it.
@@ -1846,21 +1880,8 @@ impl Classifier {
             &mut hidden,
             &mut out,
         );
-        // The domain: the heads' mean pooled with the domain bag, unless not asked for.
         let domain_scores = if domain {
-            let heads = Self::head_scores(
-                &f,
-                &self.domain,
-                &self.config.domain_labels,
-                &mut hidden,
-                &mut out,
-            );
-            pool_bag(
-                heads,
-                self.domain_bag.as_ref(),
-                self.config.domain_bag,
-                &bag,
-            )
+            self.domain_of(&f, &bag, &mut hidden, &mut out)
         } else {
             Vec::new()
         };
@@ -1996,6 +2017,23 @@ fn pool_bag(
         None => heads,
         Some(bag) => log_pool(heads, &bag.probs(tfidf), w),
     }
+}
+
+/// `p` with `offset` added to the log-probability of each `(label index, offset)`,
+/// renormalised; `p` itself when there are none.
+fn offset_logs(p: Vec<(String, f32)>, offsets: &[(usize, f32)]) -> Vec<(String, f32)> {
+    if offsets.is_empty() {
+        return p;
+    }
+    let (labels, mut logs): (Vec<String>, Vec<f32>) = p
+        .into_iter()
+        .map(|(label, p)| (label, p.max(MIN_PROB).ln()))
+        .unzip();
+    for &(i, offset) in offsets {
+        logs[i] += offset;
+    }
+    softmax(&mut logs);
+    labels.into_iter().zip(logs).collect()
 }
 
 /// The logarithmic pool of two distributions over the same labels, p ∝ a^(1 − w) · b^w.
@@ -2216,10 +2254,11 @@ mod tests {
         assert!(err.contains(&missing), "{err}");
         config["ensemble"] = 0.into();
         assert!(load_error(&config).contains("ensemble"));
-        // Without the domain bag, the reported probabilities are the mean of the members'
-        // softmaxes.
+        // Without the domain bag and the offsets, the reported probabilities are the mean of
+        // the members' softmaxes.
         let mut config = serde_json::to_value(&m.config).unwrap();
         config["domain_bag"] = 0.0.into();
+        config["domain_offsets"] = serde_json::json!({});
         let heads_only = load_with(&config).unwrap();
         let text = "Is it legal to sublet my flat without asking the landlord?";
         let (f, _) = m.features(text);
@@ -2350,6 +2389,40 @@ mod tests {
         config["intent_lexicon"] = false.into();
         let err = load_error(&config);
         assert!(err.contains("intent_bag shape"), "{err}");
+    }
+
+    #[test]
+    fn domain_offsets_move_the_odds_of_their_labels_only() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["domain_offsets"] = serde_json::json!({});
+        let base = load_with(&config).unwrap();
+        config["domain_offsets"] = serde_json::json!({"legal": 1.0, "finance": -0.5});
+        let moved = load_with(&config).unwrap();
+        let prompt = "Can my landlord keep the whole deposit because the oven was dirty?";
+        let (before, after) = (base.domain_scores(prompt), moved.domain_scores(prompt));
+        let p = |v: &[(String, f32)], label: &str| {
+            v.iter().find(|(l, _)| l == label).map(|(_, p)| *p).unwrap()
+        };
+        let shift = |label: &str| {
+            (p(&after, label) / p(&after, GENERAL)).ln()
+                - (p(&before, label) / p(&before, GENERAL)).ln()
+        };
+        for (label, want) in [("legal", 1.0), ("finance", -0.5), ("medical", 0.0)] {
+            assert!(
+                (shift(label) - want).abs() < 1e-3,
+                "{label}: {}",
+                shift(label)
+            );
+        }
+        let sum: f32 = after.iter().map(|(_, p)| p).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{after:?}");
+        // The full reading reports the same domain probabilities.
+        assert_eq!(moved.classify(prompt).domain_scores, after);
+        // An offset for a label the model does not have is refused, by name.
+        config["domain_offsets"] = serde_json::json!({"tax": 1.0});
+        let err = load_error(&config);
+        assert!(err.contains("domain_offsets.tax"), "{err}");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct TrainArgs {
     pub intent_bag: f32,
     /// The weight of the domain bag in the reported domain (0: none).
     pub domain_bag: f32,
+    /// Log-prior offsets of the reported domain, by label (`ModelConfig::domain_offsets`).
+    pub domain_offsets: std::collections::BTreeMap<String, f32>,
     /// Intent and domain heads to train from seeds `seed`, `seed + 1`, …, averaged by the model.
     pub ensemble: usize,
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
@@ -1515,6 +1517,47 @@ pub fn parse_experts(texts: &[String]) -> anyhow::Result<Option<Vec<ExpertSpec>>
         .map(Some)
 }
 
+/// `offsets` as `--domain-offset` takes them: `legal=1,finance=0.5`, or `none`.
+fn offsets_flag(offsets: &std::collections::BTreeMap<String, f32>) -> String {
+    if offsets.is_empty() {
+        return "none".to_string();
+    }
+    let entries: Vec<String> = offsets.iter().map(|(l, o)| format!("{l}={o}")).collect();
+    entries.join(",")
+}
+
+/// `--domain-offset`'s entries, `LABEL=OFFSET` each, over the domains `train` writes.
+pub fn parse_domain_offsets(
+    texts: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, f32>> {
+    let mut offsets = std::collections::BTreeMap::new();
+    for text in texts {
+        let text = text.trim();
+        let (label, offset) = text.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--domain-offset {text:?}: write LABEL=OFFSET, e.g. legal=1, or none")
+        })?;
+        let label = label.trim();
+        if !DOMAINS.contains(&label) {
+            anyhow::bail!(
+                "--domain-offset {text:?}: {label:?} is not a domain (one of {})",
+                DOMAINS.join(", ")
+            );
+        }
+        let offset: f32 = offset
+            .trim()
+            .parse()
+            .ok()
+            .filter(|o: &f32| o.is_finite())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--domain-offset {text:?}: the offset is not a number")
+            })?;
+        if offsets.insert(label.to_string(), offset).is_some() {
+            anyhow::bail!("--domain-offset: {label} is given twice");
+        }
+    }
+    Ok(offsets)
+}
+
 /// One `--complexity-expert` flag: `FAMILY:INTENT[+INTENT…]`.
 fn parse_expert(text: &str) -> anyhow::Result<ExpertSpec> {
     let text = text.trim();
@@ -1762,6 +1805,7 @@ fn model_config(
         intent_lexicon: args.lexicon_alpha > 0.0 && args.intent_lexicon,
         intent_bag: args.intent_bag,
         domain_bag: args.domain_bag,
+        domain_offsets: args.domain_offsets.clone(),
         complexity_lexicon: args.complexity_lexicon.clone(),
         complexity_wide: args.complexity_wide.clone(),
         complexity_pair_bits: if args.complexity_wide.is_empty() {
@@ -3076,11 +3120,24 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         )
     })
     .collect();
+    let offsets = if config.domain_offsets.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Last, the domain offsets ({}) are added to the reported domain's log-probabilities, which are \
+             renormalised: an offset of 1 multiplies a domain's odds against every other by e. The heads learn their \
+             prior over the domains from the training mix, which need not be the traffic's; the offsets move it. The \
+             default ones were chosen on the project's hand-written development sets, where legal and finance matters \
+             put in everyday words read general more often than medical ones, weighing the prompts found against \
+             general prompts called a domain (the project's `eval/router-development.md`).",
+            offsets_flag(&config.domain_offsets)
+        )
+    };
     format!(
         "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
          (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
          {complexity_reads}, and is trained after the other two.{calibration}{expert} Intent and domain weigh each \
-         hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}{bags}",
+         hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}{bags}{offsets}",
         config.hidden,
         config.intent_labels.len(),
         config.domain_labels.join(", "),
@@ -3194,6 +3251,11 @@ pub fn model_card(
     ));
     // Spelled out: the flag's default (0.5) is not the no bag of older models.
     cmd.push_str(&format!(" --domain-bag {}", config.domain_bag));
+    // And this: the flag's default offsets are not the none of older models.
+    cmd.push_str(&format!(
+        " --domain-offset {}",
+        offsets_flag(&config.domain_offsets)
+    ));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
     // And this: older models were trained on the groups label, the flag's default is the pair.
@@ -3744,6 +3806,7 @@ mod tests {
             intent_lexicon: false,
             intent_bag: 0.0,
             domain_bag: 0.0,
+            domain_offsets: Default::default(),
             ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
             llmrouter_label: datasets::LlmrouterLabel::Pair,
@@ -3822,6 +3885,40 @@ mod tests {
         args.complexity_experts = Some(Vec::new());
         let (specs, fits) = fit_experts(&args, &config, &train, &cfeats).unwrap();
         assert!(specs.is_empty() && fits.is_empty());
+    }
+
+    #[test]
+    fn the_domain_offset_flag_is_read_and_checked() {
+        let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_domain_offsets(&[]).unwrap().is_empty());
+        let offsets = parse_domain_offsets(&strings(&["legal=1", " finance = -0.5 "])).unwrap();
+        assert_eq!(
+            offsets.into_iter().collect::<Vec<_>>(),
+            vec![("finance".to_string(), -0.5), ("legal".to_string(), 1.0)]
+        );
+        assert_eq!(
+            offsets_flag(&parse_domain_offsets(&strings(&["legal=1", "finance=0.5"])).unwrap()),
+            "finance=0.5,legal=1"
+        );
+        assert_eq!(offsets_flag(&Default::default()), "none");
+        for (bad, says) in [
+            ("legal", "LABEL=OFFSET"),
+            ("tax=1", "not a domain"),
+            ("legal=lots", "not a number"),
+            ("legal=inf", "not a number"),
+        ] {
+            let err = parse_domain_offsets(&strings(&[bad]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--domain-offset") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_domain_offsets(&strings(&["legal=1", "legal=2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[test]
