@@ -99,7 +99,7 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
         } => {
             let complexity_lexicon = named(complexity_lexicon);
             let complexity_experts = classifier::train::parse_experts(&complexity_expert)?;
-            let domain_offsets = classifier::train::parse_domain_offsets(&named(domain_offset))?;
+            let domain_offsets = classifier::train::parse_domain_offsets(&domain_offset)?;
             let args = classifier::train::TrainArgs {
                 data,
                 handwritten: training_data,

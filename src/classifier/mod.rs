@@ -523,6 +523,27 @@ pub struct DomainCheck {
 
 /// `config`'s complexity experts resolved against it, or what in them does not fit, naming
 /// the key. No two experts speak for the same intent: their evidence would add up.
+/// `config.domain_offsets` by label index, each label one of `domain_labels` and each offset
+/// finite.
+fn resolve_domain_offsets(config: &ModelConfig) -> Result<Vec<(usize, f32)>, String> {
+    config
+        .domain_offsets
+        .iter()
+        .map(|(label, &offset)| {
+            let i = config
+                .domain_labels
+                .iter()
+                .position(|l| l == label)
+                .ok_or_else(|| format!("domain_offsets.{label}: not one of domain_labels"))?;
+            if offset.is_finite() {
+                Ok((i, offset))
+            } else {
+                Err(format!("domain_offsets.{label}: not a finite number"))
+            }
+        })
+        .collect()
+}
+
 fn resolve_experts(config: &ModelConfig) -> Result<Vec<Expert>, String> {
     let mut experts: Vec<Expert> = Vec::new();
     for (n, spec) in config.complexity_experts.iter().enumerate() {
@@ -1371,30 +1392,8 @@ impl Classifier {
         };
         let intent_bag = bag("intent_bag", config.intent_bag, config.intent_labels.len())?;
         let domain_bag = bag("domain_bag", config.domain_bag, config.domain_labels.len())?;
-        let domain_offsets = config
-            .domain_offsets
-            .iter()
-            .map(|(label, &offset)| {
-                let i = config
-                    .domain_labels
-                    .iter()
-                    .position(|l| l == label)
-                    .ok_or_else(|| {
-                        load_err(
-                            format!("{origin}/config.json"),
-                            format!("domain_offsets.{label}: not one of domain_labels"),
-                        )
-                    })?;
-                if offset.is_finite() {
-                    Ok((i, offset))
-                } else {
-                    Err(load_err(
-                        format!("{origin}/config.json"),
-                        format!("domain_offsets.{label}: not a finite number"),
-                    ))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let domain_offsets = resolve_domain_offsets(&config)
+            .map_err(|e| load_err(format!("{origin}/config.json"), e))?;
         let complexity_lexicon = if config.complexity_lexicon.is_empty() {
             None
         } else {

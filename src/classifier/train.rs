@@ -1526,11 +1526,18 @@ fn offsets_flag(offsets: &std::collections::BTreeMap<String, f32>) -> String {
     entries.join(",")
 }
 
-/// `--domain-offset`'s entries, `LABEL=OFFSET` each, over the domains `train` writes.
+/// `--domain-offset`'s entries, `LABEL=OFFSET` each, over the domains `train` writes, or
+/// `none` alone.
 pub fn parse_domain_offsets(
     texts: &[String],
 ) -> anyhow::Result<std::collections::BTreeMap<String, f32>> {
     let mut offsets = std::collections::BTreeMap::new();
+    if texts.iter().any(|t| t.trim() == "none") {
+        if texts.len() > 1 {
+            anyhow::bail!("--domain-offset none: give it alone, not with offsets");
+        }
+        return Ok(offsets);
+    }
     for text in texts {
         let text = text.trim();
         let (label, offset) = text.split_once('=').ok_or_else(|| {
@@ -3891,6 +3898,13 @@ mod tests {
     fn the_domain_offset_flag_is_read_and_checked() {
         let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(parse_domain_offsets(&[]).unwrap().is_empty());
+        assert!(parse_domain_offsets(&strings(&["none"]))
+            .unwrap()
+            .is_empty());
+        let err = parse_domain_offsets(&strings(&["none", "legal=1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alone"), "{err}");
         let offsets = parse_domain_offsets(&strings(&["legal=1", " finance = -0.5 "])).unwrap();
         assert_eq!(
             offsets.into_iter().collect::<Vec<_>>(),
