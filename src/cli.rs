@@ -98,7 +98,7 @@ pub enum Command {
         /// comma-separated LABEL=OFFSET ("none" for none): legal=1 multiplies the odds of legal
         /// against every other domain by e. The default was chosen on the hand-written
         /// development sets (eval/router-development.md).
-        #[arg(long, default_value = "legal=1,finance=0.5", value_delimiter = ',')]
+        #[arg(long, default_value = crate::classifier::train::DEFAULT_DOMAIN_OFFSETS, value_delimiter = ',')]
         domain_offset: Vec<String>,
         /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
         /// model averages their probabilities, so that no single seed decides a borderline

@@ -36,6 +36,10 @@ pub const INTENTS: [&str; 12] = [
 ];
 pub const DOMAINS: [&str; 4] = [super::GENERAL, "legal", "medical", "finance"];
 
+/// `--domain-offset`'s default, chosen on the hand-written development sets
+/// (`eval/router-development.md`).
+pub const DEFAULT_DOMAIN_OFFSETS: &str = "legal=1,finance=0.5";
+
 /// One tensor of `model.safetensors` as written: its name, bytes, dtype and shape.
 type WeightsEntry = (String, Vec<u8>, safetensors::Dtype, Vec<usize>);
 
@@ -68,7 +72,7 @@ pub struct TrainArgs {
     /// The weight of the domain bag in the reported domain (0: none).
     pub domain_bag: f32,
     /// Log-prior offsets of the reported domain, by label (`ModelConfig::domain_offsets`).
-    pub domain_offsets: std::collections::BTreeMap<String, f32>,
+    pub domain_offsets: BTreeMap<String, f32>,
     /// Intent and domain heads to train from seeds `seed`, `seed + 1`, …, averaged by the model.
     pub ensemble: usize,
     /// The families of complexity labels to fit a complexity lexicon for (empty: none); see
@@ -1517,8 +1521,17 @@ pub fn parse_experts(texts: &[String]) -> anyhow::Result<Option<Vec<ExpertSpec>>
         .map(Some)
 }
 
+/// Whether `offsets` are [`DEFAULT_DOMAIN_OFFSETS`].
+fn offsets_are_default(offsets: &BTreeMap<String, f32>) -> bool {
+    let default: Vec<String> = DEFAULT_DOMAIN_OFFSETS
+        .split(',')
+        .map(String::from)
+        .collect();
+    parse_domain_offsets(&default).is_ok_and(|d| &d == offsets)
+}
+
 /// `offsets` as `--domain-offset` takes them: `legal=1,finance=0.5`, or `none`.
-fn offsets_flag(offsets: &std::collections::BTreeMap<String, f32>) -> String {
+fn offsets_flag(offsets: &BTreeMap<String, f32>) -> String {
     if offsets.is_empty() {
         return "none".to_string();
     }
@@ -1528,10 +1541,8 @@ fn offsets_flag(offsets: &std::collections::BTreeMap<String, f32>) -> String {
 
 /// `--domain-offset`'s entries, `LABEL=OFFSET` each, over the domains `train` writes, or
 /// `none` alone.
-pub fn parse_domain_offsets(
-    texts: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, f32>> {
-    let mut offsets = std::collections::BTreeMap::new();
+pub fn parse_domain_offsets(texts: &[String]) -> anyhow::Result<BTreeMap<String, f32>> {
+    let mut offsets = BTreeMap::new();
     if texts.iter().any(|t| t.trim() == "none") {
         if texts.len() > 1 {
             anyhow::bail!("--domain-offset none: give it alone, not with offsets");
@@ -3133,11 +3144,16 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         format!(
             " Last, the domain offsets ({}) are added to the reported domain's log-probabilities, which are \
              renormalised: an offset of 1 multiplies a domain's odds against every other by e. The heads learn their \
-             prior over the domains from the training mix, which need not be the traffic's; the offsets move it. The \
-             default ones were chosen on the project's hand-written development sets, where legal and finance matters \
-             put in everyday words read general more often than medical ones, weighing the prompts found against \
-             general prompts called a domain (the project's `eval/router-development.md`).",
-            offsets_flag(&config.domain_offsets)
+             prior over the domains from the training mix, which need not be the traffic's; the offsets move it.{}",
+            offsets_flag(&config.domain_offsets),
+            if offsets_are_default(&config.domain_offsets) {
+                " They are `--domain-offset`'s default, chosen on the project's hand-written development sets, where \
+                 legal and finance matters put in everyday words read general more often than medical ones, weighing \
+                 the prompts found against general prompts called a domain (the project's \
+                 `eval/router-development.md`)."
+            } else {
+                " They were given to `train --domain-offset`."
+            }
         )
     };
     format!(
@@ -3915,6 +3931,10 @@ mod tests {
             "finance=0.5,legal=1"
         );
         assert_eq!(offsets_flag(&Default::default()), "none");
+        assert!(offsets_are_default(
+            &parse_domain_offsets(&strings(&["finance=0.5", "legal=1"])).unwrap()
+        ));
+        assert!(!offsets_are_default(&Default::default()));
         for (bad, says) in [
             ("legal", "LABEL=OFFSET"),
             ("tax=1", "not a domain"),
