@@ -293,7 +293,8 @@ impl HeldOutArgs {
     }
 }
 
-/// A second model that re-scores the domain of prompts the first is unsure of.
+/// How a model reports domains: a second model that re-scores the domain of prompts the first
+/// is unsure of, and the offsets that move its prior.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DomainCheckArgs {
     /// A model folder (the full-encoder model of `train --encoder`) that re-scores the domain
@@ -302,6 +303,11 @@ pub struct DomainCheckArgs {
     pub domain_check: Option<PathBuf>,
     #[arg(long, default_value_t = crate::classifier::DEFAULT_DOMAIN_CHECK_BELOW, requires = "domain_check")]
     pub domain_check_below: f32,
+    /// Domain offsets in place of the model's (its config.json `domain_offsets`), for the model
+    /// and its domain check: comma-separated LABEL=OFFSET, or "none" for none. legal=1
+    /// multiplies the odds of legal against every other domain by e.
+    #[arg(long, value_delimiter = ',')]
+    pub domain_offset: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -121,6 +121,10 @@ pub struct RawRouting {
     pub domain_check: Option<std::path::PathBuf>,
     /// The check runs when the classifier's probability of `general` is below this (0.9).
     pub domain_check_below: Option<f64>,
+    /// Offsets added to the classifier's domain log-probabilities, by label, in place of those
+    /// the model was trained with (its `config.json` `domain_offsets`), e.g. `{ legal = 0.0 }`
+    /// or `{}` for none. Default: the model's.
+    pub domain_offsets: Option<BTreeMap<String, f64>>,
     /// The tier for prompts whose complexity is above the threshold.
     pub strong_tier: Option<String>,
     /// Route by the classifier's complexity score for this recorded pair of models (e.g.
@@ -375,6 +379,8 @@ pub struct Routing {
     pub classifier: ClassifierChoice,
     /// The domain check's model folder and threshold.
     pub domain_check: Option<(std::path::PathBuf, f32)>,
+    /// The domain offsets that replace the model's, if any.
+    pub domain_offsets: Option<BTreeMap<String, f32>>,
     pub strong_tier: Option<String>,
     /// The recorded pair whose complexity score routes, instead of the head's.
     pub complexity_pair: Option<String>,
@@ -803,6 +809,27 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
             )? as f32,
         )),
     };
+    let domain_offsets = match &raw.domain_offsets {
+        Some(_) if classifier == ClassifierChoice::None => {
+            return Err(err(
+                "routing.domain_offsets",
+                "needs a classifier (routing.classifier is \"none\")",
+            ))
+        }
+        Some(offsets) => Some(
+            offsets
+                .iter()
+                .map(|(label, &offset)| match offset as f32 {
+                    o if o.is_finite() => Ok((label.clone(), o)),
+                    _ => Err(err(
+                        format!("routing.domain_offsets.{label}"),
+                        "must be a finite number",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        None => None,
+    };
     let complexity_pair = match &raw.complexity_pair {
         Some(_) if classifier == ClassifierChoice::None => {
             return Err(err(
@@ -853,6 +880,7 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
     Ok(Routing {
         classifier,
         domain_check,
+        domain_offsets,
         strong_tier: raw.strong_tier.clone(),
         complexity_pair,
         complexity_threshold,
@@ -1263,6 +1291,42 @@ targets = [{ provider = "a", model = "big" }]
         assert!(e.starts_with("routing.domain_check_below"), "{e}");
         let e = error_of(&with("classifier = \"none\"\ndomain_check = \"enc\""));
         assert!(e.starts_with("routing.domain_check"), "{e}");
+    }
+
+    #[test]
+    fn domain_offsets_are_validated_by_key() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "default_tier = \"cheap\"",
+                &format!("default_tier = \"cheap\"\n{extra}"),
+            )
+        };
+        let c = Config::from_toml(
+            &with("domain_offsets = { legal = 0.0, finance = -0.5 }"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.routing.domain_offsets,
+            Some([("finance".into(), -0.5), ("legal".into(), 0.0)].into())
+        );
+        let c = Config::from_toml(&with("domain_offsets = {}"), &env).unwrap();
+        assert_eq!(c.routing.domain_offsets, Some(BTreeMap::new()));
+        assert_eq!(
+            Config::from_toml(GOOD, &env)
+                .unwrap()
+                .routing
+                .domain_offsets,
+            None
+        );
+        let e = error_of(&with("domain_offsets = { legal = inf }"));
+        assert!(e.starts_with("routing.domain_offsets.legal"), "{e}");
+        let e = error_of(&with("domain_offsets = { legal = \"lots\" }"));
+        assert!(e.starts_with("routing"), "{e}");
+        let e = error_of(&with(
+            "classifier = \"none\"\ndomain_offsets = { legal = 1.0 }",
+        ));
+        assert!(e.starts_with("routing.domain_offsets"), "{e}");
     }
 
     #[test]

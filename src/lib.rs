@@ -47,13 +47,21 @@ pub async fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCo
         Command::Demo { listen } => demo::run(listen).await?,
         Command::Check { config } => {
             let cfg = config::Config::load(&config)?;
+            // The router model as the server would load it: its folder, its domain check, its
+            // complexity pair and its domain offsets are checked against the model itself.
+            let model = server::load_classifier(&cfg.routing)?;
             let targets: usize = cfg.tiers.values().map(|t| t.targets.len()).sum();
             println!(
-                "{}: ok ({} providers, {} tiers, {} targets)",
+                "{}: ok ({} providers, {} tiers, {} targets; router model: {})",
                 config.display(),
                 cfg.providers.len(),
                 cfg.tiers.len(),
-                targets
+                targets,
+                match (&model, &cfg.routing.classifier) {
+                    (None, _) => "none".to_string(),
+                    (Some(_), config::ClassifierChoice::Dir(d)) => format!("{}", d.display()),
+                    (Some(_), _) => "embedded".to_string(),
+                }
             );
         }
         Command::Eval { what } => return run_eval(what),
@@ -230,7 +238,7 @@ fn model_name(dir: &Option<std::path::PathBuf>) -> String {
 }
 
 fn checked_model_name(dir: &Option<std::path::PathBuf>, check: &cli::DomainCheckArgs) -> String {
-    match &check.domain_check {
+    let name = match &check.domain_check {
         Some(d) => format!(
             "{}, its domain checked by `{}` below {}",
             model_name(dir),
@@ -238,6 +246,10 @@ fn checked_model_name(dir: &Option<std::path::PathBuf>, check: &cli::DomainCheck
             check.domain_check_below
         ),
         None => model_name(dir),
+    };
+    match check.domain_offset.as_slice() {
+        [] => name,
+        offsets => format!("{name}, domain offsets {}", offsets.join(",")),
     }
 }
 
@@ -260,7 +272,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             out,
         } => {
             let m = with_pair(
-                checked_model(model.clone(), &domain_check)?,
+                checked_model(model.clone(), &domain_check, None)?,
                 complexity_pair.as_deref(),
                 "--complexity-pair",
             )?;
@@ -436,14 +448,28 @@ fn flag_or_config_pair(
     }
 }
 
-/// `load_model`, with its domain check when one is asked for.
+/// `load_model`, with its domain check when one is asked for, and its domain offsets from
+/// `--domain-offset` if given, else from `config_offsets` (`routing.domain_offsets`) if any.
 fn checked_model(
     dir: Option<std::path::PathBuf>,
     check: &cli::DomainCheckArgs,
+    config_offsets: Option<&std::collections::BTreeMap<String, f32>>,
 ) -> anyhow::Result<classifier::Classifier> {
     let m = load_model(dir)?;
-    Ok(match &check.domain_check {
+    let m = match &check.domain_check {
         Some(d) => m.with_domain_check_from(d, check.domain_check_below)?,
+        None => m,
+    };
+    if !check.domain_offset.is_empty() {
+        let offsets = classifier::parse_domain_offsets(&check.domain_offset)?;
+        return m
+            .with_domain_offsets(&offsets)
+            .map_err(|e| anyhow::anyhow!("--domain-offset {e}"));
+    }
+    Ok(match config_offsets {
+        Some(offsets) => m
+            .with_domain_offsets(offsets)
+            .map_err(|e| anyhow::anyhow!("routing.domain_offsets.{e}"))?,
         None => m,
     })
 }
@@ -472,15 +498,21 @@ fn classify_cmd(
     complexity_pair: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{BufRead, Write};
-    let (policy, config_pair) = match config {
+    let (policy, config_pair, config_offsets) = match config {
         Some(p) => {
             let cfg = config::Config::load_offline(&p)?;
-            (routing::Policy::new(&cfg), cfg.routing.complexity_pair)
+            let routing = &cfg.routing;
+            let (pair, offsets) = (
+                routing.complexity_pair.clone(),
+                routing.domain_offsets.clone(),
+            );
+            (routing::Policy::new(&cfg), pair, offsets)
         }
-        None => (routing::Policy::default_for_classify(), None),
+        None => (routing::Policy::default_for_classify(), None, None),
     };
     let (pair, key) = flag_or_config_pair(complexity_pair, config_pair);
-    let c = with_pair(checked_model(model, domain_check)?, pair.as_deref(), key)?;
+    let m = checked_model(model, domain_check, config_offsets.as_ref())?;
+    let c = with_pair(m, pair.as_deref(), key)?;
     let describe = |chat: &classifier::ChatText| {
         let t = std::time::Instant::now();
         let s = c.classify_chat(chat);

@@ -156,7 +156,7 @@ pub fn load_classifier(
         }
         (m, _) => m,
     };
-    Ok(match (model, check) {
+    let model = match (model, check) {
         (Some(m), Some((dir, below))) => {
             let m = m
                 .with_domain_check_from(dir, *below)
@@ -165,6 +165,21 @@ pub fn load_classifier(
                 model = %dir.display(),
                 below = %below,
                 "domain check on: this model re-scores the domain of prompts whose probability of general is below the threshold"
+            );
+            Some(m)
+        }
+        (m, _) => m,
+    };
+    Ok(match (model, &routing.domain_offsets) {
+        (Some(m), Some(offsets)) => {
+            let trained = crate::classifier::offsets_text(&m.config.domain_offsets);
+            let m = m
+                .with_domain_offsets(offsets)
+                .map_err(|e| anyhow::anyhow!("routing.domain_offsets.{e}"))?;
+            tracing::info!(
+                offsets = %crate::classifier::offsets_text(offsets),
+                trained = %trained,
+                "domain offsets from routing.domain_offsets, in place of the model's"
             );
             Some(Arc::new(m))
         }

@@ -523,25 +523,71 @@ pub struct DomainCheck {
 
 /// `config`'s complexity experts resolved against it, or what in them does not fit, naming
 /// the key. No two experts speak for the same intent: their evidence would add up.
-/// `config.domain_offsets` by label index, each label one of `domain_labels` and each offset
-/// finite.
-fn resolve_domain_offsets(config: &ModelConfig) -> Result<Vec<(usize, f32)>, String> {
-    config
-        .domain_offsets
+/// `offsets` by index in `labels`, each label one of them and each offset finite; an error
+/// starts with the label at fault.
+fn resolve_domain_offsets(
+    labels: &[String],
+    offsets: &std::collections::BTreeMap<String, f32>,
+) -> Result<Vec<(usize, f32)>, String> {
+    offsets
         .iter()
         .map(|(label, &offset)| {
-            let i = config
-                .domain_labels
-                .iter()
-                .position(|l| l == label)
-                .ok_or_else(|| format!("domain_offsets.{label}: not one of domain_labels"))?;
+            let i = labels.iter().position(|l| l == label).ok_or_else(|| {
+                format!(
+                    "{label}: not one of the model's domains ({})",
+                    labels.join(", ")
+                )
+            })?;
             if offset.is_finite() {
                 Ok((i, offset))
             } else {
-                Err(format!("domain_offsets.{label}: not a finite number"))
+                Err(format!("{label}: not a finite number"))
             }
         })
         .collect()
+}
+
+/// `offsets` as `--domain-offset` takes them: `finance=0.5,legal=1`, or `none`.
+pub fn offsets_text(offsets: &std::collections::BTreeMap<String, f32>) -> String {
+    if offsets.is_empty() {
+        return "none".to_string();
+    }
+    let entries: Vec<String> = offsets.iter().map(|(l, o)| format!("{l}={o}")).collect();
+    entries.join(",")
+}
+
+/// Domain offsets as `--domain-offset` takes them: `LABEL=OFFSET` entries (the flag splits
+/// them at commas), or `none` alone for none. The labels are checked against a model's
+/// domains where the offsets are used.
+pub fn parse_domain_offsets(
+    texts: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, f32>> {
+    let mut offsets = std::collections::BTreeMap::new();
+    if texts.iter().any(|t| t.trim() == "none") {
+        if texts.len() > 1 {
+            anyhow::bail!("--domain-offset none: give it alone, not with offsets");
+        }
+        return Ok(offsets);
+    }
+    for text in texts {
+        let text = text.trim();
+        let (label, offset) = text.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--domain-offset {text:?}: write LABEL=OFFSET, e.g. legal=1, or none")
+        })?;
+        let label = label.trim();
+        let offset: f32 = offset
+            .trim()
+            .parse()
+            .ok()
+            .filter(|o: &f32| o.is_finite())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--domain-offset {text:?}: the offset is not a number")
+            })?;
+        if offsets.insert(label.to_string(), offset).is_some() {
+            anyhow::bail!("--domain-offset: {label} is given twice");
+        }
+    }
+    Ok(offsets)
 }
 
 fn resolve_experts(config: &ModelConfig) -> Result<Vec<Expert>, String> {
@@ -1392,8 +1438,13 @@ impl Classifier {
         };
         let intent_bag = bag("intent_bag", config.intent_bag, config.intent_labels.len())?;
         let domain_bag = bag("domain_bag", config.domain_bag, config.domain_labels.len())?;
-        let domain_offsets = resolve_domain_offsets(&config)
-            .map_err(|e| load_err(format!("{origin}/config.json"), e))?;
+        let domain_offsets = resolve_domain_offsets(&config.domain_labels, &config.domain_offsets)
+            .map_err(|e| {
+                load_err(
+                    format!("{origin}/config.json"),
+                    format!("domain_offsets.{e}"),
+                )
+            })?;
         let complexity_lexicon = if config.complexity_lexicon.is_empty() {
             None
         } else {
@@ -1607,6 +1658,26 @@ impl Classifier {
                     })?,
             ),
         };
+        Ok(self)
+    }
+
+    /// This model with `offsets` as its domain offsets, in place of those it was trained with
+    /// (`config.domain_offsets`; empty: none), and its domain check's too: a deployment whose
+    /// traffic holds more or fewer of a domain than the training mix moves its prior. An error
+    /// starts with the label at fault.
+    pub fn with_domain_offsets(
+        mut self,
+        offsets: &std::collections::BTreeMap<String, f32>,
+    ) -> Result<Classifier, String> {
+        self.domain_offsets = resolve_domain_offsets(&self.config.domain_labels, offsets)?;
+        self.config.domain_offsets = offsets.clone();
+        if let Some(check) = self.domain_check.take() {
+            let DomainCheck { model, below } = *check;
+            self.domain_check = Some(Box::new(DomainCheck {
+                model: model.with_domain_offsets(offsets)?,
+                below,
+            }));
+        }
         Ok(self)
     }
 
@@ -2422,6 +2493,82 @@ mod tests {
         config["domain_offsets"] = serde_json::json!({"tax": 1.0});
         let err = load_error(&config);
         assert!(err.contains("domain_offsets.tax"), "{err}");
+    }
+
+    #[test]
+    fn domain_offsets_given_at_load_replace_the_models() {
+        let m = model();
+        let trained = serde_json::to_value(&m.config).unwrap();
+        let owned = || load_with(&trained).unwrap();
+        assert!(
+            !m.config.domain_offsets.is_empty(),
+            "the default model has offsets"
+        );
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["domain_offsets"] = serde_json::json!({});
+        let none = load_with(&config).unwrap();
+        config["domain_offsets"] = serde_json::json!({"medical": 0.7});
+        let medical = load_with(&config).unwrap();
+        let prompt = "Is it normal for a toddler's fever to come back after three days?";
+        let empty = std::collections::BTreeMap::new();
+        let replaced = owned().with_domain_offsets(&empty).unwrap();
+        assert_eq!(replaced.domain_scores(prompt), none.domain_scores(prompt));
+        assert!(replaced.config.domain_offsets.is_empty());
+        let given = [("medical".to_string(), 0.7)].into();
+        let replaced = owned().with_domain_offsets(&given).unwrap();
+        assert_eq!(
+            replaced.domain_scores(prompt),
+            medical.domain_scores(prompt)
+        );
+        assert_eq!(replaced.config.domain_offsets, given);
+        // The domain check's model gets them too.
+        let checked = owned()
+            .with_domain_check(owned(), 0.9)
+            .unwrap()
+            .with_domain_offsets(&empty)
+            .unwrap();
+        let check = checked.domain_check().unwrap();
+        assert!(check.model.config.domain_offsets.is_empty());
+        assert_eq!(
+            check.model.domain_scores(prompt),
+            none.domain_scores(prompt)
+        );
+        // A label the model does not have, or an offset that is not a number, is named.
+        let err = owned()
+            .with_domain_offsets(&[("tax".to_string(), 1.0)].into())
+            .unwrap_err();
+        assert!(
+            err.starts_with("tax: not one of the model's domains (general, legal"),
+            "{err}"
+        );
+        let err = owned()
+            .with_domain_offsets(&[("legal".to_string(), f32::NAN)].into())
+            .unwrap_err();
+        assert!(err.starts_with("legal: not a finite number"), "{err}");
+    }
+
+    #[test]
+    fn the_domain_offset_flag_is_read_whatever_the_labels() {
+        let strings = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Any label: a model folder may have domains `train` does not write by default.
+        let offsets = parse_domain_offsets(&strings(&["tax=1", " legal = -0.5"])).unwrap();
+        assert_eq!(
+            offsets,
+            [("legal".into(), -0.5), ("tax".into(), 1.0)].into()
+        );
+        assert_eq!(offsets_text(&offsets), "legal=-0.5,tax=1");
+        assert!(parse_domain_offsets(&strings(&["none"]))
+            .unwrap()
+            .is_empty());
+        for (bad, says) in [
+            (&["none", "legal=1"][..], "alone"),
+            (&["legal"][..], "LABEL=OFFSET"),
+            (&["legal=NaN"][..], "not a number"),
+            (&["legal=1", "legal=2"][..], "twice"),
+        ] {
+            let err = parse_domain_offsets(&strings(bad)).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -1530,48 +1530,20 @@ fn offsets_are_default(offsets: &BTreeMap<String, f32>) -> bool {
     parse_domain_offsets(&default).is_ok_and(|d| &d == offsets)
 }
 
-/// `offsets` as `--domain-offset` takes them: `legal=1,finance=0.5`, or `none`.
-fn offsets_flag(offsets: &BTreeMap<String, f32>) -> String {
-    if offsets.is_empty() {
-        return "none".to_string();
-    }
-    let entries: Vec<String> = offsets.iter().map(|(l, o)| format!("{l}={o}")).collect();
-    entries.join(",")
-}
-
-/// `--domain-offset`'s entries, `LABEL=OFFSET` each, over the domains `train` writes, or
-/// `none` alone.
+/// `--domain-offset`'s entries ([`super::parse_domain_offsets`]), over the domains `train`
+/// writes.
 pub fn parse_domain_offsets(texts: &[String]) -> anyhow::Result<BTreeMap<String, f32>> {
-    let mut offsets = BTreeMap::new();
-    if texts.iter().any(|t| t.trim() == "none") {
-        if texts.len() > 1 {
-            anyhow::bail!("--domain-offset none: give it alone, not with offsets");
-        }
-        return Ok(offsets);
-    }
-    for text in texts {
-        let text = text.trim();
-        let (label, offset) = text.split_once('=').ok_or_else(|| {
-            anyhow::anyhow!("--domain-offset {text:?}: write LABEL=OFFSET, e.g. legal=1, or none")
-        })?;
-        let label = label.trim();
-        if !DOMAINS.contains(&label) {
-            anyhow::bail!(
-                "--domain-offset {text:?}: {label:?} is not a domain (one of {})",
-                DOMAINS.join(", ")
-            );
-        }
-        let offset: f32 = offset
-            .trim()
-            .parse()
-            .ok()
-            .filter(|o: &f32| o.is_finite())
-            .ok_or_else(|| {
-                anyhow::anyhow!("--domain-offset {text:?}: the offset is not a number")
-            })?;
-        if offsets.insert(label.to_string(), offset).is_some() {
-            anyhow::bail!("--domain-offset: {label} is given twice");
-        }
+    let offsets = super::parse_domain_offsets(texts)?;
+    if let Some(label) = offsets.keys().find(|l| !DOMAINS.contains(&l.as_str())) {
+        let text = texts
+            .iter()
+            .map(|t| t.trim())
+            .find(|t| t.split_once('=').is_some_and(|(l, _)| l.trim() == label))
+            .unwrap_or(label);
+        anyhow::bail!(
+            "--domain-offset {text:?}: {label:?} is not a domain (one of {})",
+            DOMAINS.join(", ")
+        );
     }
     Ok(offsets)
 }
@@ -3145,7 +3117,7 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
             " Last, the domain offsets ({}) are added to the reported domain's log-probabilities, which are \
              renormalised: an offset of 1 multiplies a domain's odds against every other by e. The heads learn their \
              prior over the domains from the training mix, which need not be the traffic's; the offsets move it.{}",
-            offsets_flag(&config.domain_offsets),
+            super::offsets_text(&config.domain_offsets),
             if offsets_are_default(&config.domain_offsets) {
                 " They are `--domain-offset`'s default, chosen on the project's hand-written development sets, where \
                  legal and finance matters put in everyday words read general more often than medical ones, weighing \
@@ -3277,7 +3249,7 @@ pub fn model_card(
     // And this: the flag's default offsets are not the none of older models.
     cmd.push_str(&format!(
         " --domain-offset {}",
-        offsets_flag(&config.domain_offsets)
+        super::offsets_text(&config.domain_offsets)
     ));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
@@ -3927,10 +3899,12 @@ mod tests {
             vec![("finance".to_string(), -0.5), ("legal".to_string(), 1.0)]
         );
         assert_eq!(
-            offsets_flag(&parse_domain_offsets(&strings(&["legal=1", "finance=0.5"])).unwrap()),
+            crate::classifier::offsets_text(
+                &parse_domain_offsets(&strings(&["legal=1", "finance=0.5"])).unwrap()
+            ),
             "finance=0.5,legal=1"
         );
-        assert_eq!(offsets_flag(&Default::default()), "none");
+        assert_eq!(crate::classifier::offsets_text(&Default::default()), "none");
         assert!(offsets_are_default(
             &parse_domain_offsets(&strings(&["finance=0.5", "legal=1"])).unwrap()
         ));

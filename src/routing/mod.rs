@@ -109,6 +109,7 @@ impl Policy {
                 routing: Routing {
                     classifier: crate::config::ClassifierChoice::Embedded,
                     domain_check: None,
+                    domain_offsets: None,
                     strong_tier: Some("reasoning".into()),
                     complexity_pair: None,
                     complexity_threshold: crate::config::DEFAULT_COMPLEXITY_THRESHOLD,

@@ -386,6 +386,67 @@ fn classify_reports_and_can_route_by_a_recorded_pair() {
     assert_eq!(by_config["complexity"].as_f64().unwrap(), pair);
 }
 
+/// `classify --domain-offset` replaces the model's domain offsets, as a config's
+/// `routing.domain_offsets` does; the flag wins over the config.
+#[test]
+fn classify_takes_domain_offsets() {
+    let prompt = "My neighbour's tree fell on my fence, who pays for it?";
+    let run = |args: &[&str]| {
+        let out = run_with_prompt(args, prompt);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let legal = |v: &Value| v["domain_scores"]["legal"].as_f64().unwrap();
+    let general = |v: &Value| v["domain_scores"]["general"].as_f64().unwrap();
+    let log_odds = |v: &Value| (legal(v) / general(v)).ln();
+    let trained = run(&["classify", "--jsonl"]);
+    let none = run(&["classify", "--jsonl", "--domain-offset", "none"]);
+    let up = run(&["classify", "--jsonl", "--domain-offset", "legal=2"]);
+    // The default model's legal offset is 1: none takes it away, legal=2 adds one more.
+    assert!(
+        (log_odds(&trained) - log_odds(&none) - 1.0).abs() < 1e-3,
+        "{trained} {none}"
+    );
+    assert!(
+        (log_odds(&up) - log_odds(&none) - 2.0).abs() < 1e-3,
+        "{up} {none}"
+    );
+    assert_eq!(up["intent_scores"], none["intent_scores"]);
+    let config = std::env::temp_dir().join(format!("sy-offsets-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         [routing]\ndefault_tier = \"cheap\"\ndomain_offsets = {}\n\
+         [tiers.cheap]\ntargets = [{ provider = \"p\", model = \"small\" }]\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let by_config = run(&["classify", "--jsonl", "--config", path]);
+    let flag_wins = run(&[
+        "classify",
+        "--jsonl",
+        "--config",
+        path,
+        "--domain-offset",
+        "legal=2",
+    ]);
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!(by_config["domain_scores"], none["domain_scores"]);
+    assert_eq!(flag_wins["domain_scores"], up["domain_scores"]);
+    for (bad, says) in [
+        (
+            "tax=1",
+            "--domain-offset tax: not one of the model's domains",
+        ),
+        ("legal", "LABEL=OFFSET"),
+    ] {
+        let out = run_with_prompt(&["classify", "--jsonl", "--domain-offset", bad], prompt);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn calibrate_finds_the_threshold_for_a_strong_share() {
     let path = std::env::temp_dir().join(format!("sy-calibrate-{}.jsonl", std::process::id()));

@@ -166,11 +166,9 @@ async fn sigterm_drains_in_flight_requests() {
     let _ = std::fs::remove_file(cfg);
 }
 
-#[tokio::test]
-async fn a_bad_config_never_starts_and_names_the_key() {
-    let cfg = write_config(
-        "[routing]\ndefault_tier = \"cheap\"\n[providers.a]\nbase_url = \"http://127.0.0.1:9/v1\"\n[tiers.cheap]\ntargets = [{ provider = \"b\", model = \"m\" }]\n",
-    );
+/// `serve` and `check` with `config` both fail, and say `says`.
+async fn both_refuse(config: &str, says: &str) {
+    let cfg = write_config(config);
     for cmd in ["serve", "check"] {
         let out = tokio::process::Command::new(BIN)
             .args([cmd, "--config"])
@@ -180,13 +178,26 @@ async fn a_bad_config_never_starts_and_names_the_key() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("tiers.cheap.targets[0].provider: no provider named \"b\""),
-            "{cmd}: {err}"
-        );
+        assert!(err.contains(says), "{cmd}: {err}");
     }
-    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local.toml");
-    let (ok, _, err) = run_switchyard(&["check".as_ref(), "--config".as_ref(), good.as_os_str()]);
-    assert!(ok, "{err}");
     let _ = std::fs::remove_file(cfg);
+}
+
+#[tokio::test]
+async fn a_bad_config_never_starts_and_names_the_key() {
+    both_refuse(
+        "[routing]\ndefault_tier = \"cheap\"\n[providers.a]\nbase_url = \"http://127.0.0.1:9/v1\"\n[tiers.cheap]\ntargets = [{ provider = \"b\", model = \"m\" }]\n",
+        "tiers.cheap.targets[0].provider: no provider named \"b\"",
+    )
+    .await;
+    // What only the router model can check (a domain it does not have) is checked by both too.
+    both_refuse(
+        "[routing]\ndefault_tier = \"cheap\"\ndomain_offsets = { tax = 1.0 }\n[providers.a]\nbase_url = \"http://127.0.0.1:9/v1\"\n[tiers.cheap]\ntargets = [{ provider = \"a\", model = \"m\" }]\n",
+        "routing.domain_offsets.tax: not one of the model's domains",
+    )
+    .await;
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local.toml");
+    let (ok, out, err) = run_switchyard(&["check".as_ref(), "--config".as_ref(), good.as_os_str()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("router model: embedded"), "{out}");
 }

@@ -122,6 +122,37 @@ async fn a_recorded_pairs_complexity_can_route() {
     assert_eq!(r.header("x-switchyard-tier"), tier);
 }
 
+/// `routing.domain_offsets` replaces the model's domain offsets: a deployment that sees fewer
+/// legal prompts than the training mix can lower legal's prior, down to never.
+#[tokio::test]
+async fn domain_offsets_in_the_config_move_the_domain() {
+    let clause = "Does the following clause contain an anti-assignment provision? Clause: Neither party may assign this Agreement without the prior written consent of the other party.";
+    let (h, _sims) = setup_with("domain_offsets = { legal = -30.0 }").await;
+    let r = h.post(&ask("switchyard", clause)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_ne!(r.header("x-switchyard-domain"), "legal");
+    assert_ne!(r.header("x-switchyard-tier"), "legal");
+    // An empty table removes the model's offsets; the clause is legal without them.
+    let (h, _sims) = setup_with("domain_offsets = {}").await;
+    let r = h.post(&ask("switchyard", clause)).await;
+    assert_eq!(r.header("x-switchyard-domain"), "legal");
+    assert_eq!(r.header("x-switchyard-tier"), "legal");
+    // A domain the model does not have stops the server from starting, by name.
+    let toml = "[routing]\ndefault_tier = \"cheap\"\ndomain_offsets = { tax = 1.0 }\n\
+                [providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                [tiers.cheap]\ntargets = [{ provider = \"p\", model = \"m\" }]\n";
+    let config = switchyard::config::Config::from_toml(toml, &|_| None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = switchyard::server::start(config, listener)
+        .err()
+        .expect("an unknown domain must not start")
+        .to_string();
+    assert!(
+        err.starts_with("routing.domain_offsets.tax: not one of the model's domains"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn the_threshold_knob_moves_the_decision() {
     let (h, _sims) = setup().await;
