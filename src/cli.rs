@@ -391,6 +391,31 @@ pub enum EvalCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fit the domain offsets (routing.domain_offsets) to labelled prompts of a deployment's
+    /// own: the model scores them without offsets, and a search finds the offsets that find the
+    /// most domain prompts for the fewest general prompts called a domain, cross-validated.
+    DomainOffsets {
+        /// A dataset file (eval/dataset.schema.json) whose prompts carry a `domain`.
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        held_out: HeldOutArgs,
+        /// A model folder; default: the embedded model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// What a general prompt called a domain costs, in domain prompts found (1: accuracy).
+        #[arg(long, default_value_t = 1.0)]
+        false_alarm_cost: f64,
+        /// Call a domain only at this probability or more, as routing.domain_min_confidence
+        /// routes (0: the most probable label).
+        #[arg(long, default_value_t = 0.0)]
+        min_confidence: f32,
+        /// Parts for the cross-validated count.
+        #[arg(long, default_value_t = 5)]
+        folds: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Two models side by side on the same data, with paired bootstrap intervals.
     Compare {
         #[arg(long)]

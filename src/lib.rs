@@ -323,6 +323,41 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 commands::route_cmd(&data, held_out.get(), &tm, &m, &name, seeds, out.as_deref())?
             );
         }
+        EvalCommand::DomainOffsets {
+            data,
+            held_out,
+            model,
+            false_alarm_cost,
+            min_confidence,
+            folds,
+            out,
+        } => {
+            if !(false_alarm_cost.is_finite() && false_alarm_cost >= 0.0) {
+                anyhow::bail!("--false-alarm-cost {false_alarm_cost}: give a number of 0 or more");
+            }
+            if !(0.0..1.0).contains(&min_confidence) {
+                anyhow::bail!("--min-confidence {min_confidence}: give a probability below 1");
+            }
+            if folds < 2 {
+                anyhow::bail!("--folds {folds}: give 2 or more");
+            }
+            let settings = eval::offsets::FitSettings {
+                false_alarm_cost,
+                min_confidence,
+            };
+            print!(
+                "{}",
+                commands::domain_offsets_cmd(
+                    &data,
+                    held_out.get(),
+                    load_model(model.clone())?,
+                    &model_name(&model),
+                    settings,
+                    folds,
+                    out.as_deref()
+                )?
+            );
+        }
         EvalCommand::Compare {
             data,
             held_out,

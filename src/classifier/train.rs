@@ -289,8 +289,8 @@ pub fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
     ((0..n).map(|i| a[i][i]).collect(), v)
 }
 
-/// A stable hash of a source name, to split by source.
-fn source_hash(s: &str, seed: u64) -> u64 {
+/// A stable hash of a source name (or any text), to split by source (FNV-1a, seeded).
+pub fn stable_hash(s: &str, seed: u64) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325 ^ seed;
     for b in s.bytes() {
         h ^= b as u64;
@@ -301,7 +301,7 @@ fn source_hash(s: &str, seed: u64) -> u64 {
 
 /// Whether a source is held out for validation (about one in five, whole sources).
 pub fn is_validation(source: &str, seed: u64) -> bool {
-    source_hash(source, seed) % 5 == 0
+    stable_hash(source, seed) % 5 == 0
 }
 
 /// Which rows of the sources that are not held out whole are held out as well: one prompt in
@@ -332,7 +332,7 @@ impl RowRule {
     pub fn holds_out(&self, source: &str, prompt: &str, seed: u64) -> bool {
         self.one_in > 0
             && self.sources.iter().any(|p| source.starts_with(p.as_str()))
-            && source_hash(&hash_text(prompt), seed ^ 0x0000_0a11_5ca1_ab1e) % self.one_in == 0
+            && stable_hash(&hash_text(prompt), seed ^ 0x0000_0a11_5ca1_ab1e) % self.one_in == 0
     }
 }
 

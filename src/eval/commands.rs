@@ -9,7 +9,7 @@ use serde_json::json;
 use super::classify::{self, ClassifyReport};
 use super::dataset::{self, Record};
 use super::route::{self, Pair, Point, Strategy};
-use super::{import, plot, EvalError};
+use super::{import, offsets, plot, EvalError};
 use crate::classifier::train::RowRule;
 use crate::classifier::{ChatReading, ChatText, Classifier};
 use crate::config::{Config, Price};
@@ -336,6 +336,141 @@ pub fn classify_cmd(
         plot::reliability(&dir.join("calibration.svg"), "calibration", &heads)?;
     }
     Ok(md)
+}
+
+// ---------------------------------------------------------------------------------------------
+// domain-offsets
+
+/// `eval domain-offsets`: the domain offsets fitted to the labelled prompts of `data`, against
+/// none and the model's own, with a cross-validated count and the config line.
+pub fn domain_offsets_cmd(
+    data: &Path,
+    held_out: Option<HeldOut<'_>>,
+    model: Classifier,
+    model_name: &str,
+    settings: offsets::FitSettings,
+    folds: u64,
+    out: Option<&Path>,
+) -> Result<String, EvalError> {
+    let records = records_with_text(data, held_out)?;
+    let chats: Vec<(ChatText, String)> = records
+        .iter()
+        .filter_map(|r| r.domain.clone().map(|d| (r.chat(), d)))
+        .collect();
+    let pb = bar(chats.len(), "scoring domains");
+    let report = offsets::evaluate(model, &chats, settings, folds, &pb).map_err(|message| {
+        EvalError::File {
+            file: model_name.to_string(),
+            message,
+        }
+    })?;
+    let md = offsets_report_md(&data_label(data, held_out), model_name, &report);
+    if let Some(dir) = out {
+        write_report(dir, &md, &json!(report))?;
+    }
+    Ok(md)
+}
+
+fn offsets_report_md(what: &str, model_name: &str, r: &offsets::OffsetsReport) -> String {
+    let general = r
+        .labels
+        .iter()
+        .position(|l| l == crate::classifier::GENERAL)
+        .unwrap_or(0);
+    let domains: Vec<usize> = (0..r.labels.len()).filter(|&i| i != general).collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Domain offsets\n");
+    let _ = writeln!(
+        md,
+        "Data: `{what}` ({} prompts with a domain label the model has{}). Model: {model_name}, \
+         scored without offsets; each row adds its offsets to the domain log-probabilities, as \
+         `routing.domain_offsets` does.\n",
+        r.prompts,
+        if r.unknown_labels.is_empty() {
+            String::new()
+        } else {
+            let skipped: Vec<String> = r
+                .unknown_labels
+                .iter()
+                .map(|(l, n)| format!("{n} {l}"))
+                .collect();
+            format!("; skipped, labels it has not: {}", skipped.join(", "))
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Fitted by coordinate search over −4 to 4 in steps of 0.25 per domain, maximising the \
+         domain prompts found minus {} × the general prompts called a domain{}; of equal fits, \
+         the smallest offsets.\n",
+        r.false_alarm_cost,
+        if r.min_confidence > 0.0 {
+            format!(
+                " (a domain is called only at a probability of {} or more, as \
+                 `routing.domain_min_confidence` routes)",
+                r.min_confidence
+            )
+        } else {
+            String::new()
+        }
+    );
+    let header: Vec<String> = domains
+        .iter()
+        .map(|&d| format!("{} found", r.labels[d]))
+        .collect();
+    let _ = writeln!(
+        md,
+        "| offsets | {} | domain prompts found | general called a domain | accuracy |",
+        header.join(" | ")
+    );
+    let _ = writeln!(md, "|---|{}---:|---:|---:|", "---:|".repeat(domains.len()));
+    for row in &r.rows {
+        let c = &row.counts;
+        let cells: Vec<String> = domains
+            .iter()
+            .map(|&d| format!("{}/{}", c.right[d], c.support[d]))
+            .collect();
+        let found_of: usize = domains.iter().map(|&d| c.support[d]).sum();
+        let total: usize = c.support.iter().sum();
+        let right: usize = c.right.iter().sum();
+        let name = match &row.offsets {
+            Some(o) => format!("{} ({})", row.name, crate::classifier::offsets_text(o)),
+            None => row.name.clone(),
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {}/{found_of} | {}/{} | {} |",
+            cells.join(" | "),
+            c.found(general),
+            c.false_alarms,
+            c.support[general],
+            pct((total > 0).then(|| right as f64 / total as f64))
+        );
+    }
+    let fitted = r.rows.iter().find(|row| row.name.starts_with("fitted"));
+    if let Some(o) = fitted.and_then(|row| row.offsets.as_ref()) {
+        let edge: Vec<&str> = o
+            .iter()
+            .filter(|(_, v)| v.abs() >= offsets::GRID_EDGE)
+            .map(|(l, _)| l.as_str())
+            .collect();
+        if !edge.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nThe fit of {} sits at the edge of the grid (±{}): these prompts would \
+                 move it further still, and the model reads their domains unlike their labels.",
+                edge.join(", "),
+                offsets::GRID_EDGE
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nThe last row is the honest estimate for new prompts like these: each of {} parts \
+         (by a hash of the prompt) counted with offsets fitted on the others. For the router \
+         config:\n\n```toml\n[routing]\n{}\n```",
+        r.folds, r.toml
+    );
+    md
 }
 
 // ---------------------------------------------------------------------------------------------

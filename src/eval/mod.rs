@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod datasets;
 pub mod import;
 pub mod metrics;
+pub mod offsets;
 pub mod plot;
 pub mod route;
 

@@ -454,3 +454,88 @@ fn a_handwritten_rating_sets_complexity_and_a_bad_one_is_named() {
         "{err}"
     );
 }
+
+/// `eval domain-offsets` against `classify`: each row's counts are what `classify
+/// --domain-offset` reports with that row's offsets, the fitted ones included, over a
+/// hand-written labelled set.
+#[test]
+fn domain_offsets_fit_what_classify_then_reports() {
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/prompts/domains-test-1.jsonl");
+    let dir = tmpdir("offsets");
+    let out = dir.join("report");
+    let data_arg = data.to_str().unwrap();
+    let (ok, md, err) = run(&[
+        "eval",
+        "domain-offsets",
+        "--data",
+        data_arg,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(md.contains(report["toml"].as_str().unwrap()), "{md}");
+    let labels: Vec<String> = serde_json::from_value(report["labels"].clone()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "none, the model's, fitted, cross-validated");
+    let text = std::fs::read_to_string(&data).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for row in &rows[..3] {
+        let flag = match row["offsets"].as_object() {
+            None => "none".to_string(),
+            Some(o) if o.is_empty() => "none".to_string(),
+            Some(o) => o
+                .iter()
+                .map(|(l, v)| format!("{l}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["classify", "--jsonl", "--domain-offset", &flag])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        let mut right = vec![0u64; labels.len()];
+        let mut false_alarms = 0;
+        for (line, record) in String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .zip(&records)
+        {
+            let called: Value = serde_json::from_str(line).unwrap();
+            let (truth, called) = (
+                record["domain"].as_str().unwrap(),
+                called["domain"].as_str().unwrap(),
+            );
+            if truth == called {
+                right[labels.iter().position(|l| l == truth).unwrap()] += 1;
+            } else if truth == "general" {
+                false_alarms += 1;
+            }
+        }
+        let counts = &row["counts"];
+        assert_eq!(counts["right"], json!(right), "{flag}: {row}");
+        assert_eq!(counts["false_alarms"], json!(false_alarms), "{flag}: {row}");
+    }
+    // The model's own offsets are a row; bad settings are refused by flag.
+    assert_eq!(rows[1]["offsets"], json!({"finance": 0.5, "legal": 1.0}));
+    for (flag, value) in [
+        ("--folds", "1"),
+        ("--min-confidence", "1.5"),
+        ("--false-alarm-cost", "-1"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (ok, _, err) = run(&["eval", "domain-offsets", "--data", data_arg, &arg]);
+        assert!(!ok && err.contains(flag), "{flag}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
