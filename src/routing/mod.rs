@@ -146,14 +146,17 @@ impl Policy {
 
     /// The tier for a prompt's scores, and why, e.g. `("reasoning", "complexity 0.81 > 0.50")`.
     pub fn tier_for_scores(&self, s: &Scores, threshold: Option<f64>) -> (String, String) {
-        if s.domain != crate::classifier::GENERAL
-            && (s.domain_confidence() as f64) >= self.routing.domain_min_confidence
-        {
+        // A domain with a tier of its own whose probability falls short: the reason says so,
+        // so that `x-switchyard-domain: legal` beside a complexity decision is not a puzzle.
+        let mut short = String::new();
+        if s.domain != crate::classifier::GENERAL {
             if let Some(t) = self.routing.domain_tiers.get(&s.domain) {
-                return (
-                    t.clone(),
-                    format!("domain {} {:.2}", s.domain, s.domain_confidence()),
-                );
+                let p = s.domain_confidence();
+                let min = self.routing.domain_min_confidence;
+                if f64::from(p) >= min {
+                    return (t.clone(), format!("domain {} {p:.2}", s.domain));
+                }
+                short = format!(" (domain {} {p:.2} < {min:.2})", s.domain);
             }
         }
         let threshold = threshold
@@ -166,12 +169,13 @@ impl Policy {
             None => "complexity".to_string(),
         };
         match &self.routing.strong_tier {
-            Some(strong) if c > threshold => {
-                (strong.clone(), format!("{name} {c:.2} > {threshold:.2}"))
-            }
+            Some(strong) if c > threshold => (
+                strong.clone(),
+                format!("{name} {c:.2} > {threshold:.2}{short}"),
+            ),
             _ => (
                 self.default_tier.clone(),
-                format!("{name} {c:.2} <= {threshold:.2}"),
+                format!("{name} {c:.2} <= {threshold:.2}{short}"),
             ),
         }
     }
@@ -232,5 +236,64 @@ targets = [{ provider = "p", model = "big" }]
             plan(&c, "switchyard/legal"),
             Err(ApiError::ModelNotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_domain_short_of_its_confidence_is_named_in_the_reason() {
+        let c = Config::from_toml(
+            r#"
+[routing]
+default_tier = "cheap"
+strong_tier = "reasoning"
+domain_tiers = { legal = "legal" }
+domain_min_confidence = 0.6
+[providers.p]
+base_url = "http://127.0.0.1:1/v1"
+[tiers.cheap]
+targets = [{ provider = "p", model = "small" }]
+[tiers.reasoning]
+targets = [{ provider = "p", model = "big" }]
+[tiers.legal]
+targets = [{ provider = "p", model = "lawyer" }]
+"#,
+            &|_| None,
+        )
+        .unwrap();
+        let policy = Policy::new(&c);
+        let scores = |domain: &str, p: f32, complexity: f32| Scores {
+            intent: "open_qa".into(),
+            intent_scores: vec![("open_qa".into(), 1.0)],
+            domain: domain.into(),
+            domain_scores: vec![("general".into(), 1.0 - p), (domain.into(), p)],
+            complexity,
+            complexity_pairs: Vec::new(),
+            complexity_pair: None,
+            tokens: 10,
+            unchecked_domain: None,
+        };
+        let decide = |s: &Scores| policy.tier_for_scores(s, None);
+        assert_eq!(
+            decide(&scores("legal", 0.7, 0.2)),
+            ("legal".into(), "domain legal 0.70".into())
+        );
+        assert_eq!(
+            decide(&scores("legal", 0.55, 0.2)),
+            (
+                "cheap".into(),
+                "complexity 0.20 <= 0.50 (domain legal 0.55 < 0.60)".into()
+            )
+        );
+        assert_eq!(
+            decide(&scores("legal", 0.55, 0.8)),
+            (
+                "reasoning".into(),
+                "complexity 0.80 > 0.50 (domain legal 0.55 < 0.60)".into()
+            )
+        );
+        // A domain without a tier of its own routes by complexity with nothing to add.
+        assert_eq!(
+            decide(&scores("medical", 0.55, 0.2)),
+            ("cheap".into(), "complexity 0.20 <= 0.50".into())
+        );
     }
 }
