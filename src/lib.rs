@@ -578,8 +578,12 @@ fn classify_cmd(
             Some(_) => "; the second model was not needed",
             None => "",
         };
+        let offsets = match &c.config.domain_offsets {
+            o if o.is_empty() => String::new(),
+            o => format!("; offsets {}", classifier::offsets_text(o)),
+        };
         println!(
-            "domain:     {} ({}{checked})",
+            "domain:     {} ({}{checked}{offsets})",
             s.domain,
             top(&s.domain_scores)
         );

@@ -433,6 +433,18 @@ fn classify_takes_domain_offsets() {
     std::fs::remove_file(&config).unwrap();
     assert_eq!(by_config["domain_scores"], none["domain_scores"]);
     assert_eq!(flag_wins["domain_scores"], up["domain_scores"]);
+    // The readable decision names the offsets in force.
+    let readable = |args: &[&str]| {
+        let (ok, out, err) = crate::harness::run_switchyard(args);
+        assert!(ok, "{err}");
+        out
+    };
+    let out = readable(&["classify", prompt]);
+    assert!(out.contains("; offsets finance=0.5,legal=1)"), "{out}");
+    let out = readable(&["classify", "--domain-offset", "legal=2", prompt]);
+    assert!(out.contains("; offsets legal=2)"), "{out}");
+    let out = readable(&["classify", "--domain-offset", "none", prompt]);
+    assert!(!out.contains("offsets"), "{out}");
     for (bad, says) in [
         (
             "tax=1",
