@@ -2089,6 +2089,20 @@ fn pool_bag(
     }
 }
 
+/// Domain probabilities reported without offsets, moved by `offsets` (one per label, in the
+/// labels' order) as a model with those offsets moves them, and the domain it then reports: what
+/// `eval domain-offsets` tries, by the model's own code.
+pub fn offset_domain(p: &[(String, f32)], offsets: &[f32]) -> (String, Vec<(String, f32)>) {
+    let by_index: Vec<(usize, f32)> = offsets
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o != 0.0)
+        .map(|(i, o)| (i, *o))
+        .collect();
+    let moved = offset_logs(p.to_vec(), &by_index);
+    (best_label(&moved), moved)
+}
+
 /// `p` with `offset` added to the log-probability of each `(label index, offset)`,
 /// renormalised; `p` itself when there are none.
 fn offset_logs(p: Vec<(String, f32)>, offsets: &[(usize, f32)]) -> Vec<(String, f32)> {

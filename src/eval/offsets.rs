@@ -31,12 +31,12 @@ pub struct FitSettings {
     pub min_confidence: f32,
 }
 
-/// One labelled prompt: its label's index and the model's domain log-probabilities without
-/// offsets.
+/// One labelled prompt: its label's index and the model's domain probabilities without
+/// offsets, in the labels' order.
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub truth: usize,
-    pub logs: Vec<f32>,
+    pub scores: Vec<(String, f32)>,
 }
 
 /// What a set of offsets does to a sample.
@@ -71,20 +71,20 @@ impl Counts {
     }
 }
 
-/// The label called for log-probabilities `logs` moved by `offsets`: the most probable, unless
-/// it is a domain below `min_confidence`, when general is.
-fn call(logs: &[f32], offsets: &[f32], general: usize, min_confidence: f32) -> usize {
-    let moved: Vec<f32> = logs.iter().zip(offsets).map(|(l, o)| l + o).collect();
+/// The label called for domain probabilities `scores` moved by `offsets`: the one the model
+/// then reports, unless it is not confident enough for its domain tier
+/// ([`crate::routing::confident_domain`]), when general is. The classifier's and the policy's
+/// own code decide, as in the server.
+fn call(scores: &[(String, f32)], offsets: &[f32], general: usize, min_confidence: f32) -> usize {
+    let (label, moved) = crate::classifier::offset_domain(scores, offsets);
     let top = moved
         .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(general, |(i, _)| i);
+        .position(|(l, _)| *l == label)
+        .unwrap_or(general);
     if top == general || min_confidence <= 0.0 {
         return top;
     }
-    let z: f32 = moved.iter().map(|l| (l - moved[top]).exp()).sum();
-    if 1.0 / z >= min_confidence {
+    if crate::routing::confident_domain(&label, moved[top].1, f64::from(min_confidence)) {
         top
     } else {
         general
@@ -100,7 +100,7 @@ pub fn count(rows: &[&Scored], offsets: &[f32], general: usize, min_confidence: 
         false_alarms: 0,
     };
     for r in rows {
-        let called = call(&r.logs, offsets, general, min_confidence);
+        let called = call(&r.scores, offsets, general, min_confidence);
         c.support[r.truth] += 1;
         if called == r.truth {
             c.right[r.truth] += 1;
@@ -215,19 +215,22 @@ pub fn evaluate(
             *unknown_labels.entry(label.clone()).or_default() += 1;
             continue;
         };
-        let scores = model.classify_chat(chat).domain_scores;
-        let logs = labels
+        let reported = model.classify_chat(chat).domain_scores;
+        let scores = labels
             .iter()
             .map(|l| {
-                let p = scores.iter().find(|(s, _)| s == l).map_or(0.0, |(_, p)| *p);
-                p.max(1e-12).ln()
+                let p = reported
+                    .iter()
+                    .find(|(s, _)| s == l)
+                    .map_or(0.0, |(_, p)| *p);
+                (l.clone(), p)
             })
             .collect();
         let hash = crate::classifier::train::stable_hash(
             &crate::classifier::train::hash_text(&chat.text),
             0,
         );
-        rows.push((hash, Scored { truth, logs }));
+        rows.push((hash, Scored { truth, scores }));
     }
     pb.finish_and_clear();
     let by_label = |o: &BTreeMap<String, f32>| -> Vec<f32> {
@@ -299,7 +302,7 @@ mod tests {
         let p = 1.0 / (1.0 + (-legal_logit).exp());
         Scored {
             truth,
-            logs: vec![(1.0 - p).ln(), p.ln()],
+            scores: vec![("general".into(), 1.0 - p), ("legal".into(), p)],
         }
     }
 

@@ -153,7 +153,7 @@ impl Policy {
             if let Some(t) = self.routing.domain_tiers.get(&s.domain) {
                 let p = s.domain_confidence();
                 let min = self.routing.domain_min_confidence;
-                if f64::from(p) >= min {
+                if confident_domain(&s.domain, p, min) {
                     return (t.clone(), format!("domain {} {p:.2}", s.domain));
                 }
                 short = format!(" (domain {} {p:.2} < {min:.2})", s.domain);
@@ -179,6 +179,12 @@ impl Policy {
             ),
         }
     }
+}
+
+/// Whether a reported domain of probability `p` is confident enough for its domain tier: not
+/// general, and `p` at least `domain_min_confidence`.
+pub fn confident_domain(domain: &str, p: f32, min_confidence: f64) -> bool {
+    domain != crate::classifier::GENERAL && f64::from(p) >= min_confidence
 }
 
 #[cfg(test)]
