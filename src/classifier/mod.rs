@@ -521,8 +521,6 @@ pub struct DomainCheck {
     pub below: f32,
 }
 
-/// `config`'s complexity experts resolved against it, or what in them does not fit, naming
-/// the key. No two experts speak for the same intent: their evidence would add up.
 /// `offsets` by index in `labels`, each label one of them and each offset finite; an error
 /// starts with the label at fault.
 fn resolve_domain_offsets(
@@ -590,6 +588,8 @@ pub fn parse_domain_offsets(
     Ok(offsets)
 }
 
+/// `config`'s complexity experts resolved against it, or what in them does not fit, naming
+/// the key. No two experts speak for the same intent: their evidence would add up.
 fn resolve_experts(config: &ModelConfig) -> Result<Vec<Expert>, String> {
     let mut experts: Vec<Expert> = Vec::new();
     for (n, spec) in config.complexity_experts.iter().enumerate() {

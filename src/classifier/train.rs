@@ -1535,13 +1535,8 @@ fn offsets_are_default(offsets: &BTreeMap<String, f32>) -> bool {
 pub fn parse_domain_offsets(texts: &[String]) -> anyhow::Result<BTreeMap<String, f32>> {
     let offsets = super::parse_domain_offsets(texts)?;
     if let Some(label) = offsets.keys().find(|l| !DOMAINS.contains(&l.as_str())) {
-        let text = texts
-            .iter()
-            .map(|t| t.trim())
-            .find(|t| t.split_once('=').is_some_and(|(l, _)| l.trim() == label))
-            .unwrap_or(label);
         anyhow::bail!(
-            "--domain-offset {text:?}: {label:?} is not a domain (one of {})",
+            "--domain-offset: {label:?} is not a domain (one of {})",
             DOMAINS.join(", ")
         );
     }

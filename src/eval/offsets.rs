@@ -143,7 +143,7 @@ pub fn fit(rows: &[&Scored], labels: usize, general: usize, settings: FitSetting
 }
 
 /// The fit of `rows` scored on themselves, and cross-validated: each of `folds` parts (by a
-/// hash of its prompt's text) counted with offsets fitted on the others.
+/// hash of its prompt's text; at least two) counted with offsets fitted on the others.
 pub fn cross_validate(
     rows: &[(u64, Scored)],
     labels: usize,
@@ -158,8 +158,9 @@ pub fn cross_validate(
         right: vec![0; labels],
         false_alarms: 0,
     };
-    for f in 0..folds.max(2) {
-        let (test, train): (Vec<_>, Vec<_>) = rows.iter().partition(|(h, _)| h % folds.max(2) == f);
+    let folds = folds.max(2);
+    for f in 0..folds {
+        let (test, train): (Vec<_>, Vec<_>) = rows.iter().partition(|(h, _)| h % folds == f);
         let train: Vec<&Scored> = train.into_iter().map(|(_, s)| s).collect();
         let test: Vec<&Scored> = test.into_iter().map(|(_, s)| s).collect();
         let o = fit(&train, labels, general, settings);
@@ -200,6 +201,7 @@ pub fn evaluate(
     folds: u64,
     pb: &indicatif::ProgressBar,
 ) -> Result<OffsetsReport, String> {
+    let folds = folds.max(2);
     let trained = model.config.domain_offsets.clone();
     let model = model.with_domain_offsets(&BTreeMap::new())?;
     let labels = model.config.domain_labels.clone();
@@ -271,8 +273,8 @@ pub fn evaluate(
     report_rows.push(OffsetRow {
         name: format!(
             "fitted to {} of {} parts, counted on the other, each in turn",
-            folds.max(2) - 1,
-            folds.max(2)
+            folds - 1,
+            folds
         ),
         offsets: None,
         counts: held,
@@ -287,7 +289,7 @@ pub fn evaluate(
         unknown_labels,
         false_alarm_cost: settings.false_alarm_cost,
         min_confidence: settings.min_confidence,
-        folds: folds.max(2),
+        folds,
         rows: report_rows,
         toml: format!("domain_offsets = {{ {} }}", entries.join(", ")),
     })
