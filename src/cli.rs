@@ -161,6 +161,10 @@ pub enum Command {
         complexity_expert: Vec<String>,
         #[arg(long, default_value_t = 40)]
         epochs: usize,
+        /// Whole-word rows for the words the tokenizer splits into pieces that occur at least
+        /// this often in the training prompts, each run through the encoder whole (0: none).
+        #[arg(long, default_value_t = 0)]
+        word_vectors: u32,
         /// Epochs that tune the static token embeddings end to end with the intent and domain
         /// losses before the heads are trained on the tuned table (0: the table stays as
         /// distilled).

@@ -15,6 +15,7 @@ mod kernel;
 pub mod train;
 pub mod wordpiece;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -69,6 +70,11 @@ pub struct ModelConfig {
     /// Bits per stored embedding value: 8 (one `I8` each) or 4 (two packed in each `U8`).
     #[serde(default = "eight", skip_serializing_if = "is_eight")]
     pub embedding_bits: u32,
+    /// Whole-word rows (`word_embeddings`, `word_scales`, `word_pieces`) for the words the
+    /// tokenizer splits into pieces that occur at least this often in the training prompts
+    /// ([`WordTable`]); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub word_vectors: u32,
     /// The complexity head reads the extra features and only the first this many dimensions
     /// of the main pool (the leading principal components); 0: every feature.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -863,52 +869,109 @@ pub struct StaticTable {
     pub scales: Vec<f32>,
     /// The weight of a token in the main pool (the edge pools are unweighted).
     pub weights: Vec<f32>,
+    /// Whole-word rows for words of several pieces (empty: none).
+    pub words: WordTable,
 }
 
-impl StaticTable {
-    /// Quantises f32 rows (`[vocab, dim]`) to `bits`-bit integers (8, or 4 for the packed
-    /// file layout) with a scale per row. In memory every value is an `i8`.
-    pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>, bits: u32) -> StaticTable {
-        let levels = ((1i32 << (bits.clamp(2, 8) - 1)) - 1) as f32;
-        let mut rows = Vec::with_capacity(values.len());
-        let mut scales = Vec::with_capacity(values.len() / dim.max(1));
-        for row in values.chunks_exact(dim.max(1)) {
-            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let scale = if max > 0.0 { max / levels } else { 1.0 };
-            scales.push(scale);
-            rows.extend(
-                row.iter()
-                    .map(|x| (x / scale).round().clamp(-levels, levels) as i8),
-            );
+/// The most pieces a word of the word table has.
+pub const MAX_WORD_PIECES: usize = 8;
+
+/// Whole-word rows for words the tokenizer splits into pieces ("tort" → `to ##rt`, "juror" →
+/// `ju ##ror`): each was run through the encoder as a whole and reduced like the tokens. A
+/// piece's own row says little ("##rt"), so a word found here lends its row to each of its
+/// pieces, which keep their weights.
+#[derive(Debug, Clone, Default)]
+pub struct WordTable {
+    /// A word's piece ids to its row.
+    pub index: HashMap<Vec<u32>, u32>,
+    /// `[words, dim]`, row-major, quantised as the token rows are.
+    pub rows: Vec<i8>,
+    pub scales: Vec<f32>,
+    /// Per vocabulary token: whether it continues a word (a `##` piece).
+    pub continues: Vec<bool>,
+}
+
+impl WordTable {
+    /// For each position of `ids`, the row of the whole word it is a piece of, if the table has
+    /// that word; empty when the table is.
+    pub fn rows_of(&self, ids: &[u32]) -> Vec<Option<u32>> {
+        if self.index.is_empty() {
+            return Vec::new();
         }
-        StaticTable {
-            dim,
-            rows,
-            scales,
-            weights,
+        let continues = |id: u32| self.continues.get(id as usize).copied().unwrap_or(false);
+        let mut out = vec![None; ids.len()];
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start + 1;
+            while end < ids.len() && continues(ids[end]) {
+                end += 1;
+            }
+            if end - start >= 2 {
+                if let Some(&row) = self.index.get(&ids[start..end]) {
+                    out[start..end].fill(Some(row));
+                }
+            }
+            start = end;
         }
+        out
     }
 
-    /// The rows of a 4-bit table packed two to a byte: the even column in the low nibble, the
-    /// odd one in the high nibble, each as a 4-bit two's complement.
-    pub fn pack_nibbles(&self) -> Vec<u8> {
-        self.rows
-            .chunks(2)
+    /// Which vocabulary tokens continue a word, from the vocabulary's text.
+    pub fn continuations(vocab: &str) -> Vec<bool> {
+        vocab.lines().map(|l| l.starts_with("##")).collect()
+    }
+}
+
+/// Quantises f32 rows of `dim` values to `bits`-bit integers with a scale per row.
+pub fn quantise_rows(dim: usize, values: &[f32], bits: u32) -> (Vec<i8>, Vec<f32>) {
+    let levels = ((1i32 << (bits.clamp(2, 8) - 1)) - 1) as f32;
+    let mut rows = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(values.len() / dim.max(1));
+    for row in values.chunks_exact(dim.max(1)) {
+        let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = if max > 0.0 { max / levels } else { 1.0 };
+        scales.push(scale);
+        rows.extend(
+            row.iter()
+                .map(|x| (x / scale).round().clamp(-levels, levels) as i8),
+        );
+    }
+    (rows, scales)
+}
+
+/// Rows as stored: packed two to a byte for 4 bits (the even column in the low nibble, the
+/// odd one in the high nibble, each a 4-bit two's complement), one byte each otherwise.
+pub fn rows_file_bytes(rows: &[i8], bits: u32) -> Vec<u8> {
+    if bits == 4 {
+        rows.chunks(2)
             .map(|p| {
                 let lo = p[0] as u8 & 0x0f;
                 let hi = p.get(1).map_or(0, |v| *v as u8 & 0x0f);
                 lo | (hi << 4)
             })
             .collect()
+    } else {
+        rows.iter().map(|x| *x as u8).collect()
+    }
+}
+
+impl StaticTable {
+    /// Quantises f32 rows (`[vocab, dim]`) to `bits`-bit integers (8, or 4 for the packed
+    /// file layout) with a scale per row. In memory every value is an `i8`.
+    pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>, bits: u32) -> StaticTable {
+        let (rows, scales) = quantise_rows(dim, values, bits);
+        StaticTable {
+            dim,
+            rows,
+            scales,
+            weights,
+            words: WordTable::default(),
+        }
     }
 
     /// The `embeddings` tensor's bytes in the layout of [`embedding_layout`] for `bits`.
     pub fn file_bytes(&self, bits: u32) -> Vec<u8> {
-        if bits == 4 {
-            self.pack_nibbles()
-        } else {
-            self.rows.iter().map(|x| *x as u8).collect()
-        }
+        rows_file_bytes(&self.rows, bits)
     }
 
     /// The rows from the `embeddings` tensor's bytes: the inverse of [`StaticTable::file_bytes`].
@@ -920,7 +983,7 @@ impl StaticTable {
         }
     }
 
-    /// The inverse of [`StaticTable::pack_nibbles`].
+    /// The inverse of [`rows_file_bytes`]' packing for 4 bits.
     pub fn unpack_nibbles(bytes: &[u8]) -> Vec<i8> {
         bytes
             .iter()
@@ -929,14 +992,23 @@ impl StaticTable {
     }
 
     /// Adds each token's row, times its scale and (when `weighted`) its weight, into `out`, then
-    /// L2-normalises the sum.
-    fn pool_into(&self, ids: &[u32], weighted: bool, out: &mut [f32]) {
+    /// L2-normalises the sum. A token with a whole word's row in `words` (by position; empty:
+    /// none) adds that row instead, with its own weight.
+    fn pool_into(&self, ids: &[u32], words: &[Option<u32>], weighted: bool, out: &mut [f32]) {
         let dim = self.dim;
-        for &id in ids {
+        for (pos, &id) in ids.iter().enumerate() {
             let t = id as usize;
-            let (Some(row), Some(scale)) =
-                (self.rows.get(t * dim..(t + 1) * dim), self.scales.get(t))
-            else {
+            let (row, scale) = match words.get(pos).copied().flatten() {
+                Some(w) => {
+                    let w = w as usize;
+                    (
+                        self.words.rows.get(w * dim..(w + 1) * dim),
+                        self.words.scales.get(w),
+                    )
+                }
+                None => (self.rows.get(t * dim..(t + 1) * dim), self.scales.get(t)),
+            };
+            let (Some(row), Some(scale)) = (row, scale) else {
                 continue;
             };
             let k = if weighted {
@@ -964,15 +1036,19 @@ impl StaticTable {
         let mut f = vec![0f32; EXTRA_FEATURES + dim * pools(edges)];
         f[..EXTRA_FEATURES].copy_from_slice(&extra);
         let mut chunks = f[EXTRA_FEATURES..].chunks_exact_mut(dim);
+        // Whole words are found over the whole prompt, so that an edge span that cuts a word
+        // does not read its first pieces as another word.
+        let words = self.words.rows_of(ids);
         if let Some(main) = chunks.next() {
-            self.pool_into(ids, true, main);
+            self.pool_into(ids, &words, true, main);
         }
         let n = ids.len();
-        let ends = edges
+        let ranges = edges
             .spans()
-            .flat_map(|e| [&ids[..n.min(e)], &ids[n.saturating_sub(e)..]]);
-        for (out, span) in chunks.zip(ends) {
-            self.pool_into(span, false, out);
+            .flat_map(|e| [0..n.min(e), n.saturating_sub(e)..n]);
+        for (out, range) in chunks.zip(ranges) {
+            let w = words.get(range.clone()).unwrap_or(&[]);
+            self.pool_into(&ids[range], w, false, out);
         }
         f
     }
@@ -1310,6 +1386,64 @@ fn static_table(
         rows,
         scales,
         weights,
+        words: WordTable::default(),
+    })
+}
+
+/// The word table of a model file: `word_embeddings` laid out as `embeddings` are, with
+/// `word_scales`, and `word_pieces` (`I32`, `[words, MAX_WORD_PIECES]`, each word's piece ids
+/// padded with −1).
+fn word_table(
+    st: &safetensors::SafeTensors<'_>,
+    path: &str,
+    vocab: &str,
+    dim: usize,
+    bits: u32,
+) -> Result<WordTable, ModelError> {
+    let pieces = st
+        .tensor("word_pieces")
+        .map_err(|e| load_err(path, format!("tensor word_pieces: {e}")))?;
+    let n = match pieces.shape() {
+        [n, MAX_WORD_PIECES] if pieces.dtype() == safetensors::Dtype::I32 => *n,
+        shape => {
+            return Err(load_err(
+                path,
+                format!(
+                    "word_pieces is {:?} {shape:?}, not I32 [words, {MAX_WORD_PIECES}]",
+                    pieces.dtype()
+                ),
+            ))
+        }
+    };
+    let t = st
+        .tensor("word_embeddings")
+        .map_err(|e| load_err(path, format!("tensor word_embeddings: {e}")))?;
+    let columns = embedding_layout(bits, dim).map_or(0, |(_, c)| c);
+    let (scales, scale_shape) = tensor_f32(st, "word_scales", path)?;
+    if t.shape() != [n, columns] || scale_shape != [n] {
+        return Err(load_err(
+            path,
+            format!(
+                "word_embeddings {:?} and word_scales {scale_shape:?} do not match word_pieces' {n} words",
+                t.shape()
+            ),
+        ));
+    }
+    let mut index = HashMap::with_capacity(n);
+    for (w, row) in pieces.data().chunks_exact(4 * MAX_WORD_PIECES).enumerate() {
+        let ids: Vec<u32> = row
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .take_while(|&id| id >= 0)
+            .map(|id| id as u32)
+            .collect();
+        index.insert(ids, w as u32);
+    }
+    Ok(WordTable {
+        index,
+        rows: StaticTable::rows_from_file(t.data(), bits),
+        scales,
+        continues: WordTable::continuations(vocab),
     })
 }
 
@@ -1375,16 +1509,20 @@ impl Classifier {
                 }
                 (StaticTable::default(), Some(enc))
             }
-            None => (
-                static_table(
+            None => {
+                let mut table = static_table(
                     &st,
                     &wpath,
                     tokenizer.vocab_size(),
                     config.dim,
                     config.embedding_bits,
-                )?,
-                None,
-            ),
+                )?;
+                if config.word_vectors > 0 {
+                    table.words =
+                        word_table(&st, &wpath, vocab, config.dim, config.embedding_bits)?;
+                }
+                (table, None)
+            }
         };
         let lexicon = |on: bool,
                        name: &str,
@@ -2286,7 +2424,7 @@ mod tests {
         let t = StaticTable::quantise(4, &values, vec![1.0, 1.0], 4);
         assert!(t.rows.iter().all(|v| (-7..=7).contains(v)), "{:?}", t.rows);
         assert_within_half_a_step(&values, &t);
-        let packed = t.pack_nibbles();
+        let packed = t.file_bytes(4);
         assert_eq!(packed.len(), values.len() / 2);
         assert_eq!(StaticTable::unpack_nibbles(&packed), t.rows);
         // Every 4-bit value, negative ones included, survives packing in either nibble.
@@ -2296,7 +2434,7 @@ mod tests {
             rows: all.clone(),
             ..StaticTable::default()
         };
-        assert_eq!(StaticTable::unpack_nibbles(&table.pack_nibbles()), all);
+        assert_eq!(StaticTable::unpack_nibbles(&table.file_bytes(4)), all);
     }
 
     /// A file of the default model's folder.
@@ -2751,6 +2889,137 @@ mod tests {
                 "centre": 0.25
             }));
         (config, weights)
+    }
+
+    #[test]
+    fn a_word_table_finds_whole_words_by_their_pieces() {
+        // Tokens 0..6; 2, 3 and 5 are `##` pieces. Words: [1, 2] and [4, 5].
+        let table = WordTable {
+            index: [(vec![1, 2], 0), (vec![4, 5], 1)].into(),
+            rows: vec![0; 4],
+            scales: vec![1.0; 2],
+            continues: vec![false, false, true, true, false, true],
+        };
+        // [1, 2, 3] is one word of three pieces the table lacks; [1, 2] alone is found.
+        assert_eq!(
+            table.rows_of(&[0, 1, 2, 0, 1, 2, 3, 4, 5]),
+            vec![
+                None,
+                Some(0),
+                Some(0),
+                None,
+                None,
+                None,
+                None,
+                Some(1),
+                Some(1)
+            ]
+        );
+        // A span that starts mid-word starts no word; an empty table finds nothing.
+        assert_eq!(table.rows_of(&[2, 0, 4]), vec![None, None, None]);
+        assert!(WordTable::default().rows_of(&[1, 2]).is_empty());
+        assert_eq!(
+            WordTable::continuations("[PAD]\nthe\n##s\n"),
+            vec![false, false, true]
+        );
+    }
+
+    /// The default model with a word table of one word, `words`' pieces, whose row is
+    /// `row`'s token's.
+    fn with_word(word: &str, row: &str) -> (Classifier, Vec<u32>) {
+        let m = model();
+        let dim = m.config.dim;
+        let pieces = m.tokens(word);
+        assert!(pieces.len() >= 2, "{word} is one piece");
+        let t = m.tokens(row)[0] as usize;
+        let bytes = default_model_file("model.safetensors");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let rows = rows_file_bytes(&m.table.rows[t * dim..(t + 1) * dim], 4);
+        let scale = m.table.scales[t].to_le_bytes().to_vec();
+        let padded: Vec<u8> = (0..MAX_WORD_PIECES)
+            .map(|i| pieces.get(i).map_or(-1, |&p| p as i32))
+            .flat_map(i32::to_le_bytes)
+            .collect();
+        let added = [
+            (
+                "word_embeddings",
+                safetensors::Dtype::U8,
+                rows,
+                vec![1, dim / 2],
+            ),
+            ("word_scales", safetensors::Dtype::F32, scale, vec![1]),
+            (
+                "word_pieces",
+                safetensors::Dtype::I32,
+                padded,
+                vec![1, MAX_WORD_PIECES],
+            ),
+        ];
+        let mut views = st.tensors();
+        for (name, dtype, data, shape) in &added {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            views.push((name.to_string(), view));
+        }
+        let weights = safetensors::serialize(views, None).unwrap();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["word_vectors"] = 2.into();
+        (load_parts(&config, &weights).unwrap(), pieces)
+    }
+
+    #[test]
+    fn a_whole_words_row_stands_for_its_pieces_in_every_pool() {
+        let m = model();
+        let (w, pieces) = with_word("juror", "jury");
+        let dim = m.config.dim;
+        let text = "the juror";
+        let ids = m.tokens(text);
+        assert_eq!(ids[1..], pieces[..], "{ids:?}");
+        let row = |t: usize| -> Vec<f32> {
+            m.table.rows[t * dim..(t + 1) * dim]
+                .iter()
+                .map(|v| f32::from(*v) * m.table.scales[t])
+                .collect()
+        };
+        let jury = row(m.tokens("jury")[0] as usize);
+        let the = row(ids[0] as usize);
+        let weight = |t: u32| m.table.weights[t as usize];
+        let normalised = |v: Vec<f32>| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let pieces_weight: f32 = pieces.iter().map(|&p| weight(p)).sum();
+        let main = normalised(
+            the.iter()
+                .zip(&jury)
+                .map(|(a, b)| weight(ids[0]) * a + pieces_weight * b)
+                .collect(),
+        );
+        let (f, _) = w.features(text);
+        let got = &f[EXTRA_FEATURES..EXTRA_FEATURES + dim];
+        for (a, b) in got.iter().zip(&main) {
+            assert!((a - b).abs() < 1e-5, "{a} {b}");
+        }
+        // The edge pools (unweighted; the prompt is shorter than every span) read the word's
+        // row for each of its pieces too.
+        let edges = normalised(
+            the.iter()
+                .zip(&jury)
+                .map(|(a, b)| a + pieces.len() as f32 * b)
+                .collect(),
+        );
+        let pools = EXTRA_FEATURES + dim..EXTRA_FEATURES + dim * pools(m.config.edges());
+        for edge in f[pools].chunks(dim) {
+            for (a, b) in edge.iter().zip(&edges) {
+                assert!((a - b).abs() < 1e-5, "{a} {b}");
+            }
+        }
+        // Without the table the pieces' own rows are read: the features differ.
+        assert_ne!(m.features(text).0, f);
+        // A model that says it has a word table and has none is refused by name.
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["word_vectors"] = 2.into();
+        let err = load_parts(&config, &default_model_file("model.safetensors")).unwrap_err();
+        assert!(err.contains("word_pieces"), "{err}");
     }
 
     #[test]

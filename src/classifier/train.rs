@@ -99,6 +99,9 @@ pub struct TrainArgs {
     /// [`default_experts`] of the training data.
     pub complexity_experts: Option<Vec<ExpertSpec>>,
     pub epochs: usize,
+    /// Whole-word rows for the multi-piece words that occur at least this often in the
+    /// training prompts ([`super::WordTable`]; 0: none).
+    pub word_vectors: u32,
     /// Epochs of end-to-end tuning of the static table before the heads are trained (0: off).
     pub tune_epochs: usize,
     pub tune_lr: f64,
@@ -152,6 +155,18 @@ fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
 
 /// One 384-d vector per vocabulary token: the encoder's mean-pooled output for `[CLS] t [SEP]`.
 pub fn distill(encoder: &Path, vocab: &WordPiece) -> anyhow::Result<Vec<Vec<f32>>> {
+    let tokens: Vec<Vec<u32>> = (0..vocab.vocab_size() as u32).map(|t| vec![t]).collect();
+    distill_pieces(encoder, vocab, &tokens, "distilling tokens")
+}
+
+/// One 384-d vector per sequence of piece ids: the encoder's mean-pooled output for
+/// `[CLS] pieces [SEP]`, in batches of sequences of the same length (no padding).
+pub fn distill_pieces(
+    encoder: &Path,
+    vocab: &WordPiece,
+    sequences: &[Vec<u32>],
+    what: &str,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let device = Device::Cpu;
     let weights = std::fs::read(encoder.join("model.safetensors"))?;
     let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
@@ -165,24 +180,63 @@ pub fn distill(encoder: &Path, vocab: &WordPiece) -> anyhow::Result<Vec<Vec<f32>
     let sep = vocab
         .id("[SEP]")
         .ok_or_else(|| anyhow::anyhow!("vocab has no [SEP]"))?;
-    let n = vocab.vocab_size();
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, s) in sequences.iter().enumerate() {
+        by_len.entry(s.len()).or_default().push(i);
+    }
     let batch = 512;
-    let pb = progress(n as u64, "distilling tokens");
-    let mut out = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch).min(n);
-        let ids: Vec<u32> = (start..end).flat_map(|t| [cls, t as u32, sep]).collect();
-        let input = Tensor::from_vec(ids, (end - start, 3), &device)?;
-        let types = input.zeros_like()?;
-        let hidden = model.forward(&input, &types, None)?; // [b, 3, 384]
-        let pooled = hidden.mean(1)?; // [b, 384]
-        out.extend(pooled.to_vec2::<f32>()?);
-        pb.inc((end - start) as u64);
-        start = end;
+    let pb = progress(sequences.len() as u64, what);
+    let mut out = vec![Vec::new(); sequences.len()];
+    for (len, members) in &by_len {
+        for chunk in members.chunks(batch) {
+            let ids: Vec<u32> = chunk
+                .iter()
+                .flat_map(|&i| {
+                    std::iter::once(cls)
+                        .chain(sequences[i].iter().copied())
+                        .chain(std::iter::once(sep))
+                })
+                .collect();
+            let input = Tensor::from_vec(ids, (chunk.len(), len + 2), &device)?;
+            let types = input.zeros_like()?;
+            let hidden = model.forward(&input, &types, None)?; // [b, len + 2, 384]
+            let pooled = hidden.mean(1)?; // [b, 384]
+            for (&i, v) in chunk.iter().zip(pooled.to_vec2::<f32>()?) {
+                out[i] = v;
+            }
+            pb.inc(chunk.len() as u64);
+        }
     }
     pb.finish();
     Ok(out)
+}
+
+/// The words of `prompts` the tokenizer splits into 2 to [`super::MAX_WORD_PIECES`] pieces,
+/// as piece ids, that occur at least `min_count` times, sorted.
+pub fn multi_piece_words(ids: &[Vec<u32>], continues: &[bool], min_count: u32) -> Vec<Vec<u32>> {
+    let mut counts: HashMap<&[u32], u32> = HashMap::new();
+    let cont = |id: u32| continues.get(id as usize).copied().unwrap_or(false);
+    for prompt in ids {
+        let mut start = 0;
+        while start < prompt.len() {
+            let mut end = start + 1;
+            while end < prompt.len() && cont(prompt[end]) {
+                end += 1;
+            }
+            // A leading `##` piece (a span cut mid-word) starts no word.
+            if (2..=super::MAX_WORD_PIECES).contains(&(end - start)) && !cont(prompt[start]) {
+                *counts.entry(&prompt[start..end]).or_default() += 1;
+            }
+            start = end;
+        }
+    }
+    let mut words: Vec<Vec<u32>> = counts
+        .into_iter()
+        .filter(|(_, c)| *c >= min_count.max(1))
+        .map(|(w, _)| w.to_vec())
+        .collect();
+    words.sort_unstable();
+    words
 }
 
 /// Index loops read as the textbook formulas here.
@@ -1261,11 +1315,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         }
     }
     let a = 1e-3;
-    let mut emb = Vec::with_capacity(raw.len() * args.dim);
-    let mut weights = Vec::with_capacity(raw.len());
-    for (t, row) in raw.iter().enumerate() {
-        let p = counts.get(&(t as u32)).copied().unwrap_or(0) as f64 / total.max(1) as f64;
-        weights.push((a / (a + p)) as f32);
+    let project = |row: &[f32], out: &mut Vec<f32>| {
         for c in &comps {
             let v: f64 = row
                 .iter()
@@ -1273,8 +1323,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
                 .zip(&mean)
                 .map(|((x, cc), m)| (*x as f64 - m) * cc)
                 .sum();
-            emb.push(v as f32);
+            out.push(v as f32);
         }
+    };
+    let mut emb = Vec::with_capacity(raw.len() * args.dim);
+    let mut weights = Vec::with_capacity(raw.len());
+    for (t, row) in raw.iter().enumerate() {
+        let p = counts.get(&(t as u32)).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+        weights.push((a / (a + p)) as f32);
+        project(row, &mut emb);
     }
     // Each training prompt's tokens and surface features, for the tuning and the features.
     let ids: Vec<Vec<u32>> = train
@@ -1297,7 +1354,37 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         emb
     };
     // Quantised as stored, so training sees what inference will.
-    let table = super::StaticTable::quantise(args.dim, &emb, weights, args.embedding_bits);
+    let mut table = super::StaticTable::quantise(args.dim, &emb, weights, args.embedding_bits);
+    let mut word_pieces = Vec::new();
+    if args.word_vectors > 0 {
+        let continues = super::WordTable::continuations(&vocab_text);
+        let all: Vec<Vec<u32>> = train
+            .iter()
+            .map(|e| wp.encode(&e.prompt, head + tail))
+            .collect();
+        word_pieces = multi_piece_words(&all, &continues, args.word_vectors);
+        eprintln!(
+            "{} words of several pieces, each at least {} times",
+            word_pieces.len(),
+            args.word_vectors
+        );
+        let raw_words = distill_pieces(&encoder_dir, &wp, &word_pieces, "distilling words")?;
+        let mut values = Vec::with_capacity(raw_words.len() * args.dim);
+        for row in &raw_words {
+            project(row, &mut values);
+        }
+        let (rows, scales) = super::quantise_rows(args.dim, &values, args.embedding_bits);
+        table.words = super::WordTable {
+            index: word_pieces
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w.clone(), i as u32))
+                .collect(),
+            rows,
+            scales,
+            continues,
+        };
+    }
 
     let mut config = model_config(
         args,
@@ -1353,6 +1440,37 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             vec![raw.len()],
         ),
     ];
+    if args.word_vectors > 0 {
+        let padded: Vec<u8> = word_pieces
+            .iter()
+            .flat_map(|w| {
+                (0..super::MAX_WORD_PIECES)
+                    .map(|i| w.get(i).map_or(-1, |&id| id as i32))
+                    .collect::<Vec<i32>>()
+            })
+            .flat_map(i32::to_le_bytes)
+            .collect();
+        tensors.extend([
+            (
+                "word_embeddings".to_string(),
+                super::rows_file_bytes(&table.words.rows, args.embedding_bits),
+                dtype,
+                vec![word_pieces.len(), columns],
+            ),
+            (
+                "word_scales".into(),
+                f32_le_bytes(&table.words.scales),
+                safetensors::Dtype::F32,
+                vec![word_pieces.len()],
+            ),
+            (
+                "word_pieces".into(),
+                padded,
+                safetensors::Dtype::I32,
+                vec![word_pieces.len(), super::MAX_WORD_PIECES],
+            ),
+        ]);
+    }
     tensors.extend(lexicon);
     tensors.extend(bags);
     tensors.extend(complexity_lexicon);
@@ -1769,6 +1887,11 @@ fn model_config(
 ) -> ModelConfig {
     ModelConfig {
         format: super::MODEL_FORMAT,
+        word_vectors: if backbone_encoder.is_some() {
+            0
+        } else {
+            args.word_vectors
+        },
         dim,
         embedding_bits: if backbone_encoder.is_some() {
             8
@@ -3182,6 +3305,16 @@ pub fn model_card(
                 ""
             },
         ));
+        if config.word_vectors > 0 {
+            s.push_str(&format!(
+                "Words the tokenizer splits into 2 to {} pieces that occur at least {} times in the training prompts \
+                 have a row of their own (`word_embeddings`, `word_scales`, `word_pieces`): the encoder's mean-pooled \
+                 output for `[CLS]` and the word's pieces and `[SEP]`, reduced and stored as the tokens are. Wherever a \
+                 prompt holds such a word, each of its pieces pools the word's row with its own weight.\n\n",
+                super::MAX_WORD_PIECES,
+                config.word_vectors
+            ));
+        }
         if args.tune_epochs > 0 {
             s.push_str(&format!(
                 "The distilled rows were then tuned end to end for {} epochs (learning rate {}): every training prompt is \
@@ -3275,6 +3408,9 @@ pub fn model_card(
     }
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
+    }
+    if config.word_vectors > 0 {
+        cmd.push_str(&format!(" --word-vectors {}", config.word_vectors));
     }
     if args.tune_epochs > 0 && config.backbone_encoder.is_none() {
         cmd.push_str(&format!(
@@ -3807,6 +3943,7 @@ mod tests {
             topic_prior: Vec::new(),
             complexity_experts: Some(Vec::new()),
             epochs: 1,
+            word_vectors: 0,
             tune_epochs: 0,
             tune_lr: 0.0,
             seed: 1,
@@ -3875,6 +4012,29 @@ mod tests {
         args.complexity_experts = Some(Vec::new());
         let (specs, fits) = fit_experts(&args, &config, &train, &cfeats).unwrap();
         assert!(specs.is_empty() && fits.is_empty());
+    }
+
+    #[test]
+    fn words_of_several_pieces_are_counted_over_the_prompts() {
+        // Tokens 2 and 3 are `##` pieces.
+        let continues = [false, false, true, true, false];
+        let prompts = vec![
+            vec![0, 1, 2, 4, 1, 2],
+            vec![1, 2, 3, 0],
+            vec![2, 3, 4, 1, 2],
+        ];
+        // [1, 2] three times; [1, 2, 3] once; [2, 3] starts mid-word and is no word.
+        assert_eq!(
+            multi_piece_words(&prompts, &continues, 1),
+            vec![vec![1, 2], vec![1, 2, 3]]
+        );
+        assert_eq!(multi_piece_words(&prompts, &continues, 2), vec![vec![1, 2]]);
+        assert!(multi_piece_words(&prompts, &continues, 4).is_empty());
+        // No word longer than the table keeps.
+        let long = vec![std::iter::once(1)
+            .chain(std::iter::repeat_n(2, 8))
+            .collect()];
+        assert!(multi_piece_words(&long, &continues, 1).is_empty());
     }
 
     #[test]
