@@ -998,7 +998,12 @@ impl StaticTable {
         let dim = self.dim;
         for (pos, &id) in ids.iter().enumerate() {
             let t = id as usize;
-            let (row, scale) = match words.get(pos).copied().flatten() {
+            let word = if words.is_empty() {
+                None
+            } else {
+                words.get(pos).copied().flatten()
+            };
+            let (row, scale) = match word {
                 Some(w) => {
                     let w = w as usize;
                     (
