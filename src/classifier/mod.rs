@@ -1423,7 +1423,21 @@ fn word_table(
     let t = st
         .tensor("word_embeddings")
         .map_err(|e| load_err(path, format!("tensor word_embeddings: {e}")))?;
-    let columns = embedding_layout(bits, dim).map_or(0, |(_, c)| c);
+    let (dtype, columns) = embedding_layout(bits, dim).ok_or_else(|| {
+        load_err(
+            path,
+            format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
+        )
+    })?;
+    if t.dtype() != dtype {
+        return Err(load_err(
+            path,
+            format!(
+                "word_embeddings are {:?}, not {dtype:?} ({bits}-bit)",
+                t.dtype()
+            ),
+        ));
+    }
     let (scales, scale_shape) = tensor_f32(st, "word_scales", path)?;
     if t.shape() != [n, columns] || scale_shape != [n] {
         return Err(load_err(
