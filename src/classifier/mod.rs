@@ -898,20 +898,13 @@ impl WordTable {
         if self.index.is_empty() {
             return Vec::new();
         }
-        let continues = |id: u32| self.continues.get(id as usize).copied().unwrap_or(false);
         let mut out = vec![None; ids.len()];
-        let mut start = 0;
-        while start < ids.len() {
-            let mut end = start + 1;
-            while end < ids.len() && continues(ids[end]) {
-                end += 1;
-            }
-            if end - start >= 2 {
-                if let Some(&row) = self.index.get(&ids[start..end]) {
-                    out[start..end].fill(Some(row));
+        for span in word_spans(ids, &self.continues) {
+            if span.len() >= 2 {
+                if let Some(&row) = self.index.get(&ids[span.clone()]) {
+                    out[span].fill(Some(row));
                 }
             }
-            start = end;
         }
         out
     }
@@ -920,6 +913,29 @@ impl WordTable {
     pub fn continuations(vocab: &str) -> Vec<bool> {
         vocab.lines().map(|l| l.starts_with("##")).collect()
     }
+}
+
+/// The spans of `ids` that are words: a token and the `##` pieces after it (`continues`, per
+/// vocabulary token). A span that starts with a `##` piece (a prompt cut mid-word) is one too;
+/// no word of a word table starts so.
+pub fn word_spans<'a>(
+    ids: &'a [u32],
+    continues: &'a [bool],
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let cont = |id: u32| continues.get(id as usize).copied().unwrap_or(false);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= ids.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < ids.len() && cont(ids[end]) {
+            end += 1;
+        }
+        let span = start..end;
+        start = end;
+        Some(span)
+    })
 }
 
 /// Quantises f32 rows of `dim` values to `bits`-bit integers with a scale per row.
@@ -1344,6 +1360,43 @@ pub fn embedding_layout(bits: u32, dim: usize) -> Option<(safetensors::Dtype, us
     }
 }
 
+/// The rows of tensor `name`: `rows` rows of `dim` values stored as `embedding_bits` says
+/// ([`embedding_layout`]), or what in it does not fit, naming it.
+fn quantised_rows(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+    path: &str,
+    rows: usize,
+    dim: usize,
+    bits: u32,
+) -> Result<Vec<i8>, ModelError> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
+    let (dtype, columns) = embedding_layout(bits, dim).ok_or_else(|| {
+        load_err(
+            path,
+            format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
+        )
+    })?;
+    if t.shape() != [rows, columns] {
+        return Err(load_err(
+            path,
+            format!(
+                "{name} shape {:?} is not [{rows}, {columns}] (rows, dim and embedding_bits)",
+                t.shape()
+            ),
+        ));
+    }
+    if t.dtype() != dtype {
+        return Err(load_err(
+            path,
+            format!("{name} are {:?}, not {dtype:?} ({bits}-bit)", t.dtype()),
+        ));
+    }
+    Ok(StaticTable::rows_from_file(t.data(), bits))
+}
+
 /// The static table of a model file: `embeddings` as int8 (or int4 packed two to a byte), with
 /// `embedding_scales` and `token_weights`.
 fn static_table(
@@ -1353,31 +1406,7 @@ fn static_table(
     dim: usize,
     bits: u32,
 ) -> Result<StaticTable, ModelError> {
-    let t = st
-        .tensor("embeddings")
-        .map_err(|e| load_err(path, format!("tensor embeddings: {e}")))?;
-    let (dtype, columns) = embedding_layout(bits, dim).ok_or_else(|| {
-        load_err(
-            path,
-            format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
-        )
-    })?;
-    if t.shape() != [vocab, columns] {
-        return Err(load_err(
-            path,
-            format!(
-                "embeddings shape {:?} does not match the vocabulary, dim and embedding_bits",
-                t.shape()
-            ),
-        ));
-    }
-    if t.dtype() != dtype {
-        return Err(load_err(
-            path,
-            format!("embeddings are {:?}, not {dtype:?} ({bits}-bit)", t.dtype()),
-        ));
-    }
-    let rows = StaticTable::rows_from_file(t.data(), bits);
+    let rows = quantised_rows(st, "embeddings", path, vocab, dim, bits)?;
     let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
     let (weights, s2) = tensor_f32(st, "token_weights", path)?;
     if s1 != [vocab] || s2 != [vocab] {
@@ -1420,32 +1449,12 @@ fn word_table(
             ))
         }
     };
-    let t = st
-        .tensor("word_embeddings")
-        .map_err(|e| load_err(path, format!("tensor word_embeddings: {e}")))?;
-    let (dtype, columns) = embedding_layout(bits, dim).ok_or_else(|| {
-        load_err(
-            path,
-            format!("embedding_bits {bits} with dim {dim}: use 8, or 4 with an even dim"),
-        )
-    })?;
-    if t.dtype() != dtype {
-        return Err(load_err(
-            path,
-            format!(
-                "word_embeddings are {:?}, not {dtype:?} ({bits}-bit)",
-                t.dtype()
-            ),
-        ));
-    }
+    let rows = quantised_rows(st, "word_embeddings", path, n, dim, bits)?;
     let (scales, scale_shape) = tensor_f32(st, "word_scales", path)?;
-    if t.shape() != [n, columns] || scale_shape != [n] {
+    if scale_shape != [n] {
         return Err(load_err(
             path,
-            format!(
-                "word_embeddings {:?} and word_scales {scale_shape:?} do not match word_pieces' {n} words",
-                t.shape()
-            ),
+            format!("word_scales {scale_shape:?} does not match word_pieces' {n} words"),
         ));
     }
     let mut index = HashMap::with_capacity(n);
@@ -1460,7 +1469,7 @@ fn word_table(
     }
     Ok(WordTable {
         index,
-        rows: StaticTable::rows_from_file(t.data(), bits),
+        rows,
         scales,
         continues: WordTable::continuations(vocab),
     })

@@ -217,17 +217,11 @@ pub fn multi_piece_words(ids: &[Vec<u32>], continues: &[bool], min_count: u32) -
     let mut counts: HashMap<&[u32], u32> = HashMap::new();
     let cont = |id: u32| continues.get(id as usize).copied().unwrap_or(false);
     for prompt in ids {
-        let mut start = 0;
-        while start < prompt.len() {
-            let mut end = start + 1;
-            while end < prompt.len() && cont(prompt[end]) {
-                end += 1;
-            }
+        for span in super::word_spans(prompt, continues) {
             // A leading `##` piece (a span cut mid-word) starts no word.
-            if (2..=super::MAX_WORD_PIECES).contains(&(end - start)) && !cont(prompt[start]) {
-                *counts.entry(&prompt[start..end]).or_default() += 1;
+            if (2..=super::MAX_WORD_PIECES).contains(&span.len()) && !cont(prompt[span.start]) {
+                *counts.entry(&prompt[span]).or_default() += 1;
             }
-            start = end;
         }
     }
     let mut words: Vec<Vec<u32>> = counts
