@@ -863,8 +863,8 @@ pub fn select_tokens(tokenizer: &WordPiece, text: &str, head: usize, tail: usize
 #[derive(Debug, Clone, Default)]
 pub struct StaticTable {
     pub dim: usize,
-    /// `[vocab, dim]`, row-major.
-    pub rows: Vec<i8>,
+    /// `[vocab, dim]`.
+    pub rows: QuantRows,
     /// A row's values are `rows × scale`.
     pub scales: Vec<f32>,
     /// The weight of a token in the main pool (the edge pools are unweighted).
@@ -884,8 +884,8 @@ pub const MAX_WORD_PIECES: usize = 8;
 pub struct WordTable {
     /// A word's piece ids to its row.
     pub index: HashMap<Vec<u32>, u32>,
-    /// `[words, dim]`, row-major, quantised as the token rows are.
-    pub rows: Vec<i8>,
+    /// `[words, dim]`, quantised as the token rows are.
+    pub rows: QuantRows,
     pub scales: Vec<f32>,
     /// Per vocabulary token: whether it continues a word (a `##` piece).
     pub continues: Vec<bool>,
@@ -938,8 +938,129 @@ pub fn word_spans<'a>(
     })
 }
 
+/// Rows of `dim` small integers in a model file's layout ([`embedding_layout`]): 4-bit values
+/// packed two to a byte (the even column in the low nibble, the odd one in the high nibble,
+/// each a 4-bit two's complement), else one `i8` a byte. A loaded model's rows stay in its
+/// file's bytes, which for the embedded model are the binary's own: unpacked to a byte each
+/// they would take twice the memory, and a copy once more.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuantRows {
+    dim: usize,
+    packed: bool,
+    bytes: bytes::Bytes,
+}
+
+impl QuantRows {
+    /// Rows of `dim` values each (`values.len()` a multiple of it), laid out for `bits`.
+    pub fn new(dim: usize, values: &[i8], bits: u32) -> QuantRows {
+        let packed = packs_nibbles(bits, dim);
+        let bytes = if packed {
+            values
+                .chunks(2)
+                .map(|p| {
+                    let lo = p[0] as u8 & 0x0f;
+                    let hi = p.get(1).map_or(0, |v| *v as u8 & 0x0f);
+                    lo | (hi << 4)
+                })
+                .collect::<Vec<u8>>()
+        } else {
+            values.iter().map(|x| *x as u8).collect()
+        };
+        QuantRows {
+            dim,
+            packed,
+            bytes: bytes.into(),
+        }
+    }
+
+    /// Rows from a file's bytes, laid out for `bits` (the caller checked their size).
+    pub fn from_file(dim: usize, bits: u32, bytes: bytes::Bytes) -> QuantRows {
+        QuantRows {
+            dim,
+            packed: packs_nibbles(bits, dim),
+            bytes,
+        }
+    }
+
+    /// The rows' bytes, as a model file stores them.
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn row_bytes(&self) -> usize {
+        if self.packed {
+            self.dim / 2
+        } else {
+            self.dim
+        }
+    }
+
+    /// How many rows there are.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.row_bytes().max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `r`'s bytes as stored.
+    pub fn row_file_bytes(&self, r: usize) -> Option<&[u8]> {
+        let width = self.row_bytes();
+        self.bytes.get(r * width..(r + 1) * width)
+    }
+
+    /// Row `r`'s values.
+    pub fn row(&self, r: usize) -> Option<Vec<i8>> {
+        let bytes = self.row_file_bytes(r)?;
+        Some(if self.packed {
+            bytes.iter().flat_map(|&b| unpack_nibble_pair(b)).collect()
+        } else {
+            bytes.iter().map(|&b| b as i8).collect()
+        })
+    }
+
+    /// Adds row `r` times `k` into `out` (`dim` long); false, adding nothing, for a row the
+    /// table lacks.
+    pub fn add_scaled(&self, r: usize, k: f32, out: &mut [f32]) -> bool {
+        let Some(bytes) = self.row_file_bytes(r) else {
+            return false;
+        };
+        if self.packed {
+            // Unpacked a block at a time into a buffer, so that the sum vectorises as it does
+            // over a row of bytes.
+            const BLOCK: usize = 64;
+            let mut values = [0i8; 2 * BLOCK];
+            for (block, out) in bytes.chunks(BLOCK).zip(out.chunks_mut(2 * BLOCK)) {
+                let values = &mut values[..2 * block.len()];
+                for (pair, &b) in values.chunks_exact_mut(2).zip(block) {
+                    pair.copy_from_slice(&unpack_nibble_pair(b));
+                }
+                for (a, v) in out.iter_mut().zip(values.iter()) {
+                    *a += k * f32::from(*v);
+                }
+            }
+        } else {
+            for (a, b) in out.iter_mut().zip(bytes) {
+                *a += k * f32::from(*b as i8);
+            }
+        }
+        true
+    }
+}
+
+/// Whether rows of `bits`-bit values with `dim` columns are packed two to a byte.
+fn packs_nibbles(bits: u32, dim: usize) -> bool {
+    bits == 4 && dim % 2 == 0
+}
+
+/// A packed byte's two values: the low nibble's, then the high nibble's.
+fn unpack_nibble_pair(b: u8) -> [i8; 2] {
+    [((b << 4) as i8) >> 4, (b as i8) >> 4]
+}
+
 /// Quantises f32 rows of `dim` values to `bits`-bit integers with a scale per row.
-pub fn quantise_rows(dim: usize, values: &[f32], bits: u32) -> (Vec<i8>, Vec<f32>) {
+pub fn quantise_rows(dim: usize, values: &[f32], bits: u32) -> (QuantRows, Vec<f32>) {
     let levels = ((1i32 << (bits.clamp(2, 8) - 1)) - 1) as f32;
     let mut rows = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(values.len() / dim.max(1));
@@ -952,28 +1073,12 @@ pub fn quantise_rows(dim: usize, values: &[f32], bits: u32) -> (Vec<i8>, Vec<f32
                 .map(|x| (x / scale).round().clamp(-levels, levels) as i8),
         );
     }
-    (rows, scales)
-}
-
-/// Rows as stored: packed two to a byte for 4 bits (the even column in the low nibble, the
-/// odd one in the high nibble, each a 4-bit two's complement), one byte each otherwise.
-pub fn rows_file_bytes(rows: &[i8], bits: u32) -> Vec<u8> {
-    if bits == 4 {
-        rows.chunks(2)
-            .map(|p| {
-                let lo = p[0] as u8 & 0x0f;
-                let hi = p.get(1).map_or(0, |v| *v as u8 & 0x0f);
-                lo | (hi << 4)
-            })
-            .collect()
-    } else {
-        rows.iter().map(|x| *x as u8).collect()
-    }
+    (QuantRows::new(dim, &rows, bits), scales)
 }
 
 impl StaticTable {
-    /// Quantises f32 rows (`[vocab, dim]`) to `bits`-bit integers (8, or 4 for the packed
-    /// file layout) with a scale per row. In memory every value is an `i8`.
+    /// Quantises f32 rows (`[vocab, dim]`) to `bits`-bit integers (8, or 4 packed two to a
+    /// byte) with a scale per row.
     pub fn quantise(dim: usize, values: &[f32], weights: Vec<f32>, bits: u32) -> StaticTable {
         let (rows, scales) = quantise_rows(dim, values, bits);
         StaticTable {
@@ -985,33 +1090,10 @@ impl StaticTable {
         }
     }
 
-    /// The `embeddings` tensor's bytes in the layout of [`embedding_layout`] for `bits`.
-    pub fn file_bytes(&self, bits: u32) -> Vec<u8> {
-        rows_file_bytes(&self.rows, bits)
-    }
-
-    /// The rows from the `embeddings` tensor's bytes: the inverse of [`StaticTable::file_bytes`].
-    pub fn rows_from_file(bytes: &[u8], bits: u32) -> Vec<i8> {
-        if bits == 4 {
-            StaticTable::unpack_nibbles(bytes)
-        } else {
-            bytes.iter().map(|b| *b as i8).collect()
-        }
-    }
-
-    /// The inverse of [`rows_file_bytes`]' packing for 4 bits.
-    pub fn unpack_nibbles(bytes: &[u8]) -> Vec<i8> {
-        bytes
-            .iter()
-            .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
-            .collect()
-    }
-
     /// Adds each token's row, times its scale and (when `weighted`) its weight, into `out`, then
     /// L2-normalises the sum. A token with a whole word's row in `words` (by position; empty:
     /// none) adds that row instead, with its own weight.
     fn pool_into(&self, ids: &[u32], words: &[Option<u32>], weighted: bool, out: &mut [f32]) {
-        let dim = self.dim;
         for (pos, &id) in ids.iter().enumerate() {
             let t = id as usize;
             let word = if words.is_empty() {
@@ -1019,17 +1101,15 @@ impl StaticTable {
             } else {
                 words.get(pos).copied().flatten()
             };
-            let (row, scale) = match word {
-                Some(w) => {
-                    let w = w as usize;
-                    (
-                        self.words.rows.get(w * dim..(w + 1) * dim),
-                        self.words.scales.get(w),
-                    )
-                }
-                None => (self.rows.get(t * dim..(t + 1) * dim), self.scales.get(t)),
+            let (rows, r, scale) = match word {
+                Some(w) => (
+                    &self.words.rows,
+                    w as usize,
+                    self.words.scales.get(w as usize),
+                ),
+                None => (&self.rows, t, self.scales.get(t)),
             };
-            let (Some(row), Some(scale)) = (row, scale) else {
+            let Some(scale) = scale else {
                 continue;
             };
             let k = if weighted {
@@ -1037,9 +1117,7 @@ impl StaticTable {
             } else {
                 *scale
             };
-            for (a, b) in out.iter_mut().zip(row) {
-                *a += k * f32::from(*b);
-            }
+            rows.add_scaled(r, k, out);
         }
         let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
@@ -1360,16 +1438,19 @@ pub fn embedding_layout(bits: u32, dim: usize) -> Option<(safetensors::Dtype, us
     }
 }
 
+/// A model file's tensors, and the bytes they were read from (which a table's rows share).
+type Weights<'a> = (&'a safetensors::SafeTensors<'a>, &'a bytes::Bytes);
+
 /// The rows of tensor `name`: `rows` rows of `dim` values stored as `embedding_bits` says
 /// ([`embedding_layout`]), or what in it does not fit, naming it.
 fn quantised_rows(
-    st: &safetensors::SafeTensors<'_>,
+    (st, blob): Weights<'_>,
     name: &str,
     path: &str,
     rows: usize,
     dim: usize,
     bits: u32,
-) -> Result<Vec<i8>, ModelError> {
+) -> Result<QuantRows, ModelError> {
     let t = st
         .tensor(name)
         .map_err(|e| load_err(path, format!("tensor {name}: {e}")))?;
@@ -1394,19 +1475,19 @@ fn quantised_rows(
             format!("{name} are {:?}, not {dtype:?} ({bits}-bit)", t.dtype()),
         ));
     }
-    Ok(StaticTable::rows_from_file(t.data(), bits))
+    Ok(QuantRows::from_file(dim, bits, blob.slice_ref(t.data())))
 }
 
 /// The static table of a model file: `embeddings` as int8 (or int4 packed two to a byte), with
 /// `embedding_scales` and `token_weights`.
 fn static_table(
-    st: &safetensors::SafeTensors<'_>,
+    (st, blob): Weights<'_>,
     path: &str,
     vocab: usize,
     dim: usize,
     bits: u32,
 ) -> Result<StaticTable, ModelError> {
-    let rows = quantised_rows(st, "embeddings", path, vocab, dim, bits)?;
+    let rows = quantised_rows((st, blob), "embeddings", path, vocab, dim, bits)?;
     let (scales, s1) = tensor_f32(st, "embedding_scales", path)?;
     let (weights, s2) = tensor_f32(st, "token_weights", path)?;
     if s1 != [vocab] || s2 != [vocab] {
@@ -1428,7 +1509,7 @@ fn static_table(
 /// `word_scales`, and `word_pieces` (`I32`, `[words, MAX_WORD_PIECES]`, each word's piece ids
 /// padded with −1).
 fn word_table(
-    st: &safetensors::SafeTensors<'_>,
+    (st, blob): Weights<'_>,
     path: &str,
     vocab: &str,
     dim: usize,
@@ -1449,7 +1530,7 @@ fn word_table(
             ))
         }
     };
-    let rows = quantised_rows(st, "word_embeddings", path, n, dim, bits)?;
+    let rows = quantised_rows((st, blob), "word_embeddings", path, n, dim, bits)?;
     let (scales, scale_shape) = tensor_f32(st, "word_scales", path)?;
     if scale_shape != [n] {
         return Err(load_err(
@@ -1498,11 +1579,12 @@ fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Hea
 }
 
 impl Classifier {
-    /// Loads a model from its three files' contents.
+    /// Loads a model from its three files' contents. The token table's rows stay in
+    /// `weights`' bytes.
     pub fn from_parts(
         config_json: &[u8],
         vocab: &str,
-        weights: &[u8],
+        weights: bytes::Bytes,
         origin: &str,
     ) -> Result<Classifier, ModelError> {
         let config: ModelConfig = serde_json::from_slice(config_json)
@@ -1519,7 +1601,7 @@ impl Classifier {
         let tokenizer = WordPiece::from_vocab(vocab)
             .ok_or_else(|| load_err(format!("{origin}/vocab.txt"), "no [UNK] token"))?;
         let wpath = format!("{origin}/model.safetensors");
-        let st = safetensors::SafeTensors::deserialize(weights)
+        let st = safetensors::SafeTensors::deserialize(&weights)
             .map_err(|e| load_err(&wpath, e.to_string()))?;
         let (table, encoder) = match &config.backbone_encoder {
             Some(source) => {
@@ -1539,15 +1621,20 @@ impl Classifier {
             }
             None => {
                 let mut table = static_table(
-                    &st,
+                    (&st, &weights),
                     &wpath,
                     tokenizer.vocab_size(),
                     config.dim,
                     config.embedding_bits,
                 )?;
                 if config.word_vectors > 0 {
-                    table.words =
-                        word_table(&st, &wpath, vocab, config.dim, config.embedding_bits)?;
+                    table.words = word_table(
+                        (&st, &weights),
+                        &wpath,
+                        vocab,
+                        config.dim,
+                        config.embedding_bits,
+                    )?;
                 }
                 (table, None)
             }
@@ -1903,14 +1990,21 @@ impl Classifier {
         Self::from_parts(
             &read("config.json")?,
             &vocab,
-            &read("model.safetensors")?,
+            read("model.safetensors")?.into(),
             &dir.display().to_string(),
         )
     }
 
     /// The model compiled into the binary, if it was built with one.
     pub fn embedded() -> Option<Result<Classifier, ModelError>> {
-        embedded::parts().map(|(c, v, w)| Self::from_parts(c, v, w, "(embedded models/router)"))
+        embedded::parts().map(|(c, v, w)| {
+            Self::from_parts(
+                c,
+                v,
+                bytes::Bytes::from_static(w),
+                "(embedded models/router)",
+            )
+        })
     }
 
     /// True for static embeddings (microseconds per prompt); false with an encoder backbone
@@ -2388,8 +2482,9 @@ mod tests {
     /// Every dequantised value of a 4-wide table is within half a step of the original.
     fn assert_within_half_a_step(values: &[f32], t: &StaticTable) {
         for (row, chunk) in values.chunks(4).enumerate() {
+            let stored = t.rows.row(row).unwrap();
             for (k, v) in chunk.iter().enumerate() {
-                let got = f32::from(t.rows[row * 4 + k]) * t.scales[row];
+                let got = f32::from(stored[k]) * t.scales[row];
                 assert!(
                     (got - v).abs() <= t.scales[row] / 2.0 + 1e-6,
                     "{v} vs {got}"
@@ -2450,19 +2545,44 @@ mod tests {
     fn four_bit_rows_round_trip_through_the_packed_layout() {
         let values = [0.5, -1.0, 0.25, 0.0, 0.7, -0.7, 3.0, -0.001];
         let t = StaticTable::quantise(4, &values, vec![1.0, 1.0], 4);
-        assert!(t.rows.iter().all(|v| (-7..=7).contains(v)), "{:?}", t.rows);
+        assert_eq!(t.rows.len(), 2);
+        for r in 0..2 {
+            let row = t.rows.row(r).unwrap();
+            assert!(row.iter().all(|v| (-7..=7).contains(v)), "{row:?}");
+        }
         assert_within_half_a_step(&values, &t);
-        let packed = t.file_bytes(4);
-        assert_eq!(packed.len(), values.len() / 2);
-        assert_eq!(StaticTable::unpack_nibbles(&packed), t.rows);
-        // Every 4-bit value, negative ones included, survives packing in either nibble.
+        assert_eq!(t.rows.file_bytes().len(), values.len() / 2);
+        // Every 4-bit value, negative ones included, survives packing in either nibble, and
+        // reads the same from a file's bytes.
         let all: Vec<i8> = (-8..=7).chain((-8..=7).rev()).collect();
-        let table = StaticTable {
-            dim: 2,
-            rows: all.clone(),
-            ..StaticTable::default()
-        };
-        assert_eq!(StaticTable::unpack_nibbles(&table.file_bytes(4)), all);
+        let rows = QuantRows::new(2, &all, 4);
+        let read = QuantRows::from_file(2, 4, bytes::Bytes::copy_from_slice(rows.file_bytes()));
+        assert_eq!(read, rows);
+        let back: Vec<i8> = (0..rows.len()).flat_map(|r| read.row(r).unwrap()).collect();
+        assert_eq!(back, all);
+        assert_eq!(read.row(rows.len()), None);
+    }
+
+    /// Adding a row in place, a block of packed bytes at a time, gives what adding its
+    /// unpacked values does, at 4 and at 8 bits, and adds nothing for a row the table lacks.
+    #[test]
+    fn a_rows_scaled_sum_is_its_values_sum() {
+        // 300 columns: 150 packed bytes, more than two blocks.
+        let dim = 300;
+        let values: Vec<i8> = (0..2 * dim).map(|i| ((i * 7) % 15) as i8 - 7).collect();
+        for bits in [4, 8] {
+            let rows = QuantRows::new(dim, &values, bits);
+            assert_eq!(rows.len(), 2);
+            let mut got = vec![1.0f32; dim];
+            assert!(rows.add_scaled(1, 0.5, &mut got));
+            let want: Vec<f32> = values[dim..]
+                .iter()
+                .map(|v| 1.0 + 0.5 * f32::from(*v))
+                .collect();
+            assert_eq!(got, want, "{bits} bits");
+            assert!(!rows.add_scaled(2, 0.5, &mut got));
+            assert_eq!(got, want);
+        }
     }
 
     /// A file of the default model's folder.
@@ -2924,7 +3044,7 @@ mod tests {
         // Tokens 0..6; 2, 3 and 5 are `##` pieces. Words: [1, 2] and [4, 5].
         let table = WordTable {
             index: [(vec![1, 2], 0), (vec![4, 5], 1)].into(),
-            rows: vec![0; 4],
+            rows: QuantRows::new(2, &[0; 4], 8),
             scales: vec![1.0; 2],
             continues: vec![false, false, true, true, false, true],
         };
@@ -2962,7 +3082,7 @@ mod tests {
         let t = m.tokens(row)[0] as usize;
         let bytes = default_model_file("model.safetensors");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let rows = rows_file_bytes(&m.table.rows[t * dim..(t + 1) * dim], 4);
+        let rows = m.table.rows.row_file_bytes(t).unwrap().to_vec();
         let scale = m.table.scales[t].to_le_bytes().to_vec();
         let padded: Vec<u8> = (0..MAX_WORD_PIECES)
             .map(|i| pieces.get(i).map_or(-1, |&p| p as i32))
@@ -3003,7 +3123,10 @@ mod tests {
         let ids = m.tokens(text);
         assert_eq!(ids[1..], pieces[..], "{ids:?}");
         let row = |t: usize| -> Vec<f32> {
-            m.table.rows[t * dim..(t + 1) * dim]
+            m.table
+                .rows
+                .row(t)
+                .unwrap()
                 .iter()
                 .map(|v| f32::from(*v) * m.table.scales[t])
                 .collect()
@@ -3152,8 +3275,13 @@ mod tests {
 
     fn load_parts(config: &serde_json::Value, weights: &[u8]) -> Result<Classifier, String> {
         let vocab = String::from_utf8(default_model_file("vocab.txt")).unwrap();
-        Classifier::from_parts(config.to_string().as_bytes(), &vocab, weights, "m")
-            .map_err(|e| e.to_string())
+        Classifier::from_parts(
+            config.to_string().as_bytes(),
+            &vocab,
+            bytes::Bytes::copy_from_slice(weights),
+            "m",
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -3436,10 +3564,14 @@ mod tests {
         let m = model();
         let mut config = serde_json::to_value(&m.config).unwrap();
         config["format"] = 1.into();
-        let err =
-            Classifier::from_parts(config.to_string().as_bytes(), "[UNK]\n", &[], "old-model")
-                .unwrap_err()
-                .to_string();
+        let err = Classifier::from_parts(
+            config.to_string().as_bytes(),
+            "[UNK]\n",
+            bytes::Bytes::new(),
+            "old-model",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("old-model/config.json") && err.contains("format 1"),
             "{err}"

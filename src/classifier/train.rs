@@ -1417,7 +1417,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     let mut tensors: Vec<WeightsEntry> = vec![
         (
             "embeddings".into(),
-            table.file_bytes(args.embedding_bits),
+            table.rows.file_bytes().to_vec(),
             dtype,
             vec![raw.len(), columns],
         ),
@@ -1447,7 +1447,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         tensors.extend([
             (
                 "word_embeddings".to_string(),
-                super::rows_file_bytes(&table.words.rows, args.embedding_bits),
+                table.words.rows.file_bytes().to_vec(),
                 dtype,
                 vec![word_pieces.len(), columns],
             ),
