@@ -8,7 +8,7 @@
 //! over the tokens weighs them against each other instead, and it errs on other prompts than the
 //! heads do: on everyday prompts their mixture beats either alone (`eval/router-development.md`).
 
-use super::softmax;
+use super::{softmax, Values};
 
 /// A multinomial logistic regression over a prompt's TF-IDF bag of tokens
 /// ([`super::ComplexityLexicon::bag`], with the model's `token_idf`, which the complexity lexicon
@@ -17,7 +17,7 @@ use super::softmax;
 pub struct BagModel {
     pub labels: usize,
     /// `[vocab, labels]`, row-major.
-    pub rows: Vec<f32>,
+    pub rows: Values,
     /// One per label.
     pub bias: Vec<f32>,
 }
@@ -31,7 +31,7 @@ impl BagModel {
         z.resize(n, 0.0);
         for &(t, v) in tfidf {
             let at = t as usize * n;
-            if let Some(row) = self.rows.get(at..at + n) {
+            if let Some(row) = self.rows.row(at, n) {
                 for (zz, w) in z.iter_mut().zip(row) {
                     *zz += v * w;
                 }
@@ -244,7 +244,7 @@ mod tests {
         let (w, b) = fit(&examples, 4, 3, opts());
         let model = BagModel {
             labels: 3,
-            rows: w.iter().map(|x| *x as f32).collect(),
+            rows: w.iter().map(|x| *x as f32).collect::<Vec<f32>>().into(),
             bias: b.iter().map(|x| *x as f32).collect(),
         };
         for k in 0..3u32 {
@@ -323,7 +323,7 @@ mod tests {
     fn an_empty_bag_or_unknown_tokens_give_the_biases_alone() {
         let model = BagModel {
             labels: 2,
-            rows: vec![5.0, -5.0, 9.0, -9.0],
+            rows: vec![5.0, -5.0, 9.0, -9.0].into(),
             bias: vec![0.0, 0.0],
         };
         // Token 1 has no idf, so the TF-IDF bag leaves it out, and token 7 is outside the

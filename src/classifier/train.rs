@@ -2071,7 +2071,10 @@ impl LexiconCounts {
             let mean = l.iter().sum::<f64>() / n as f64;
             rows.extend(l.iter().map(|x| half::f16::from_f64(x - mean).to_f32()));
         }
-        super::Lexicon { labels: n, rows }
+        super::Lexicon {
+            labels: n,
+            rows: rows.into(),
+        }
     }
 }
 
@@ -2118,7 +2121,7 @@ fn add_lexicon(
     let all = counts.table(None, args.lexicon_alpha);
     (
         of.name().into(),
-        f16_le_bytes(&all.rows),
+        f16_le_bytes(&all.rows.to_vec()),
         safetensors::Dtype::F16,
         vec![vocab, of.labels().len()],
     )
@@ -2627,11 +2630,11 @@ fn complexity_features(
                 super::ComplexityLexicon {
                     families: 1,
                     idf: idf.to_vec(),
-                    rows: f16(&w[..vocab]),
+                    rows: f16(&w[..vocab]).into(),
                     wide: wide.then(|| super::WideLexicon {
                         bits: PAIR_BITS,
                         idf: pair_idf.clone(),
-                        rows: f16(&w[vocab..surface_at]),
+                        rows: f16(&w[vocab..surface_at]).into(),
                         surface: surface_w,
                     }),
                 }
@@ -2658,11 +2661,11 @@ fn complexity_features(
             });
             let full = fit(&|_| true);
             for (t, w) in full.rows.iter().enumerate() {
-                table[t * k + j] = *w;
+                table[t * k + j] = w;
             }
             if let Some(w) = &full.wide {
                 for (b, v) in w.rows.iter().enumerate() {
-                    pair_table[b * k + j] = *v;
+                    pair_table[b * k + j] = v;
                 }
                 surface_table[j * (EXTRA_FEATURES + 1)..(j + 1) * (EXTRA_FEATURES + 1)]
                     .copy_from_slice(&w.surface);
@@ -3734,7 +3737,9 @@ mod tests {
         ids[0].push(3);
         let counts = LexiconCounts::new(LexiconOf::Domain, &train, &ids, 5, 1.0);
         let legal = DOMAINS.iter().position(|d| *d == "legal").unwrap();
-        let row = |l: &crate::classifier::Lexicon, t: usize| l.rows[t * 4..t * 4 + 4].to_vec();
+        let row = |l: &crate::classifier::Lexicon, t: usize| -> Vec<f32> {
+            l.rows.row(t * 4, 4).unwrap().collect()
+        };
         let all = counts.table(None, 0.1);
         let r = row(&all, 3);
         assert!((0..4).all(|d| d == legal || r[legal] > r[d]), "{r:?}");
@@ -3745,6 +3750,7 @@ mod tests {
         // Rows are centred.
         assert!(all
             .rows
+            .to_vec()
             .chunks(4)
             .all(|r| r.iter().sum::<f32>().abs() < 1e-2));
     }
@@ -3769,10 +3775,11 @@ mod tests {
         let table = LexiconCounts::new(LexiconOf::Intent, &train, &ids, 5, 1.0).table(None, 0.1);
         assert_eq!((table.labels, table.rows.len()), (n, 5 * n));
         let math = INTENTS.iter().position(|i| *i == "math").unwrap();
-        let r = &table.rows[3 * n..4 * n];
+        let rows = table.rows.to_vec();
+        let r = &rows[3 * n..4 * n];
         assert!((0..n).all(|i| i == math || r[math] > r[i]), "{r:?}");
         // Token 1 is in every prompt: it favours no intent.
-        let r1 = &table.rows[n..2 * n];
+        let r1 = &rows[n..2 * n];
         assert!(r1.iter().all(|x| x.abs() < 1e-2), "{r1:?}");
     }
 
@@ -4275,10 +4282,7 @@ mod tests {
         crate::classifier::ComplexityLexicon {
             families,
             idf: idf.to_vec(),
-            rows: bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            rows: crate::classifier::Values::F16(bytes::Bytes::copy_from_slice(bytes)),
             wide: None,
         }
     }
@@ -4339,7 +4343,7 @@ mod tests {
         // Calibrated to the cheap model's errors: near 0.8 and 0.2, in that order.
         assert!(hard > 0.6 && easy < 0.4 && hard > easy, "{hard} {easy}");
         // MMLU's token carries no weight for this pair.
-        assert_eq!(table.rows[4], 0.0);
+        assert_eq!(table.rows.get(4), Some(0.0));
         let mut none = test_args();
         none.complexity_lexicon.clear();
         none.complexity_pairs = vec!["llmrouter".into()];
@@ -4417,12 +4421,12 @@ mod tests {
         let idf = token_idf(&ids, 8);
         assert_eq!(idf[5], 0.0);
         let table = narrow_lexicon(2, &idf, &entries[0].1);
-        assert_eq!(table.rows[5 * 2], 0.0);
+        assert_eq!(table.rows.get(5 * 2), Some(0.0));
         let outcome = |i: usize| cfeats[i][EXTRA_FEATURES + 1];
         let level = |i: usize| cfeats[i][EXTRA_FEATURES + 2];
         // The full fit learned token 7 from prompts 0 and 5, but their own scores come from the
         // fold that left both out: lower than the full table gives them.
-        assert!(table.rows[7 * 2] > 0.0);
+        assert!(table.rows.get(7 * 2).unwrap() > 0.0);
         let mut full = Vec::new();
         table.features_into(&ids[0], &[0.0; EXTRA_FEATURES], &mut full);
         assert!(outcome(0) < full[0] - 0.01, "{} vs {}", outcome(0), full[0]);
