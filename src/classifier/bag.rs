@@ -29,9 +29,10 @@ impl BagModel {
         let n = self.labels;
         let mut z = self.bias.clone();
         z.resize(n, 0.0);
+        let mut buf = Vec::with_capacity(n);
         for &(t, v) in tfidf {
             let at = t as usize * n;
-            if let Some(row) = self.rows.row(at, n) {
+            if let Some(row) = self.rows.row_in(at, n, &mut buf) {
                 for (zz, w) in z.iter_mut().zip(row) {
                     *zz += v * w;
                 }

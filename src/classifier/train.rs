@@ -3738,7 +3738,7 @@ mod tests {
         let counts = LexiconCounts::new(LexiconOf::Domain, &train, &ids, 5, 1.0);
         let legal = DOMAINS.iter().position(|d| *d == "legal").unwrap();
         let row = |l: &crate::classifier::Lexicon, t: usize| -> Vec<f32> {
-            l.rows.row(t * 4, 4).unwrap().collect()
+            l.rows.to_vec()[t * 4..t * 4 + 4].to_vec()
         };
         let all = counts.table(None, 0.1);
         let r = row(&all, 3);
