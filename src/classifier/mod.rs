@@ -1027,8 +1027,7 @@ impl QuantRows {
             return false;
         };
         if self.packed {
-            // Unpacked a block at a time into a buffer, so that the sum vectorises as it does
-            // over a row of bytes.
+            // Unpacked a block at a time into a buffer, then summed as a row of bytes is.
             const BLOCK: usize = 64;
             let mut values = [0i8; 2 * BLOCK];
             for (block, out) in bytes.chunks(BLOCK).zip(out.chunks_mut(2 * BLOCK)) {
@@ -1175,25 +1174,6 @@ impl From<Vec<f32>> for Values {
     }
 }
 
-/// A [`Values`]' values, in order.
-pub enum ValuesIter<'a> {
-    F32(std::slice::Iter<'a, f32>),
-    F16(std::slice::ChunksExact<'a, u8>),
-}
-
-impl Iterator for ValuesIter<'_> {
-    type Item = f32;
-
-    fn next(&mut self) -> Option<f32> {
-        match self {
-            ValuesIter::F32(it) => it.next().copied(),
-            ValuesIter::F16(it) => it
-                .next()
-                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-        }
-    }
-}
-
 /// An f16's bits as f32, exactly (zeros, subnormals, infinities and NaNs included), in a few
 /// integer operations the compiler inlines: `half`'s conversion checks the CPU's features on
 /// every call, which costs more than the lexicons' sums it feeds.
@@ -1211,6 +1191,12 @@ fn f16_to_f32(h: u16) -> f32 {
         o = (f32::from_bits(o) - f32::from_bits(113 << 23)).to_bits();
     }
     f32::from_bits(o | u32::from(h & 0x8000) << 16)
+}
+
+/// The f16 in a value's two little-endian bytes, as f32.
+#[inline]
+fn f16_le(b: &[u8]) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
 impl Values {
@@ -1235,11 +1221,7 @@ impl Values {
             Values::F16(b) => {
                 let bytes = b.get(2 * at..2 * (at + n))?;
                 buf.clear();
-                buf.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-                );
+                buf.extend(bytes.chunks_exact(2).map(f16_le));
                 Some(buf)
             }
         }
@@ -1248,22 +1230,15 @@ impl Values {
     pub fn get(&self, i: usize) -> Option<f32> {
         match self {
             Values::F32(v) => v.get(i).copied(),
-            Values::F16(b) => b
-                .get(2 * i..2 * i + 2)
-                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-        }
-    }
-
-    /// Every value, in order.
-    pub fn iter(&self) -> ValuesIter<'_> {
-        match self {
-            Values::F32(v) => ValuesIter::F32(v.iter()),
-            Values::F16(b) => ValuesIter::F16(b.chunks_exact(2)),
+            Values::F16(b) => b.get(2 * i..2 * i + 2).map(f16_le),
         }
     }
 
     pub fn to_vec(&self) -> Vec<f32> {
-        self.iter().collect()
+        match self {
+            Values::F32(v) => v.clone(),
+            Values::F16(b) => b.chunks_exact(2).map(f16_le).collect(),
+        }
     }
 }
 
@@ -1711,8 +1686,8 @@ fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Hea
 }
 
 impl Classifier {
-    /// Loads a model from its three files' contents. The token table's rows stay in
-    /// `weights`' bytes.
+    /// Loads a model from its three files' contents. The token rows and the f16 tables stay
+    /// in `weights`' bytes ([`QuantRows`], [`Values`]).
     pub fn from_parts(
         config_json: &[u8],
         vocab: &str,

@@ -2660,11 +2660,11 @@ fn complexity_features(
                 length_spearman: metrics::spearman(&column(&|i| surface(i)[0]), &y),
             });
             let full = fit(&|_| true);
-            for (t, w) in full.rows.iter().enumerate() {
+            for (t, w) in full.rows.to_vec().into_iter().enumerate() {
                 table[t * k + j] = w;
             }
             if let Some(w) = &full.wide {
-                for (b, v) in w.rows.iter().enumerate() {
+                for (b, v) in w.rows.to_vec().into_iter().enumerate() {
                     pair_table[b * k + j] = v;
                 }
                 surface_table[j * (EXTRA_FEATURES + 1)..(j + 1) * (EXTRA_FEATURES + 1)]
