@@ -1010,7 +1010,8 @@ impl QuantRows {
         self.bytes.get(r * width..(r + 1) * width)
     }
 
-    /// Row `r`'s values.
+    /// Row `r`'s values (for tests: a pool reads the bytes in place).
+    #[cfg(test)]
     pub fn row(&self, r: usize) -> Option<Vec<i8>> {
         let bytes = self.row_file_bytes(r)?;
         Some(if self.packed {
@@ -1504,10 +1505,7 @@ fn tensor_f32(
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        safetensors::Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        safetensors::Dtype::F16 => data.chunks_exact(2).map(f16_le).collect(),
         other => {
             return Err(load_err(
                 path,
