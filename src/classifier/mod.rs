@@ -2266,9 +2266,13 @@ impl Classifier {
             .collect()
     }
 
-    /// The domain probabilities alone.
+    /// The domain probabilities alone (every domain equally likely for a text with no tokens,
+    /// as [`Classifier::classify`] gives them).
     pub fn domain_scores(&self, text: &str) -> Vec<(String, f32)> {
         let ids = self.tokens(text);
+        if ids.is_empty() {
+            return uniform(&self.config.domain_labels);
+        }
         let (f, bag) = self.features_and_bag(&ids, text);
         self.domain_of(&f, &bag, &mut Vec::new(), &mut Vec::new())
     }
@@ -2305,6 +2309,9 @@ impl Classifier {
     /// left empty (a chat's last turn alone, whose domain [`pool_readings`] does not read).
     fn read(&self, text: &str, domain: bool) -> Scores {
         let ids = self.tokens(text);
+        if ids.is_empty() {
+            return self.no_text(domain);
+        }
         let (f, bag) = self.features_and_bag(&ids, text);
         let mut hidden = Vec::with_capacity(self.config.hidden);
         let mut out = Vec::with_capacity(16);
@@ -2355,6 +2362,50 @@ impl Classifier {
         }
     }
 
+    /// The scores of a text with no tokens (empty, only whitespace, or an image-only message):
+    /// no evidence for any label. Every label is equally likely; the reported intent is the
+    /// first label (`chat` in the default model) and the domain `general`, complexity 0. The
+    /// heads' output for an all-zero input is their training mix's bias (legal at 0.98 for the
+    /// default model), not a reading of the prompt. `tokens` is 0, which the policy and the
+    /// domain check read as "nothing to classify".
+    fn no_text(&self, domain: bool) -> Scores {
+        let intent_scores = uniform(&self.config.intent_labels);
+        let domain_scores = if domain {
+            uniform(&self.config.domain_labels)
+        } else {
+            Vec::new()
+        };
+        let labels = &self.config.domain_labels;
+        let domain = if domain_scores.is_empty() {
+            None
+        } else {
+            labels.iter().find(|l| *l == GENERAL).or(labels.first())
+        };
+        Scores {
+            intent: self
+                .config
+                .intent_labels
+                .first()
+                .cloned()
+                .unwrap_or_default(),
+            intent_scores,
+            domain: domain.cloned().unwrap_or_default(),
+            domain_scores,
+            complexity: 0.0,
+            complexity_pairs: self
+                .config
+                .complexity_pairs
+                .iter()
+                .map(|p| (p.name.clone(), 0.0))
+                .collect(),
+            complexity_pair: self
+                .complexity_pair
+                .map(|j| self.config.complexity_pairs[j].name.clone()),
+            tokens: 0,
+            unchecked_domain: None,
+        }
+    }
+
     /// The scores of a chat, its domain checked by the second model when it needs it (that
     /// model reads the whole text).
     pub fn classify_chat(&self, chat: &ChatText) -> Scores {
@@ -2393,7 +2444,12 @@ impl Classifier {
         if !chat.has_context() {
             return whole;
         }
-        pool_readings(whole, &self.read(chat.last_turn(), false))
+        let last = self.read(chat.last_turn(), false);
+        if last.tokens == 0 {
+            // An empty last turn (or an image alone) says nothing; the chat before it does.
+            return whole;
+        }
+        pool_readings(whole, &last)
     }
 
     /// Each recorded pair's complexity for a prompt's ids and TF-IDF bag, and the head's logit
@@ -2421,7 +2477,7 @@ impl Classifier {
                 .iter()
                 .find(|(l, _)| l == GENERAL)
                 .map_or(0.0, |(_, p)| *p);
-            general < check.below && s.unchecked_domain.is_none()
+            general < check.below && s.unchecked_domain.is_none() && s.tokens > 0
         })
     }
 
@@ -2530,6 +2586,12 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
         tokens: whole.tokens,
         unchecked_domain: None,
     }
+}
+
+/// Every label equally likely.
+fn uniform(labels: &[String]) -> Vec<(String, f32)> {
+    let p = 1.0 / labels.len().max(1) as f32;
+    labels.iter().map(|l| (l.clone(), p)).collect()
 }
 
 /// The label with the highest probability.
@@ -3859,15 +3921,20 @@ mod tests {
         assert!(lo <= pooled.complexity && pooled.complexity <= hi);
     }
 
+    /// The committed model with itself as its second model, checking every prompt not surely
+    /// general.
+    fn self_checked_model() -> Classifier {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
+        Classifier::load(dir)
+            .unwrap()
+            .with_domain_check_from(dir, 1.0)
+            .unwrap()
+    }
+
     /// A domain check reads what the chat reading read: the last turn alone, or the whole.
     #[test]
     fn a_domain_check_reads_a_chat_as_the_model_did() {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/router"));
-        // The same model as its own second model, checking every prompt not surely general.
-        let m = Classifier::load(dir)
-            .unwrap()
-            .with_domain_check_from(dir, 1.0)
-            .unwrap();
+        let m = self_checked_model();
         let chat = chat_text(&[
             turn(
                 "user",
@@ -3887,5 +3954,45 @@ mod tests {
             assert!(s.domain_checked(), "{reading:?}");
             assert_eq!(s.domain_scores, m.domain_scores(text), "{reading:?}");
         }
+    }
+
+    /// A text with no tokens is no evidence: every label equally likely, the first intent and
+    /// `general`, complexity 0, nothing for a domain check to re-score. Not the heads' bias for
+    /// an all-zero input, which reads legal.
+    #[test]
+    fn a_text_with_no_tokens_is_no_evidence() {
+        let m = self_checked_model();
+        for text in ["", "   ", "\n\t\n"] {
+            let s = m.classify(text);
+            assert_eq!(s.tokens, 0, "{text:?}");
+            assert_eq!(s.intent, "chat");
+            assert_eq!(s.domain, GENERAL);
+            assert!(!s.domain_checked(), "{text:?}");
+            assert_eq!(s.complexity, 0.0);
+            assert!(s.complexity_pairs.iter().all(|(_, p)| *p == 0.0));
+            let n = m.config.intent_labels.len() as f32;
+            assert!(s.intent_scores.iter().all(|(_, p)| *p == 1.0 / n));
+            assert!(s.domain_scores.iter().all(|(_, p)| *p == 0.25));
+            assert_eq!(m.domain_scores(text), s.domain_scores);
+        }
+        // The heads' own reading of an empty input, for contrast.
+        let (f, bag) = m.features_and_bag(&[], "");
+        let heads = m.domain_of(&f, &bag, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(best_label(&heads), "legal");
+        // An empty last turn leaves the chat to the turns before it, read whole.
+        let chat = chat_text(&[
+            turn(
+                "user",
+                "can my landlord keep my deposit for a stain on the carpet?",
+            ),
+            turn("assistant", "It depends on the tenancy agreement."),
+            turn("user", ""),
+        ]);
+        let s = m.classify_chat_unchecked(&chat);
+        assert_eq!(
+            s.intent_scores,
+            m.classify_unchecked(&chat.text).intent_scores
+        );
+        assert_eq!(s.domain, "legal");
     }
 }

@@ -146,6 +146,10 @@ impl Policy {
 
     /// The tier for a prompt's scores, and why, e.g. `("reasoning", "complexity 0.81 > 0.50")`.
     pub fn tier_for_scores(&self, s: &Scores, threshold: Option<f64>) -> (String, String) {
+        // Nothing was read (an empty or image-only message): no score says anything.
+        if s.tokens == 0 {
+            return (self.default_tier.clone(), "no text to classify".to_string());
+        }
         // A domain with a tier of its own whose probability falls short: the reason says so,
         // so that `x-switchyard-domain: legal` beside a complexity decision is not a puzzle.
         let mut short = String::new();
@@ -301,5 +305,13 @@ targets = [{ provider = "p", model = "lawyer" }]
             decide(&scores("medical", 0.55, 0.2)),
             ("cheap".into(), "complexity 0.20 <= 0.50".into())
         );
+        // Nothing read: the default tier, whatever the scores say, and a threshold of 0 too.
+        let empty = Scores {
+            tokens: 0,
+            ..scores("legal", 0.98, 0.9)
+        };
+        let nothing = ("cheap".to_string(), "no text to classify".to_string());
+        assert_eq!(decide(&empty), nothing);
+        assert_eq!(policy.tier_for_scores(&empty, Some(0.0)), nothing);
     }
 }

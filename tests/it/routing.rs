@@ -304,3 +304,35 @@ targets = [{{ provider = "c", model = "small" }}]
     assert_eq!(r.header("x-switchyard-domain"), "legal");
     assert!(r.header("x-switchyard-domain-checked").is_empty());
 }
+
+/// A request with no text for the classifier to read (an empty message, only whitespace, or
+/// only an image) carries no evidence of intent, domain or difficulty: it takes the default
+/// tier, and the policy header says why. Before, the model's bias for an empty input read
+/// such a request as legal at 0.98 and sent it to the legal tier.
+#[tokio::test]
+async fn a_request_with_no_text_takes_the_default_tier() {
+    let (h, _sims) = setup().await;
+    let image = json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]);
+    for content in [json!(""), json!("  \n\t "), image] {
+        let body =
+            json!({"model": "switchyard", "messages": [{"role": "user", "content": content}]});
+        let r = h.post(&body).await;
+        assert_eq!(r.status, 200, "{content}: {:?}", r.body);
+        assert_eq!(r.header("x-switchyard-tier"), "cheap", "{content}");
+        assert_eq!(r.header("x-switchyard-domain"), "general", "{content}");
+        assert_eq!(
+            r.header("x-switchyard-policy"),
+            "no text to classify",
+            "{content}"
+        );
+    }
+    // An empty last turn after a conversation is read by the conversation.
+    let body = json!({"model": "switchyard", "messages": [
+        {"role": "user", "content": "Can my landlord keep my deposit for a stain on the carpet?"},
+        {"role": "assistant", "content": "It depends on your tenancy agreement."},
+        {"role": "user", "content": ""},
+    ]});
+    let r = h.post(&body).await;
+    assert_eq!(r.header("x-switchyard-domain"), "legal");
+    assert_eq!(r.header("x-switchyard-tier"), "legal");
+}
