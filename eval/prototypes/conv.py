@@ -13,7 +13,7 @@ same data with JAX, from the committed model's own token rows (frozen):
   neighbouring tokens help without the rows, as a pair bag in the model would.
 
 Each is scored on the project's hand-written evaluation prompts (eval/prompts/*.jsonl, the ones
-with a `prompt`; conversations are left out), alone and pooled with the committed model's own
+with a `prompt`; conversations and the sets named in eval/prompts/SEALED are left out), alone and pooled with the committed model's own
 probabilities as its bags are pooled (p ∝ model^(1 − w) · prototype^w). The pool arm is the
 control: any second model pooled in moves the figures; the conv arm's gain over it is what the
 convolution adds. Run through scripts/prototype-conv, which installs what this needs.
@@ -83,8 +83,14 @@ def training_rows(data_dir, task, labels, cap, handwritten_weight):
 
 
 def evaluation_rows(prompts_dir, task, labels):
+    """The labelled prompts of the evaluation sets, less the sets named in SEALED (scored once,
+    after the change they are sealed for; scripts/eval-reports skips them alike)."""
+    with open(f"{prompts_dir}/SEALED") as f:
+        sealed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
     out = []
     for path in sorted(glob.glob(f"{prompts_dir}/*.jsonl")):
+        if path.split("/")[-1] in sealed:
+            continue
         for r in read_jsonl(path):
             if r.get("prompt") is not None and r.get(task) in labels:
                 out.append((r["prompt"], labels.index(r[task]), path.split("/")[-1]))
