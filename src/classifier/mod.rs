@@ -2354,9 +2354,7 @@ impl Classifier {
             domain_scores,
             complexity,
             complexity_pairs,
-            complexity_pair: self
-                .complexity_pair
-                .map(|j| self.config.complexity_pairs[j].name.clone()),
+            complexity_pair: self.complexity_pair_name(),
             tokens: ids.len(),
             unchecked_domain: None,
         }
@@ -2369,27 +2367,18 @@ impl Classifier {
     /// default model), not a reading of the prompt. `tokens` is 0, which the policy and the
     /// domain check read as "nothing to classify".
     fn no_text(&self, domain: bool) -> Scores {
-        let intent_scores = uniform(&self.config.intent_labels);
-        let domain_scores = if domain {
-            uniform(&self.config.domain_labels)
-        } else {
-            Vec::new()
-        };
         let labels = &self.config.domain_labels;
-        let domain = if domain_scores.is_empty() {
-            None
+        let (domain, domain_scores) = if domain {
+            let general = labels.iter().find(|l| *l == GENERAL).or(labels.first());
+            (general.cloned().unwrap_or_default(), uniform(labels))
         } else {
-            labels.iter().find(|l| *l == GENERAL).or(labels.first())
+            (String::new(), Vec::new())
         };
+        let intents = &self.config.intent_labels;
         Scores {
-            intent: self
-                .config
-                .intent_labels
-                .first()
-                .cloned()
-                .unwrap_or_default(),
-            intent_scores,
-            domain: domain.cloned().unwrap_or_default(),
+            intent: intents.first().cloned().unwrap_or_default(),
+            intent_scores: uniform(intents),
+            domain,
             domain_scores,
             complexity: 0.0,
             complexity_pairs: self
@@ -2398,9 +2387,7 @@ impl Classifier {
                 .iter()
                 .map(|p| (p.name.clone(), 0.0))
                 .collect(),
-            complexity_pair: self
-                .complexity_pair
-                .map(|j| self.config.complexity_pairs[j].name.clone()),
+            complexity_pair: self.complexity_pair_name(),
             tokens: 0,
             unchecked_domain: None,
         }
@@ -2450,6 +2437,12 @@ impl Classifier {
             return whole;
         }
         pool_readings(whole, &last)
+    }
+
+    /// The name of the recorded pair whose score is the reported complexity, if any.
+    fn complexity_pair_name(&self) -> Option<String> {
+        self.complexity_pair
+            .map(|j| self.config.complexity_pairs[j].name.clone())
     }
 
     /// Each recorded pair's complexity for a prompt's ids and TF-IDF bag, and the head's logit
