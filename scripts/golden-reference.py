@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """An independent reference for the router model: pure Python (standard library only) reads
-models/router, tokenises with its own BERT BasicTokenizer + WordPiece, pools, runs the heads, and
+models/router, tokenises with its own BERT BasicTokenizer + WordPiece, pools, runs the heads and the window, and
 prints the scores the Rust classifier must reproduce. Regenerate the committed golden file with
   python3 scripts/golden-reference.py > tests/golden/router.json
 """
@@ -252,6 +252,34 @@ def main():
             floor = 1e-12
             return softmax([(1 - weight) * math.log(max(h, floor)) + weight * math.log(max(q, floor)) for h, q in zip(heads, probs)])
 
+        def pool_window(probs):
+            # The window: each filter's response at each place is the token before's "before"
+            # tap, the token's own "centre" tap (the filter's bias folded in) and the token
+            # after's "after" tap, each int8 times its token's scale (a missing neighbour adds
+            # nothing); its ReLU, max-pooled over the prompt (0 if it never fires), joins the
+            # heads' inputs f in the head "window", whose probabilities are pooled with the
+            # intent as p ~ intent^(1 - w) * window^w.
+            weight = cfg.get("intent_window", 0.0)
+            if not weight:
+                return probs
+            F = cfg["window_filters"]
+            taps, (_, n) = w["window_taps"]
+            sc = w["window_scales"][0]
+
+            def tap(i, k):
+                return [sc[i] * t for t in taps[i * n + k * F:i * n + (k + 1) * F]]
+            best = [0.0] * F
+            for at, i in enumerate(ids):
+                h = tap(i, 1)
+                if at > 0:
+                    h = [a + b for a, b in zip(h, tap(ids[at - 1], 0))]
+                if at + 1 < len(ids):
+                    h = [a + b for a, b in zip(h, tap(ids[at + 1], 2))]
+                best = [max(a, b) for a, b in zip(best, h)]
+            q = softmax(head("window", f + best))
+            floor = 1e-12
+            return softmax([(1 - weight) * math.log(max(a, floor)) + weight * math.log(max(b, floor)) for a, b in zip(probs, q)])
+
         # Each recorded pair's complexity: the same TF-IDF bag (token_idf) times the pair's
         # column of pair_lexicon, Platt-scaled with the pair's calibration to a logit, then pooled
         # with the head's logit z (experts included) with the pair's weight.
@@ -278,8 +306,9 @@ def main():
         results.append({
             "prompt": p,
             "token_ids": ids,
-            # The complexity above read the heads' intent; the reported one is pooled with the bag.
-            "intent": dict(zip(cfg["intent_labels"], pool_bag("intent_bag", intent))),
+            # The complexity above read the heads' intent; the reported one is pooled with the
+            # bag, then with the window.
+            "intent": dict(zip(cfg["intent_labels"], pool_window(pool_bag("intent_bag", intent)))),
             "domain": dict(zip(cfg["domain_labels"], offset(pool_bag("domain_bag", mean_of_members("domain"))))),
             "complexity": 1 / (1 + math.exp(-z)),
             "complexity_pairs": pair_scores,

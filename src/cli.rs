@@ -13,6 +13,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `train`'s flags make its variant the largest by far; the command is parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the router with a config file (the main job).
@@ -94,6 +96,19 @@ pub enum Command {
         /// probabilities. 0: no bag.
         #[arg(long, default_value_t = 0.5)]
         domain_bag: f32,
+        /// Filters of the window: an intent head that also reads a convolution of width three
+        /// over the prompt's token rows (each filter's strongest response), so that it sees
+        /// neighbouring tokens together; its probabilities are pooled with the intent's after
+        /// the bag (--intent-window). 0: no window.
+        #[arg(long, default_value_t = 64)]
+        window_filters: usize,
+        /// The window's weight in the intent the model reports, 0..1 (p ∝ intent^(1 - w) ·
+        /// window^w).
+        #[arg(long, default_value_t = 0.25, value_parser = unit_interval)]
+        intent_window: f32,
+        /// Epochs of the window's training.
+        #[arg(long, default_value_t = 8)]
+        window_epochs: usize,
         /// Offsets added to the log-probability of domains in the domain the model reports,
         /// comma-separated LABEL=OFFSET ("none" for none): legal=1 multiplies the odds of legal
         /// against every other domain by e. The default was chosen on the hand-written

@@ -13,6 +13,7 @@ pub mod bag;
 pub mod encoder;
 mod kernel;
 pub mod train;
+pub mod window;
 pub mod wordpiece;
 
 use std::collections::HashMap;
@@ -99,6 +100,15 @@ pub struct ModelConfig {
     /// `domain_bag_bias`) pooled with the domain heads' mean. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub domain_bag: f32,
+    /// The weight of the window ([`window::Window`]: `window_taps`, `window_scales` and the head
+    /// `window`) in the reported intent, pooled after the bag as the bag is pooled with the
+    /// heads: p ∝ intent^(1 − w) · window^w. 0: no window. Like the bag's, it moves the reported
+    /// intent only; the complexity head and the experts read the heads' mean.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub intent_window: f32,
+    /// The window's filters (0 when there is no window).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub window_filters: usize,
     /// Log-prior offsets added to the reported domain's log-probabilities (after the bag),
     /// by label: `{"legal": 1.0}` multiplies the odds of legal against every other domain by
     /// e. The heads learn their prior from a training mix of public sources and hand-written
@@ -495,6 +505,7 @@ pub struct Classifier {
     intent_lexicon: Option<Lexicon>,
     intent_bag: Option<bag::BagModel>,
     domain_bag: Option<bag::BagModel>,
+    window: Option<window::Window>,
     /// `config.domain_offsets` by label index.
     domain_offsets: Vec<(usize, f32)>,
     /// `token_idf` for the bags of a model without a complexity lexicon (empty otherwise: the
@@ -1683,6 +1694,77 @@ fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Hea
     })
 }
 
+/// The window of a model file ([`window::Window`]), when `intent_window` asks for one: `window_taps`
+/// (`I8`, `[vocab, TAPS · window_filters]`), `window_scales` (one per token) and the head
+/// `window`, which reads the heads' inputs and the filters.
+fn window_of(
+    config: &ModelConfig,
+    (st, blob): Weights<'_>,
+    origin: &str,
+    vocab: usize,
+) -> Result<Option<window::Window>, ModelError> {
+    let w = config.intent_window;
+    let config_path = format!("{origin}/config.json");
+    if w == 0.0 {
+        return Ok(None);
+    }
+    if !(0.0..=1.0).contains(&w) {
+        return Err(load_err(
+            config_path,
+            format!("intent_window: {w}, but it must be 0 to 1"),
+        ));
+    }
+    let filters = config.window_filters;
+    if filters == 0 {
+        return Err(load_err(
+            config_path,
+            "window_filters: 0, but intent_window asks for a window",
+        ));
+    }
+    if config.backbone_encoder.is_some() {
+        return Err(load_err(
+            config_path,
+            "intent_window: the window reads the static table's token rows, which a full-encoder backbone has not",
+        ));
+    }
+    let path = format!("{origin}/model.safetensors");
+    let taps = quantised_rows(
+        (st, blob),
+        "window_taps",
+        &path,
+        vocab,
+        window::TAPS * filters,
+        8,
+    )?;
+    let (scales, shape) = tensor_f32(st, "window_scales", &path)?;
+    if shape != [vocab] {
+        return Err(load_err(
+            &path,
+            format!("window_scales shape {shape:?} must have one value per token"),
+        ));
+    }
+    let head = head(st, "window", &path)?;
+    if head.inputs != config.inputs() + filters || head.outputs != config.intent_labels.len() {
+        return Err(load_err(
+            &path,
+            format!(
+                "head window reads {} inputs into {} labels, not the heads' {} inputs and {} filters into the {} intents",
+                head.inputs,
+                head.outputs,
+                config.inputs(),
+                filters,
+                config.intent_labels.len()
+            ),
+        ));
+    }
+    Ok(Some(window::Window {
+        filters,
+        taps,
+        scales,
+        head,
+    }))
+}
+
 impl Classifier {
     /// Loads a model from its three files' contents. The token rows and the f16 tables stay
     /// in `weights`' bytes ([`QuantRows`], [`Values`]).
@@ -1965,6 +2047,7 @@ impl Classifier {
         }
         let experts =
             resolve_experts(&config).map_err(|e| load_err(format!("{origin}/config.json"), e))?;
+        let window = window_of(&config, (&st, &weights), origin, tokenizer.vocab_size())?;
         Ok(Classifier {
             config,
             tokenizer,
@@ -1974,6 +2057,7 @@ impl Classifier {
             intent_lexicon,
             intent_bag,
             domain_bag,
+            window,
             domain_offsets,
             bag_idf,
             complexity_lexicon,
@@ -2341,12 +2425,20 @@ impl Classifier {
             Some(j) => complexity_pairs.get(j).map_or(0.0, |(_, p)| *p),
             None => 1.0 / (1.0 + (-z).exp()),
         };
-        let intent_scores = pool_bag(
+        let mut intent_scores = pool_bag(
             head_intent,
             self.intent_bag.as_ref(),
             self.config.intent_bag,
             &bag,
         );
+        if let Some(window) = &self.window {
+            let inputs = &f[..self.config.inputs().min(f.len())];
+            intent_scores = log_pool(
+                intent_scores,
+                &window.probs(inputs, &ids),
+                self.config.intent_window,
+            );
+        }
         Scores {
             intent: best_label(&intent_scores),
             domain: best_label(&domain_scores),
@@ -2914,6 +3006,22 @@ mod tests {
         assert!(err.contains("intent_lexicon shape"), "{err}");
     }
 
+    /// That `got` is the logarithmic pool of `a` and `b` with weight `w` on `b`, and sums to 1.
+    fn assert_log_pooled(got: &[(String, f32)], a: &[(String, f32)], b: &[f32], w: f32) {
+        let mut want: Vec<f32> = a
+            .iter()
+            .zip(b)
+            .map(|((_, p), q)| (1.0 - w) * p.max(MIN_PROB).ln() + w * q.max(MIN_PROB).ln())
+            .collect();
+        softmax(&mut want);
+        let probs: Vec<f32> = got.iter().map(|x| x.1).collect();
+        assert!(
+            probs.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{probs:?} against {want:?}"
+        );
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
     #[test]
     fn the_intent_bag_is_pooled_with_the_heads_logarithmically() {
         let m = model();
@@ -2929,24 +3037,84 @@ mod tests {
         config["intent_bag"] = 1.0.into();
         let bag = load_with(&config).unwrap().classify(text);
         let got = m.classify(text);
-        let w = m.config.intent_bag;
-        let mut want: Vec<f32> = heads
-            .intent_scores
-            .iter()
-            .zip(&bag.intent_scores)
-            .map(|((_, h), (_, b))| (1.0 - w) * h.max(MIN_PROB).ln() + w * b.max(MIN_PROB).ln())
-            .collect();
-        softmax(&mut want);
-        let probs: Vec<f32> = got.intent_scores.iter().map(|x| x.1).collect();
-        assert!(
-            probs.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
-            "{probs:?} against {want:?}"
+        let bag_probs: Vec<f32> = bag.intent_scores.iter().map(|x| x.1).collect();
+        assert_log_pooled(
+            &got.intent_scores,
+            &heads.intent_scores,
+            &bag_probs,
+            m.config.intent_bag,
         );
-        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert_ne!(heads.intent_scores, bag.intent_scores);
         // The complexity head and the experts read the heads' intent, whatever the bag says.
         assert_eq!(heads.complexity, got.complexity);
         assert_eq!(bag.complexity, got.complexity);
+    }
+
+    #[test]
+    fn the_window_is_pooled_with_the_intent_after_the_bag() {
+        let m = model();
+        assert!(
+            m.config.intent_window > 0.0,
+            "the default model has a window"
+        );
+        let text = "below is the thread from our group chat about the trip. which of the three \
+                    dates did most people actually say yes to? 'mike: 12th works' 'ana: not the \
+                    12th, the 19th' 'lee: 19th or 26th'";
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        // Weight 0: the heads and the bag alone; weight 1: the window alone.
+        config["intent_window"] = 0.0.into();
+        let before = load_with(&config).unwrap().classify(text);
+        config["intent_window"] = 1.0.into();
+        let alone = load_with(&config).unwrap().classify(text);
+        let window = m.window.as_ref().unwrap();
+        let (f, _) = m.features(text);
+        let q = window.probs(&f[..m.config.inputs()], &m.tokens(text));
+        let alone: Vec<f32> = alone.intent_scores.iter().map(|x| x.1).collect();
+        assert!(
+            alone.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{alone:?} against {q:?}"
+        );
+        let got = m.classify(text);
+        assert_log_pooled(
+            &got.intent_scores,
+            &before.intent_scores,
+            &q,
+            m.config.intent_window,
+        );
+        assert_ne!(before.intent_scores, got.intent_scores);
+        // The window moves the reported intent only.
+        assert_eq!(before.complexity, got.complexity);
+        assert_eq!(before.domain_scores, got.domain_scores);
+    }
+
+    #[test]
+    fn a_window_with_a_bad_weight_or_without_its_tables_is_refused() {
+        let m = model();
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["intent_window"] = 1.5.into();
+        assert!(load_error(&config).contains("intent_window: 1.5"));
+        let mut config = serde_json::to_value(&m.config).unwrap();
+        config["window_filters"] = 0.into();
+        assert!(load_error(&config).contains("window_filters: 0"));
+        config["window_filters"] = (m.config.window_filters + 1).into();
+        let err = load_error(&config);
+        assert!(err.contains("window_taps shape"), "{err}");
+        let bytes = default_model_file("model.safetensors");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for missing in ["window_taps", "window_scales", "window.w1"] {
+            let views: Vec<_> = st
+                .tensors()
+                .into_iter()
+                .filter(|(name, _)| name != missing)
+                .collect();
+            let weights = safetensors::serialize(views, None).unwrap();
+            let config = serde_json::to_value(&m.config).unwrap();
+            let err = match load_parts(&config, &weights) {
+                Ok(_) => panic!("a window without {missing} loaded"),
+                Err(e) => e,
+            };
+            assert!(err.contains(missing), "{err}");
+        }
     }
 
     #[test]

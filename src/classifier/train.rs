@@ -71,6 +71,11 @@ pub struct TrainArgs {
     pub intent_bag: f32,
     /// The weight of the domain bag in the reported domain (0: none).
     pub domain_bag: f32,
+    /// The window's filters ([`super::window`]; 0: no window).
+    pub window_filters: usize,
+    /// The window's weight in the reported intent.
+    pub intent_window: f32,
+    pub window_epochs: usize,
     /// Log-prior offsets of the reported domain, by label (`ModelConfig::domain_offsets`).
     pub domain_offsets: BTreeMap<String, f32>,
     /// Intent and domain heads to train from seeds `seed`, `seed + 1`, …, averaged by the model.
@@ -952,6 +957,247 @@ pub fn train_heads(
     })
 }
 
+/// How the window is trained ([`fit_window`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowOptions {
+    pub filters: usize,
+    pub hidden: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub handwritten_weight: f32,
+    pub dropout: f32,
+}
+
+/// Prompts in one step of the window's training, of like length so that padding stays small.
+const WINDOW_BATCH: usize = 64;
+
+/// Trains the window ([`super::window::Window`]) on the training prompts with an intent: a
+/// convolution of width three over their token rows (the table as stored, frozen), each filter
+/// max-pooled over the prompt, read with the heads' inputs `feats` by a head of one hidden
+/// layer. AdamW (learning rate 1e-3, weight decay 1e-4) on the cross-entropy, a hand-written
+/// prompt weighing `handwritten_weight`, input dropout as the heads have. Then tables each
+/// token's response in each filter at each of the three places, int8 with a scale per token,
+/// as the model reads them.
+pub fn fit_window(
+    rows: &[Example],
+    ids: &[Vec<u32>],
+    feats: &[Vec<f32>],
+    table: &super::StaticTable,
+    opts: WindowOptions,
+) -> anyhow::Result<super::window::Window> {
+    use super::window::TAPS;
+    let device = Device::Cpu;
+    let (d, f) = (table.dim, opts.filters);
+    let vocab = table.rows.len();
+    // The rows as the model reads them, and a row of zeros past the last: a missing neighbour.
+    let mut flat = vec![0f32; (vocab + 1) * d];
+    for (t, out) in flat.chunks_exact_mut(d).take(vocab).enumerate() {
+        table.rows.add_scaled(t, table.scales[t], out);
+    }
+    let token_rows = Tensor::from_vec(flat, (vocab + 1, d), &device)?;
+    let inputs = feats.first().map_or(0, Vec::len);
+    let x = Tensor::from_vec(
+        feats.iter().flatten().copied().collect::<Vec<f32>>(),
+        (feats.len(), inputs),
+        &device,
+    )?;
+    let mut labelled = Vec::new();
+    let mut origin = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(k) = r
+            .intent
+            .as_ref()
+            .and_then(|l| INTENTS.iter().position(|x| x == l))
+        {
+            labelled.push((i, k as u32));
+            origin.push(if r.handwritten {
+                opts.handwritten_weight
+            } else {
+                1.0
+            });
+        }
+    }
+    let mean = origin.iter().sum::<f32>() / origin.len().max(1) as f32;
+    let weight: Vec<f32> = origin.iter().map(|o| o / mean).collect();
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let taps = (0..TAPS)
+        .map(|k| vb.get((d, f), &format!("window.conv{k}")))
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let conv_bias = vb.get(f, "window.conv_bias")?;
+    let head = mlp(vb.pp("window"), inputs + f, opts.hidden, INTENTS.len())?;
+    seeded_init(&varmap, opts.seed, &device)?;
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut order: Vec<usize> = (0..labelled.len()).collect();
+    order.sort_by_key(|&j| ids[labelled[j].0].len());
+    let mut batches: Vec<&[usize]> = order.chunks(WINDOW_BATCH).collect();
+    let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x3d0f);
+    let start = std::time::Instant::now();
+    eprintln!(
+        "training the window ({} filters) over {} prompts",
+        opts.filters,
+        labelled.len()
+    );
+    let pb = progress(opts.epochs as u64, "training the window");
+    for _epoch in 0..opts.epochs {
+        rng.shuffle(&mut batches);
+        let mut last = 0.0f32;
+        for batch in &batches {
+            let b = batch.len();
+            let len = batch
+                .iter()
+                .map(|&j| ids[labelled[j].0].len())
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            // Each distinct token's row once; every place points into them, a missing
+            // neighbour or a padded place at the row of zeros (the last).
+            let mut local: HashMap<u32, u32> = HashMap::new();
+            let mut distinct = Vec::new();
+            let mut at = |t: u32| -> u32 {
+                *local.entry(t).or_insert_with(|| {
+                    distinct.push(t);
+                    distinct.len() as u32 - 1
+                })
+            };
+            let pad = at(vocab as u32);
+            let mut places = vec![vec![pad; b * len]; TAPS];
+            let mut mask = vec![0f32; b * len];
+            for (r, &j) in batch.iter().enumerate() {
+                let t = &ids[labelled[j].0];
+                for (i, &id) in t.iter().enumerate() {
+                    let p = r * len + i;
+                    let id = at(id.min(vocab as u32));
+                    places[1][p] = id;
+                    if i > 0 {
+                        places[2][p - 1] = id;
+                    }
+                    if i + 1 < t.len() {
+                        places[0][p + 1] = id;
+                    }
+                    mask[p] = 1.0;
+                }
+            }
+            let u = distinct.len();
+            let rows_b = token_rows.index_select(&Tensor::from_vec(distinct, u, &device)?, 0)?;
+            let mut h = conv_bias.broadcast_as((b * len, f))?.contiguous()?;
+            for (k, tap) in taps.iter().enumerate() {
+                let at = Tensor::from_vec(std::mem::take(&mut places[k]), b * len, &device)?;
+                h = (h + rows_b.matmul(tap)?.index_select(&at, 0)?)?;
+            }
+            let mask = Tensor::from_vec(mask, (b * len, 1), &device)?;
+            let pooled = h
+                .relu()?
+                .broadcast_mul(&mask)?
+                .reshape((b, len, f))?
+                .max(1)?;
+            let sel: Vec<u32> = batch.iter().map(|&j| labelled[j].0 as u32).collect();
+            let xb = x.index_select(&Tensor::from_vec(sel, b, &device)?, 0)?;
+            let xb = dropout(&Tensor::cat(&[&xb, &pooled], 1)?, opts.dropout, &mut rng)?;
+            let y: Vec<u32> = batch.iter().map(|&j| labelled[j].1).collect();
+            let w: Vec<f32> = batch.iter().map(|&j| weight[j]).collect();
+            let loss = weighted_nll(
+                &forward(&head, &xb)?,
+                &Tensor::from_vec(y, b, &device)?,
+                &Tensor::from_vec(w, b, &device)?,
+            )?;
+            opt.backward_step(&loss)?;
+            last = loss.to_scalar::<f32>()?;
+        }
+        pb.set_message(format!("training the window ({last:.3})"));
+        pb.inc(1);
+    }
+    pb.finish();
+    eprintln!("window trained in {:.1?}", start.elapsed());
+
+    // Every token's response at each place, the filters' bias folded into the centre's.
+    let all = token_rows.narrow(0, 0, vocab)?;
+    let responses = Tensor::cat(
+        &[
+            all.matmul(&taps[0])?,
+            all.matmul(&taps[1])?.broadcast_add(&conv_bias)?,
+            all.matmul(&taps[2])?,
+        ],
+        1,
+    )?
+    .flatten_all()?
+    .to_vec1::<f32>()?;
+    let (taps, scales) = super::quantise_rows(TAPS * f, &responses, 8);
+    let weights = |name: &str| -> anyhow::Result<Vec<f32>> {
+        Ok(head_layer(&varmap, name)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let head = super::Head {
+        w1: weights("window.l1.weight")?,
+        b1: weights("window.l1.bias")?,
+        w2: weights("window.l2.weight")?,
+        b2: weights("window.l2.bias")?,
+        inputs: inputs + f,
+        hidden: opts.hidden,
+        outputs: INTENTS.len(),
+    };
+    Ok(super::window::Window {
+        filters: f,
+        taps,
+        scales,
+        head,
+    })
+}
+
+/// Variable `name` of `varmap`.
+fn head_layer(varmap: &VarMap, name: &str) -> anyhow::Result<Tensor> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+    Ok(vars
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("missing {name}"))?
+        .as_tensor()
+        .clone())
+}
+
+/// The window's tensors, as [`super::Classifier`] loads them.
+fn window_tensors(w: &super::window::Window) -> Vec<WeightsEntry> {
+    let vocab = w.scales.len();
+    let h = &w.head;
+    let mut out = vec![
+        (
+            "window_taps".to_string(),
+            w.taps.file_bytes().to_vec(),
+            safetensors::Dtype::I8,
+            vec![vocab, super::window::TAPS * w.filters],
+        ),
+        (
+            "window_scales".into(),
+            f32_le_bytes(&w.scales),
+            safetensors::Dtype::F32,
+            vec![vocab],
+        ),
+    ];
+    for (name, v, shape) in [
+        ("w1", &h.w1, vec![h.hidden, h.inputs]),
+        ("b1", &h.b1, vec![h.hidden]),
+        ("w2", &h.w2, vec![h.outputs, h.hidden]),
+        ("b2", &h.b2, vec![h.outputs]),
+    ] {
+        out.push((
+            format!("window.{name}"),
+            f32_le_bytes(v),
+            safetensors::Dtype::F32,
+            shape,
+        ));
+    }
+    out
+}
+
 /// Fewer rows with recorded outcomes than this leave the complexity score uncalibrated.
 const MIN_CALIBRATION_ROWS: usize = 200;
 
@@ -1406,6 +1652,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
         complexity_features(args, &config, &train, &ids, &idf, &feats)?;
     let trained = train_heads(&train, &feats, &cfeats, HeadOptions::new(args))?;
     config.complexity_calibration = trained.complexity_calibration;
+    let window = if args.window_filters > 0 && args.intent_window > 0.0 {
+        let opts = WindowOptions {
+            filters: args.window_filters,
+            hidden: args.hidden,
+            epochs: args.window_epochs,
+            seed: args.seed,
+            handwritten_weight: args.handwritten_weight,
+            dropout: args.dropout,
+        };
+        config.intent_window = args.intent_window;
+        config.window_filters = args.window_filters;
+        window_tensors(&fit_window(&train, &ids, &feats, &table, opts)?)
+    } else {
+        Vec::new()
+    };
     let (efeats, topics) = add_topic_prior(args, &mut config, &train, &feats, cfeats)?;
     let (experts, expert_fits) = fit_experts(args, &config, &train, &efeats)?;
     config.complexity_experts = experts;
@@ -1471,6 +1732,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     tensors.extend(topics);
     tensors.extend(pair_tensors);
     tensors.extend(head_tensors(&trained));
+    tensors.extend(window);
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
         args.out.join("config.json"),
@@ -1907,6 +2169,8 @@ fn model_config(
         intent_lexicon: args.lexicon_alpha > 0.0 && args.intent_lexicon,
         intent_bag: args.intent_bag,
         domain_bag: args.domain_bag,
+        intent_window: 0.0,
+        window_filters: 0,
         domain_offsets: args.domain_offsets.clone(),
         complexity_lexicon: args.complexity_lexicon.clone(),
         complexity_wide: args.complexity_wide.clone(),
@@ -3225,6 +3489,20 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         )
     })
     .collect();
+    let window = if config.window_filters > 0 {
+        format!(
+            " The reported intent is last pooled with the window's, as p ∝ intent^(1 − w) · window^w with \
+             w = {}: a head like the intent heads that also reads a convolution over the prompt's token rows \
+             ({} filters, each over three neighbouring tokens, ReLU, max-pooled over the prompt), trained \
+             with AdamW on the rows as stored, frozen. A filter fires wherever its three tokens appear (\"sum up \
+             this\", \"tried it twice\"), which pooled vectors and per-token tables cannot see. Its response \
+             to each token at each of the three places is tabled after training (int8, a scale per token), so \
+             reading a prompt is three lookups and adds per token and filter.",
+            config.intent_window, config.window_filters
+        )
+    } else {
+        String::new()
+    };
     let offsets = if config.domain_offsets.is_empty() {
         String::new()
     } else {
@@ -3247,7 +3525,7 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
          (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
          {complexity_reads}, and is trained after the other two.{calibration}{expert} Intent and domain weigh each \
-         hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}{bags}{offsets}",
+         hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}{bags}{window}{offsets}",
         config.hidden,
         config.intent_labels.len(),
         config.domain_labels.join(", "),
@@ -3287,7 +3565,7 @@ pub fn model_card(
              reduced to {} dimensions by PCA and stored as int{bits} with a scale per token{packed}. A prompt's features are {} the \
              L2-normalised mean of its tokens' vectors weighted by rarity in the training prompts (a / (a + p), a = 1e-3; \
              the first {} and last {} tokens of a long prompt){}. {} Weights: `model.safetensors` (embeddings int{bits} with \
-             scales and token weights, heads f32); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
+             scales and token weights, heads f32{window}); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
             vocab_size,
             config.dim,
             SURFACE_TEXT,
@@ -3296,6 +3574,11 @@ pub fn model_card(
             edges_text(config.edges()),
             heads_text(config, args.handwritten_weight, args.dropout),
             bits = config.embedding_bits,
+            window = if config.window_filters > 0 {
+                ", the window's taps int8 with a scale per token"
+            } else {
+                ""
+            },
             packed = if config.embedding_bits == 4 {
                 ", two values packed in a byte"
             } else {
@@ -3378,6 +3661,15 @@ pub fn model_card(
     ));
     // Spelled out too: the flag's default is not the single head of older models.
     cmd.push_str(&format!(" --ensemble {}", config.ensemble));
+    // And the window: the flag's default is a window, which older models lack.
+    if config.window_filters == 0 {
+        cmd.push_str(" --window-filters 0");
+    } else {
+        cmd.push_str(&format!(
+            " --window-filters {} --intent-window {} --window-epochs {}",
+            config.window_filters, config.intent_window, args.window_epochs
+        ));
+    }
     // And this: older models were trained on the groups label, the flag's default is the pair.
     if let Some(label) = clap::ValueEnum::to_possible_value(&args.llmrouter_label) {
         cmd.push_str(&format!(" --llmrouter-label {}", label.get_name()));
@@ -3933,6 +4225,9 @@ mod tests {
             intent_lexicon: false,
             intent_bag: 0.0,
             domain_bag: 0.0,
+            window_filters: 0,
+            intent_window: 0.0,
+            window_epochs: 0,
             domain_offsets: Default::default(),
             ensemble: 1,
             complexity_lexicon: vec!["outcomes".into(), "levels".into()],
