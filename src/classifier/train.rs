@@ -43,6 +43,9 @@ pub const DEFAULT_DOMAIN_OFFSETS: &str = "legal=1,finance=0.5";
 /// One tensor of `model.safetensors` as written: its name, bytes, dtype and shape.
 type WeightsEntry = (String, Vec<u8>, safetensors::Dtype, Vec<usize>);
 
+/// A named f32 tensor and its shape, as training leaves it.
+type NamedTensor = (String, Vec<f32>, Vec<usize>);
+
 #[derive(Debug, Clone)]
 pub struct TrainArgs {
     /// The shared data directory (original formats).
@@ -407,7 +410,7 @@ pub fn hash_text(text: &str) -> String {
 
 /// Head weights for the three heads, as trained.
 pub struct Trained {
-    pub tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    pub tensors: Vec<NamedTensor>,
     /// [`ModelConfig::complexity_calibration`], when enough rows had recorded outcomes.
     pub complexity_calibration: Option<[f32; 2]>,
 }
@@ -933,28 +936,41 @@ pub fn train_heads(
     }
     for (member, (vars, names)) in maps.iter().enumerate() {
         for head in names.iter() {
-            for (ours, theirs) in [
-                ("w1", "l1.weight"),
-                ("b1", "l1.bias"),
-                ("w2", "l2.weight"),
-                ("b2", "l2.bias"),
-            ] {
-                let v = vars
-                    .get(&format!("{head}.{theirs}"))
-                    .ok_or_else(|| anyhow::anyhow!("missing {head}.{theirs}"))?;
-                let t = v.as_tensor();
-                tensors.push((
-                    format!("{}.{ours}", super::member_name(head, member)),
-                    t.flatten_all()?.to_vec1::<f32>()?,
-                    t.dims().to_vec(),
-                ));
-            }
+            tensors.extend(mlp_tensors(vars, head, &super::member_name(head, member))?);
         }
     }
     Ok(Trained {
         tensors,
         complexity_calibration,
     })
+}
+
+/// A trained [`mlp`]'s layers (`{var}.l1.weight` … in `vars`) as the model file names them,
+/// `{name}.w1`, `{name}.b1`, `{name}.w2` and `{name}.b2` ([`super::Head`]), with their shapes.
+fn mlp_tensors(
+    vars: &HashMap<String, candle_core::Var>,
+    var: &str,
+    name: &str,
+) -> anyhow::Result<Vec<NamedTensor>> {
+    [
+        ("w1", "l1.weight"),
+        ("b1", "l1.bias"),
+        ("w2", "l2.weight"),
+        ("b2", "l2.bias"),
+    ]
+    .iter()
+    .map(|(ours, theirs)| {
+        let t = vars
+            .get(&format!("{var}.{theirs}"))
+            .ok_or_else(|| anyhow::anyhow!("missing {var}.{theirs}"))?
+            .as_tensor();
+        Ok((
+            format!("{name}.{ours}"),
+            t.flatten_all()?.to_vec1::<f32>()?,
+            t.dims().to_vec(),
+        ))
+    })
+    .collect()
 }
 
 /// How the window is trained ([`fit_window`]).
@@ -984,7 +1000,7 @@ pub fn fit_window(
     feats: &[Vec<f32>],
     table: &super::StaticTable,
     opts: WindowOptions,
-) -> anyhow::Result<super::window::Window> {
+) -> anyhow::Result<TrainedWindow> {
     use super::window::TAPS;
     let device = Device::Cpu;
     let (d, f) = (table.dim, opts.filters);
@@ -1131,19 +1147,14 @@ pub fn fit_window(
     .flatten_all()?
     .to_vec1::<f32>()?;
     let (taps, scales) = super::quantise_rows(TAPS * f, &responses, 8);
-    let weights = |name: &str| -> anyhow::Result<Vec<f32>> {
-        Ok(head_layer(&varmap, name)?.flatten_all()?.to_vec1::<f32>()?)
+    let head = {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+        mlp_tensors(&vars, "window", "window")?
     };
-    let head = super::Head {
-        w1: weights("window.l1.weight")?,
-        b1: weights("window.l1.bias")?,
-        w2: weights("window.l2.weight")?,
-        b2: weights("window.l2.bias")?,
-        inputs: inputs + f,
-        hidden: opts.hidden,
-        outputs: INTENTS.len(),
-    };
-    Ok(super::window::Window {
+    Ok(TrainedWindow {
         filters: f,
         taps,
         scales,
@@ -1151,23 +1162,18 @@ pub fn fit_window(
     })
 }
 
-/// Variable `name` of `varmap`.
-fn head_layer(varmap: &VarMap, name: &str) -> anyhow::Result<Tensor> {
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
-    Ok(vars
-        .get(name)
-        .ok_or_else(|| anyhow::anyhow!("missing {name}"))?
-        .as_tensor()
-        .clone())
+/// What [`fit_window`] trained: the tables of [`super::window::Window`], and its head as
+/// [`mlp_tensors`].
+pub struct TrainedWindow {
+    pub filters: usize,
+    pub taps: super::QuantRows,
+    pub scales: Vec<f32>,
+    pub head: Vec<NamedTensor>,
 }
 
 /// The window's tensors, as [`super::Classifier`] loads them.
-fn window_tensors(w: &super::window::Window) -> Vec<WeightsEntry> {
+fn window_tensors(w: &TrainedWindow) -> Vec<WeightsEntry> {
     let vocab = w.scales.len();
-    let h = &w.head;
     let mut out = vec![
         (
             "window_taps".to_string(),
@@ -1182,19 +1188,7 @@ fn window_tensors(w: &super::window::Window) -> Vec<WeightsEntry> {
             vec![vocab],
         ),
     ];
-    for (name, v, shape) in [
-        ("w1", &h.w1, vec![h.hidden, h.inputs]),
-        ("b1", &h.b1, vec![h.hidden]),
-        ("w2", &h.w2, vec![h.outputs, h.hidden]),
-        ("b2", &h.b2, vec![h.outputs]),
-    ] {
-        out.push((
-            format!("window.{name}"),
-            f32_le_bytes(v),
-            safetensors::Dtype::F32,
-            shape,
-        ));
-    }
+    out.extend(f32_tensors(&w.head));
     out
 }
 
@@ -1731,7 +1725,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
     tensors.extend(pair_tensors);
-    tensors.extend(head_tensors(&trained));
+    tensors.extend(f32_tensors(&trained.tensors));
     tensors.extend(window);
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -3183,10 +3177,9 @@ fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// The trained heads as f32 safetensors entries.
-fn head_tensors(trained: &Trained) -> Vec<WeightsEntry> {
-    trained
-        .tensors
+/// Named f32 tensors (the trained heads') as safetensors entries.
+fn f32_tensors(tensors: &[NamedTensor]) -> Vec<WeightsEntry> {
+    tensors
         .iter()
         .map(|(name, data, shape)| {
             (
@@ -3259,7 +3252,7 @@ fn run_encoder_backbone(
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
     tensors.extend(pair_tensors);
-    tensors.extend(head_tensors(&trained));
+    tensors.extend(f32_tensors(&trained.tensors));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
         args.out.join("config.json"),
