@@ -1017,24 +1017,22 @@ pub fn fit_window(
         (feats.len(), inputs),
         &device,
     )?;
-    let mut labelled = Vec::new();
-    let mut origin = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        if let Some(k) = r
-            .intent
-            .as_ref()
-            .and_then(|l| INTENTS.iter().position(|x| x == l))
-        {
-            labelled.push((i, k as u32));
-            origin.push(if r.handwritten {
-                opts.handwritten_weight
-            } else {
-                1.0
-            });
-        }
-    }
-    let mean = origin.iter().sum::<f32>() / origin.len().max(1) as f32;
-    let weight: Vec<f32> = origin.iter().map(|o| o / mean).collect();
+    // The intent heads' targets, without their class weighting (power 0), as the prototype.
+    let (idx, y, weight) = class_targets(
+        rows,
+        &INTENTS,
+        0.0,
+        opts.handwritten_weight,
+        |r| r.intent.as_ref(),
+        &device,
+    )?;
+    let labelled: Vec<(usize, u32)> = idx
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|i| i as usize)
+        .zip(y.to_vec1::<u32>()?)
+        .collect();
+    let weight = weight.to_vec1::<f32>()?;
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
