@@ -8,6 +8,10 @@ same data with JAX, from the committed model's own token rows (frozen):
   then a hidden layer of 64;
 - conv: the same, plus a convolution of width 3 over the rows (128 filters, ReLU), max-pooled over
   the prompt: a feature fires wherever its three tokens appear;
+- conv-edges: the conv arm, its filters also max-pooled over the first and the last 24 tokens
+  alone (where a request to do something with pasted material usually sits);
+- conv-quotes: the conv arm, its filters also max-pooled over the tokens outside pasted material
+  (quoted spans of 40 characters or more, and lines after a line ending in a colon);
 - tokens and pairs (scikit-learn, no rows): a logistic regression over the prompt's TF-IDF bag of
   tokens, and over that bag and its pairs of adjacent tokens (hashed into 65536 buckets): whether
   neighbouring tokens help without the rows, as a pair bag in the model would.
@@ -23,6 +27,7 @@ import argparse
 import glob
 import json
 import random
+import re
 import struct
 import subprocess
 import time
@@ -37,6 +42,28 @@ INTENTS = ["chat", "coding", "math", "reasoning", "creative_writing", "summariza
 DOMAINS = ["general", "legal", "medical", "finance"]
 FILTERS = 128
 HIDDEN = 64
+EDGE = 24
+
+
+def material(text):
+    """Character spans of pasted material: quoted spans of 40 characters or more (an opening quote
+    after a space, `(`, a colon or the start, a closing one before a space, punctuation or the end, so
+    that apostrophes do not count), and the lines after a line ending in a colon, up to a blank
+    line."""
+    spans = [(m.start(), m.end()) for m in re.finditer(
+        r"(?:^|(?<=[\s(:]))['\"\u2018\u201c].{40,}?['\"\u2019\u201d](?=$|[\s.,;:!?)])", text, re.S)]
+    at, inside = 0, None
+    for line in text.split("\n"):
+        end = at + len(line)
+        if inside is not None and not line.strip():
+            spans.append((inside, at))
+            inside = None
+        if inside is None and line.rstrip().endswith(":"):
+            inside = end + 1
+        at = end + 1
+    if inside is not None and inside < len(text):
+        spans.append((inside, len(text)))
+    return spans
 
 
 def static_rows(model_dir):
@@ -100,7 +127,9 @@ def evaluation_rows(prompts_dir, task, labels):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", choices=["intent", "domain"], required=True)
-    ap.add_argument("--arch", choices=["pool", "conv", "tokens", "pairs"], required=True)
+    ap.add_argument("--arch", choices=["pool", "conv", "conv-edges", "conv-quotes", "tokens", "pairs"],
+                    required=True)
+    ap.add_argument("--filters", type=int, default=FILTERS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--data", required=True, help="the public sources, imported by eval import")
@@ -115,36 +144,48 @@ def main():
     tok = BertWordPieceTokenizer(f"{a.model}/vocab.txt", lowercase=True)
 
     def ids_of(text):
-        # As the model reads a long prompt: its first 192 and last 64 tokens.
-        ids = tok.encode(text, add_special_tokens=False).ids
+        return encode(text)[0]
+
+    def encode(text):
+        # As the model reads a long prompt: its first 192 and last 64 tokens; and which of them
+        # lie outside pasted material (for conv-quotes).
+        enc = tok.encode(text, add_special_tokens=False)
+        ids, offsets = enc.ids, enc.offsets
         if len(ids) > 256:
-            ids = ids[:192] + ids[-64:]
-        return ids or [100]  # [UNK]
+            ids, offsets = ids[:192] + ids[-64:], offsets[:192] + offsets[-64:]
+        spans = material(text)
+        keep = [not any(s <= o[0] < e for s, e in spans) for o in offsets]
+        if not any(keep):
+            keep = [True] * len(ids)
+        return (ids, keep) if ids else ([100], [True])  # [UNK]
 
     def batch(items):
-        ids = [ids_of(it[0]) for it in items]
-        width = (max(len(i) for i in ids) + 15) // 16 * 16
-        x = np.zeros((len(ids), width), np.int32)
-        mask = np.zeros((len(ids), width), np.float32)
-        for k, i in enumerate(ids):
+        enc = [encode(it[0]) for it in items]
+        width = (max(len(i) for i, _ in enc) + 15) // 16 * 16
+        x = np.zeros((len(enc), width), np.int32)
+        mask = np.zeros((len(enc), width), np.float32)
+        keep = np.zeros((len(enc), width), np.float32)
+        for k, (i, kp) in enumerate(enc):
             x[k, :len(i)] = i
             mask[k, :len(i)] = 1
-        return jnp.asarray(x), jnp.asarray(mask)
+            keep[k, :len(i)] = kp
+        return jnp.asarray(x), jnp.asarray(mask), jnp.asarray(keep)
 
     def init(key):
         k = jax.random.split(key, 3)
-        d = rows.shape[1] * 3 + (FILTERS if a.arch == "conv" else 0)
+        pools = {"conv": 1, "conv-edges": 3, "conv-quotes": 2}.get(a.arch, 0)
+        d = rows.shape[1] * 3 + a.filters * pools
         p = {"w1": jax.random.normal(k[0], (d, HIDDEN)) * (2 / d) ** 0.5,
              "b1": jnp.zeros(HIDDEN),
              "w2": jax.random.normal(k[1], (HIDDEN, len(labels))) * (1 / HIDDEN) ** 0.5,
              "b2": jnp.zeros(len(labels))}
-        if a.arch == "conv":
+        if pools:
             fan_in = 3 * rows.shape[1]
-            p["cw"] = jax.random.normal(k[2], (3, rows.shape[1], FILTERS)) * (2 / fan_in) ** 0.5
-            p["cb"] = jnp.zeros(FILTERS)
+            p["cw"] = jax.random.normal(k[2], (3, rows.shape[1], a.filters)) * (2 / fan_in) ** 0.5
+            p["cb"] = jnp.zeros(a.filters)
         return p
 
-    def features(p, x, mask):
+    def features(p, x, mask, keep):
         e = rows[x]
         w = weights[x] * mask
         mean = (e * w[..., None]).sum(1)
@@ -156,27 +197,33 @@ def main():
         first_mean = (e * first[..., None]).sum(1) / first.sum(1, keepdims=True)
         last_mean = (e * last[..., None]).sum(1) / last.sum(1, keepdims=True)
         fs = [mean, first_mean * 4, last_mean * 4]
-        if a.arch == "conv":
+        if a.arch.startswith("conv"):
             ep = jnp.pad(e * mask[..., None], ((0, 0), (1, 1), (0, 0)))
             h = (ep[:, :-2] @ p["cw"][0] + ep[:, 1:-1] @ p["cw"][1] + ep[:, 2:] @ p["cw"][2]
                  + p["cb"])
-            fs.append((jax.nn.relu(h) * mask[..., None]).max(1))
+            h = jax.nn.relu(h)
+            fs.append((h * mask[..., None]).max(1))
+            if a.arch == "conv-edges":
+                fs.append((h * ((pos <= EDGE) * mask)[..., None]).max(1))
+                fs.append((h * ((pos > n - EDGE) * mask)[..., None]).max(1))
+            elif a.arch == "conv-quotes":
+                fs.append((h * keep[..., None]).max(1))
         return jnp.concatenate(fs, -1)
 
-    def logits(p, x, mask, key=None):
-        f = features(p, x, mask)
+    def logits(p, x, mask, keep, key=None):
+        f = features(p, x, mask, keep)
         if key is not None:  # input dropout, as the model's heads train
             f = f * jax.random.bernoulli(key, 0.7, f.shape) / 0.7
         return jax.nn.relu(f @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
-    def loss(p, x, mask, y, w, key):
-        lp = jax.nn.log_softmax(logits(p, x, mask, key))
+    def loss(p, x, mask, keep, y, w, key):
+        lp = jax.nn.log_softmax(logits(p, x, mask, keep, key))
         return -(jnp.take_along_axis(lp, y[:, None], 1)[:, 0] * w).sum() / w.sum()
 
     @jax.jit
-    def step(p, m, v, t, x, mask, y, w, key):
+    def step(p, m, v, t, x, mask, keep, y, w, key):
         # Adam, learning rate 1e-3, decoupled weight decay 1e-4.
-        g = jax.grad(loss)(p, x, mask, y, w, key)
+        g = jax.grad(loss)(p, x, mask, keep, y, w, key)
         m = jax.tree.map(lambda a_, b: 0.9 * a_ + 0.1 * b, m, g)
         v = jax.tree.map(lambda a_, b: 0.999 * a_ + 0.001 * b * b, v, g)
 
@@ -186,7 +233,7 @@ def main():
             return q - 1e-3 * mh / (jnp.sqrt(vh) + 1e-8) - 1e-7 * q
         return jax.tree.map(update, p, m, v), m, v
 
-    predict = jax.jit(lambda p, x, mask: jax.nn.softmax(logits(p, x, mask)))
+    predict = jax.jit(lambda p, x, mask, keep: jax.nn.softmax(logits(p, x, mask, keep)))
 
     train = training_rows(a.data, a.task, labels, cap=2500, handwritten_weight=20.0)
     evals = evaluation_rows(a.prompts, a.task, labels)
@@ -251,10 +298,10 @@ def train_jax(a, train, evals, batch, init, step, predict):
         start = time.time()
         for b in batches:
             items = [train[i] for i in b]
-            x, mask = batch(items)
+            x, mask, keep = batch(items)
             t += 1
             key, sub = jax.random.split(key)
-            p, m, v = step(p, m, v, t, x, mask, jnp.asarray([it[1] for it in items]),
+            p, m, v = step(p, m, v, t, x, mask, keep, jnp.asarray([it[1] for it in items]),
                            jnp.asarray([it[2] for it in items]), sub)
         print(f"epoch {epoch}: {time.time() - start:.0f} s", flush=True)
     return np.concatenate([np.asarray(predict(p, *batch(evals[i:i + 64])))
@@ -272,7 +319,8 @@ def report(task, labels, evals, model, probs):
     for name, scores in readings:
         pred = scores.argmax(1)
         if task == "intent":
-            sets = {s: names == s for s in ("long-dev.jsonl", "long-test-1.jsonl")}
+            sets = {s: names == s
+                    for s in ("long-dev.jsonl", "long-test-1.jsonl", "long-test-2.jsonl")}
             sets["everyday-test-*"] = np.char.startswith(names.astype(str), "everyday-test")
             parts = "  ".join(f"{s} {(pred[k] == y[k]).sum()}/{k.sum()}" for s, k in sets.items())
             print(f"{name:16s} intent {(pred == y).sum()}/{len(y)}  {parts}")
