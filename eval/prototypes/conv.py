@@ -153,10 +153,12 @@ def main():
         ids, offsets = enc.ids, enc.offsets
         if len(ids) > 256:
             ids, offsets = ids[:192] + ids[-64:], offsets[:192] + offsets[-64:]
-        spans = material(text)
-        keep = [not any(s <= o[0] < e for s, e in spans) for o in offsets]
-        if not any(keep):
-            keep = [True] * len(ids)
+        keep = [True] * len(ids)
+        if a.arch == "conv-quotes":
+            spans = material(text)
+            keep = [not any(s <= o[0] < e for s, e in spans) for o in offsets]
+            if not any(keep):
+                keep = [True] * len(ids)
         return (ids, keep) if ids else ([100], [True])  # [UNK]
 
     def batch(items):
