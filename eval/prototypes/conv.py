@@ -11,7 +11,8 @@ same data with JAX, from the committed model's own token rows (frozen):
 - conv-edges: the conv arm, its filters also max-pooled over the first and the last 24 tokens
   alone (where a request to do something with pasted material usually sits);
 - conv-quotes: the conv arm, its filters also max-pooled over the tokens outside pasted material
-  (quoted spans of 40 characters or more, and lines after a line ending in a colon);
+  (quoted spans of 40 characters or more, and lines after a line ending in a colon, up to a
+  blank line: `material`);
 - tokens and pairs (scikit-learn, no rows): a logistic regression over the prompt's TF-IDF bag of
   tokens, and over that bag and its pairs of adjacent tokens (hashed into 65536 buckets): whether
   neighbouring tokens help without the rows, as a pair bag in the model would.
