@@ -30,6 +30,10 @@ def load_safetensors(path):
             vals = list(struct.unpack("<%df" % (len(data) // 4), data))
         elif meta["dtype"] == "F16":
             vals = list(struct.unpack("<%de" % (len(data) // 2), data))
+        elif meta["dtype"] == "BF16":
+            # The top half of an f32's bits (the heads' first layers).
+            halves = struct.unpack("<%dH" % (len(data) // 2), data)
+            vals = list(struct.unpack("<%df" % len(halves), struct.pack("<%dI" % len(halves), *(h << 16 for h in halves))))
         elif meta["dtype"] == "I8":
             vals = list(struct.unpack("<%db" % len(data), data))
         elif meta["dtype"] == "U8":

@@ -433,10 +433,13 @@ impl ModelConfig {
     }
 }
 
-/// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights.
+/// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights. `W1`, the bulk of
+/// a classification's arithmetic, is read as bf16, packed two to a word ([`kernel::pack_bf16`]):
+/// `hidden` rows of `inputs.div_ceil(2)` words. `train` writes it as bf16; a model file with an
+/// f32 `W1` (one written before) is rounded as it loads.
 #[derive(Debug, Clone)]
 pub struct Head {
-    pub w1: Vec<f32>,
+    pub w1: Vec<u32>,
     pub b1: Vec<f32>,
     pub w2: Vec<f32>,
     pub b2: Vec<f32>,
@@ -450,7 +453,7 @@ impl Head {
     pub fn forward(&self, x: &[f32], hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
         let x = &x[..self.inputs.min(x.len())];
         hidden.resize(self.hidden, 0.0);
-        kernel::affine(&self.w1, &self.b1, x, hidden);
+        kernel::affine_bf16(&self.w1, &self.b1, x, hidden);
         for h in hidden.iter_mut() {
             *h = h.max(0.0);
         }
@@ -1517,6 +1520,10 @@ fn tensor_f32(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
         safetensors::Dtype::F16 => data.chunks_exact(2).map(f16_le).collect(),
+        safetensors::Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect(),
         other => {
             return Err(load_err(
                 path,
@@ -1684,7 +1691,7 @@ fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Hea
         ));
     }
     Ok(Head {
-        w1,
+        w1: kernel::pack_bf16(&w1, s1[1]),
         b1,
         w2,
         b2,

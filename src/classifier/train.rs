@@ -1186,7 +1186,7 @@ fn window_tensors(w: &TrainedWindow) -> Vec<WeightsEntry> {
             vec![vocab],
         ),
     ];
-    out.extend(f32_tensors(&w.head));
+    out.extend(head_tensors(&w.head));
     out
 }
 
@@ -1723,7 +1723,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
     tensors.extend(pair_tensors);
-    tensors.extend(f32_tensors(&trained.tensors));
+    tensors.extend(head_tensors(&trained.tensors));
     tensors.extend(window);
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
@@ -3168,6 +3168,13 @@ fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// `v` rounded to bf16, as safetensors bytes.
+fn bf16_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
 /// `v` rounded to f16, as safetensors bytes.
 fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
@@ -3175,17 +3182,18 @@ fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// Named f32 tensors (the trained heads') as safetensors entries.
-fn f32_tensors(tensors: &[NamedTensor]) -> Vec<WeightsEntry> {
+/// The trained heads' tensors as safetensors entries: each first layer (`{name}.w1`) rounded to
+/// bf16, as [`super::Head`] reads it, the rest in f32.
+fn head_tensors(tensors: &[NamedTensor]) -> Vec<WeightsEntry> {
     tensors
         .iter()
         .map(|(name, data, shape)| {
-            (
-                name.clone(),
-                f32_le_bytes(data),
-                safetensors::Dtype::F32,
-                shape.clone(),
-            )
+            let (bytes, dtype) = if name.ends_with(".w1") {
+                (bf16_le_bytes(data), safetensors::Dtype::BF16)
+            } else {
+                (f32_le_bytes(data), safetensors::Dtype::F32)
+            };
+            (name.clone(), bytes, dtype, shape.clone())
         })
         .collect()
 }
@@ -3250,7 +3258,7 @@ fn run_encoder_backbone(
     tensors.extend(complexity_lexicon);
     tensors.extend(topics);
     tensors.extend(pair_tensors);
-    tensors.extend(f32_tensors(&trained.tensors));
+    tensors.extend(head_tensors(&trained.tensors));
     write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
     std::fs::write(
         args.out.join("config.json"),
@@ -3556,7 +3564,7 @@ pub fn model_card(
              reduced to {} dimensions by PCA and stored as int{bits} with a scale per token{packed}. A prompt's features are {} the \
              L2-normalised mean of its tokens' vectors weighted by rarity in the training prompts (a / (a + p), a = 1e-3; \
              the first {} and last {} tokens of a long prompt){}. {} Weights: `model.safetensors` (embeddings int{bits} with \
-             scales and token weights, heads f32{window}); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
+             scales and token weights, the heads' first layers bf16 and the rest of them f32{window}); labels and sizes: `config.json`; checksums: `MANIFEST.sha256`.\n\n",
             vocab_size,
             config.dim,
             SURFACE_TEXT,
