@@ -55,9 +55,8 @@ impl WithSimd for Affine<'_> {
                 let width = w.len() / out.len().max(1);
                 let n = width.min(x.len());
                 let (xv, xt) = S::as_simd_f32s(&x[..n]);
-                let rows = w
-                    .chunks_exact(width.max(1))
-                    .map(|row| &row[..n.min(row.len())]);
+                // A width of 0 reads rows of one value each, none of it (`n` is 0).
+                let rows = w.chunks_exact(width.max(1)).map(|row| &row[..n]);
                 add_dots(
                     bias,
                     out,
