@@ -35,10 +35,11 @@ struct Affine<'a> {
 enum Rows<'a> {
     /// f32 rows and `x` ([`affine`]).
     F32 { w: &'a [f32], x: &'a [f32] },
-    /// Rows packed by [`pack_bf16`], and the values of `x` that meet their words' low and high
-    /// halves ([`affine_bf16`]), one per word of a row.
+    /// Rows of `words` words packed by [`pack_bf16`], and the values of `x` that meet the low and
+    /// high halves of their first words ([`affine_bf16`]), no more than a row has.
     Bf16 {
         w: &'a [u32],
+        words: usize,
         even: &'a [f32],
         odd: &'a [f32],
     },
@@ -65,12 +66,18 @@ impl WithSimd for Affine<'_> {
                     |row| dots::<S, 1>(simd, [row], xv, xt)[0],
                 );
             }
-            Rows::Bf16 { w, even, odd } => {
+            Rows::Bf16 {
+                w,
+                words,
+                even,
+                odd,
+            } => {
                 let x = (S::as_simd_f32s(even), S::as_simd_f32s(odd));
+                let n = even.len();
                 add_dots(
                     bias,
                     out,
-                    w.chunks_exact(even.len().max(1)),
+                    w.chunks_exact(words.max(1)).map(|row| &row[..n]),
                     |rows| bf16_dots::<S, BLOCK>(simd, rows, x),
                     |row| bf16_dots::<S, 1>(simd, [row], x)[0],
                 );
@@ -168,23 +175,40 @@ pub fn pack_bf16(w: &[f32], width: usize) -> Vec<u32> {
         .collect()
 }
 
-/// [`affine`] over rows packed by [`pack_bf16`]: `out[r] = bias[r] + w[r] · x`, each row
-/// `w.len() / out.len()` words (twice as many values). A value of `x` beyond the rows reads as
-/// nothing, and a row value beyond `x` as zero.
-pub fn affine_bf16(w: &[u32], bias: &[f32], x: &[f32], out: &mut [f32]) {
-    let words = w.len() / out.len().max(1);
-    // The values of `x` that meet a row word's low and high halves.
-    let mut even = vec![0f32; words];
-    let mut odd = vec![0f32; words];
-    for (j, pair) in x.chunks(2).take(words).enumerate() {
-        even[j] = pair[0];
-        odd[j] = pair.get(1).copied().unwrap_or(0.0);
+/// An input as [`affine_bf16`] reads it: its values at even places, which meet the low halves of
+/// a packed row's words, and at odd places, which meet the high halves. Heads that read the same
+/// input share one.
+#[derive(Debug, Clone)]
+pub struct Halves {
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+impl Halves {
+    /// `x` for rows of `words` words: `words` values of each kind, zero past `x`'s end.
+    pub fn of(x: &[f32], words: usize) -> Halves {
+        let mut even = vec![0f32; words];
+        let mut odd = vec![0f32; words];
+        for (j, pair) in x.chunks(2).take(words).enumerate() {
+            even[j] = pair[0];
+            odd[j] = pair.get(1).copied().unwrap_or(0.0);
+        }
+        Halves { even, odd }
     }
+}
+
+/// [`affine`] over rows packed by [`pack_bf16`]: `out[r] = bias[r] + w[r] · x`, each row
+/// `w.len() / out.len()` words (twice as many values). When `x` and the rows differ in length,
+/// the shorter one decides (a missing value reads as zero).
+pub fn affine_bf16(w: &[u32], bias: &[f32], x: &Halves, out: &mut [f32]) {
+    let words = w.len() / out.len().max(1);
+    let n = words.min(x.even.len());
     Arch::new().dispatch(Affine {
         rows: Rows::Bf16 {
             w,
-            even: &even,
-            odd: &odd,
+            words,
+            even: &x.even[..n],
+            odd: &x.odd[..n],
         },
         bias,
         out,
@@ -273,7 +297,7 @@ mod tests {
                     let packed = pack_bf16(&w, width);
                     assert_eq!(packed.len(), rows * width.div_ceil(2));
                     let mut out = vec![f32::NAN; rows];
-                    affine_bf16(&packed, &bias, &x, &mut out);
+                    affine_bf16(&packed, &bias, &Halves::of(&x, width.div_ceil(2)), &mut out);
                     for r in 0..rows {
                         let want = f64::from(bias[r])
                             + (0..width.min(n))

@@ -451,7 +451,17 @@ pub struct Head {
 impl Head {
     /// Runs the head on the first `inputs` features of `x`.
     pub fn forward(&self, x: &[f32], hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
-        let x = &x[..self.inputs.min(x.len())];
+        self.forward_halves(&self.halves(x), hidden, out);
+    }
+
+    /// The first `inputs` features of `x` as the first layer reads them: heads with as many
+    /// inputs can share them ([`Head::forward_halves`]).
+    pub fn halves(&self, x: &[f32]) -> kernel::Halves {
+        kernel::Halves::of(&x[..self.inputs.min(x.len())], self.inputs.div_ceil(2))
+    }
+
+    /// [`Head::forward`] on an input that [`Head::halves`] of a head with as many inputs split.
+    pub fn forward_halves(&self, x: &kernel::Halves, hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
         hidden.resize(self.hidden, 0.0);
         kernel::affine_bf16(&self.w1, &self.b1, x, hidden);
         for h in hidden.iter_mut() {
@@ -2328,8 +2338,15 @@ impl Classifier {
         out: &mut Vec<f32>,
     ) -> Vec<(String, f32)> {
         let mut mean = vec![0.0; labels.len()];
+        // The members of an ensemble have as many inputs: their input is split once.
+        let mut split: Option<(usize, kernel::Halves)> = None;
         for head in heads {
-            head.forward(f, hidden, out);
+            let x = match split.take() {
+                Some((inputs, x)) if inputs == head.inputs => x,
+                _ => head.halves(f),
+            };
+            head.forward_halves(&x, hidden, out);
+            split = Some((head.inputs, x));
             softmax(out);
             for (m, p) in mean.iter_mut().zip(out.iter()) {
                 *m += p;
