@@ -8,6 +8,9 @@
 //! this machine's 2 MB of L2 cache per core, so every classification read them again from L3; as
 //! bf16 they are 1.2 MB and stay in L2. A bf16 value is the top half of an f32's bits, so widening
 //! one is a shift or a mask, which `pulp`'s portable integer operations do without F16C.
+//! Little-endian bf16 rows of even width are already the packed words, so a model file's first
+//! layers are read where they lie ([`bf16_words_in_place`]) when its bytes sit on a 4-byte
+//! boundary, as the embedded model's and a loaded folder's do.
 
 use pulp::{Arch, Simd, WithSimd};
 
@@ -175,6 +178,18 @@ pub fn pack_bf16(w: &[f32], width: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The words of bf16 rows in a model file's own bytes, as [`pack_bf16`] would pack them, when they
+/// can be read in place: a row of `width` values, `width` even, is `width / 2` words whose low
+/// half is the value at the even place, which is how little-endian bf16 lies in memory. `None`
+/// when the bytes are not on a 4-byte boundary, the width is odd (a row would end mid-word) or
+/// the machine is big-endian; the caller then packs a copy.
+pub fn bf16_words_in_place(bytes: &[u8], width: usize) -> Option<&[u32]> {
+    if cfg!(target_endian = "big") || width % 2 == 1 {
+        return None;
+    }
+    bytemuck::try_cast_slice(bytes).ok()
+}
+
 /// An input as [`affine_bf16`] reads it: its values at even places, which meet the low halves of
 /// a packed row's words, and at odd places, which meet the high halves. Heads that read the same
 /// input share one.
@@ -194,6 +209,22 @@ impl Halves {
             odd[j] = pair.get(1).copied().unwrap_or(0.0);
         }
         Halves { even, odd }
+    }
+
+    /// How many values this split holds: twice its words.
+    pub fn values(&self) -> usize {
+        2 * self.even.len()
+    }
+
+    /// This input followed by `more`: what [`Halves::of`] gives for the two joined, for rows as
+    /// long as both together, since this split ends on a whole word.
+    pub fn then(&self, more: &[f32]) -> Halves {
+        let tail = Halves::of(more, more.len().div_ceil(2));
+        let join = |a: &[f32], b: &[f32]| [a, b].concat();
+        Halves {
+            even: join(&self.even, &tail.even),
+            odd: join(&self.odd, &tail.odd),
+        }
     }
 }
 
@@ -281,6 +312,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Little-endian bf16 bytes read in place are the words [`pack_bf16`] makes of the same
+    /// values; an odd width or bytes off a 4-byte boundary are not read in place.
+    #[test]
+    fn bf16_bytes_in_place_are_the_packed_words() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (rows, width) = (3, 10);
+        let w: Vec<f32> = (0..rows * width).map(|_| rng.f32() - 0.5).collect();
+        let le: Vec<u8> = w
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        // Words own 4-byte-aligned memory; their bytes, and the same bytes one byte along.
+        let mut words = vec![0u32; le.len() / 4 + 1];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        buf[..le.len()].copy_from_slice(&le);
+        assert_eq!(
+            bf16_words_in_place(&buf[..le.len()], width),
+            Some(&pack_bf16(&w, width)[..])
+        );
+        assert_eq!(bf16_words_in_place(&buf[..le.len()], width - 1), None);
+        buf.copy_within(..le.len(), 1);
+        assert_eq!(bf16_words_in_place(&buf[1..=le.len()], width), None);
+    }
+
+    /// A split followed by more values is the split of the two joined.
+    #[test]
+    fn a_split_then_more_is_the_split_of_both() {
+        let x: Vec<f32> = (0..9).map(|i| i as f32).collect();
+        for more in [&x[4..4], &x[4..7], &x[4..9]] {
+            let joined = [&x[..4], more].concat();
+            let a = Halves::of(&x[..4], 2).then(more);
+            let b = Halves::of(&joined, joined.len().div_ceil(2));
+            assert_eq!((a.even, a.odd), (b.even, b.odd));
+        }
+        assert_eq!(Halves::of(&x, 3).values(), 6);
     }
 
     /// Every row count around the block, and every width and `x` length around the vector

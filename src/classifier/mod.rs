@@ -435,17 +435,89 @@ impl ModelConfig {
 
 /// One MLP head: `out = W2 · relu(W1 · x + b1) + b2`, row-major weights. `W1`, the bulk of
 /// a classification's arithmetic, is read as bf16, packed two to a word ([`kernel::pack_bf16`]):
-/// `hidden` rows of `inputs.div_ceil(2)` words. `train` writes it as bf16; a model file with an
-/// f32 `W1` (one written before) is rounded as it loads.
+/// `hidden` rows of `inputs.div_ceil(2)` words. `train` writes it as bf16, which is read in the
+/// model file's bytes where they lie ([`Packed::InPlace`]); a model file with an f32 `W1` (one
+/// written before) is rounded as it loads.
 #[derive(Debug, Clone)]
 pub struct Head {
-    pub w1: Vec<u32>,
+    pub w1: Packed,
     pub b1: Vec<f32>,
     pub w2: Vec<f32>,
     pub b2: Vec<f32>,
     pub inputs: usize,
     pub hidden: usize,
     pub outputs: usize,
+}
+
+/// What a classification's heads reuse: the hidden and output buffers, and the split of the
+/// features that heads of as many inputs read ([`Head::halves`]) with its count of inputs.
+#[derive(Default)]
+struct Scratch {
+    hidden: Vec<f32>,
+    out: Vec<f32>,
+    split: Option<(usize, kernel::Halves)>,
+}
+
+/// A file's bytes kept on an 8-byte boundary, which safetensors lays its tensors out from, so
+/// that the heads' bf16 first layers are read in place ([`Packed::InPlace`]).
+struct AlignedFile {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for AlignedFile {
+    fn as_ref(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+}
+
+/// The bytes of the file at `path`, on an 8-byte boundary ([`AlignedFile`]).
+fn read_aligned(path: &Path) -> std::io::Result<bytes::Bytes> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    let mut words = vec![0u64; len.div_ceil(8)];
+    file.read_exact(&mut bytemuck::cast_slice_mut(&mut words)[..len])?;
+    Ok(bytes::Bytes::from_owner(AlignedFile { words, len }))
+}
+
+/// A head's first layer as packed bf16 words ([`kernel::pack_bf16`]).
+#[derive(Debug, Clone)]
+pub enum Packed {
+    /// Packed into memory of its own: from f32 values, or from a file's bf16 that cannot be
+    /// read in place.
+    Words(Vec<u32>),
+    /// A model file's bf16 bytes, which [`kernel::bf16_words_in_place`] reads as the words.
+    InPlace(bytes::Bytes),
+}
+
+impl Packed {
+    /// A file's bf16 rows of `width` values, read in place where [`kernel::bf16_words_in_place`]
+    /// can, packed into a copy where not.
+    pub fn from_file(bytes: bytes::Bytes, width: usize) -> Packed {
+        if kernel::bf16_words_in_place(&bytes, width).is_some() {
+            return Packed::InPlace(bytes);
+        }
+        let values: Vec<f32> = bytes
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect();
+        Packed::Words(kernel::pack_bf16(&values, width))
+    }
+
+    /// The packed words. An `InPlace` value is only made of bytes that read in place.
+    pub fn words(&self) -> &[u32] {
+        match self {
+            Packed::Words(w) => w,
+            Packed::InPlace(b) => bytemuck::try_cast_slice(b).unwrap_or_default(),
+        }
+    }
+}
+
+impl Default for Packed {
+    fn default() -> Packed {
+        Packed::Words(Vec::new())
+    }
 }
 
 impl Head {
@@ -463,7 +535,7 @@ impl Head {
     /// [`Head::forward`] on an input that [`Head::halves`] of a head with as many inputs split.
     pub fn forward_halves(&self, x: &kernel::Halves, hidden: &mut Vec<f32>, out: &mut Vec<f32>) {
         hidden.resize(self.hidden, 0.0);
-        kernel::affine_bf16(&self.w1, &self.b1, x, hidden);
+        kernel::affine_bf16(self.w1.words(), &self.b1, x, hidden);
         for h in hidden.iter_mut() {
             *h = h.max(0.0);
         }
@@ -1689,8 +1761,18 @@ fn word_table(
     })
 }
 
-fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Head, ModelError> {
-    let (w1, s1) = tensor_f32(st, &format!("{name}.w1"), path)?;
+fn head((st, blob): Weights<'_>, name: &str, path: &str) -> Result<Head, ModelError> {
+    let w1_name = format!("{name}.w1");
+    let t = st
+        .tensor(&w1_name)
+        .map_err(|e| load_err(path, format!("tensor {w1_name}: {e}")))?;
+    let s1 = t.shape().to_vec();
+    let width = s1.get(1).copied().unwrap_or(0);
+    let w1 = if t.dtype() == safetensors::Dtype::BF16 {
+        Packed::from_file(blob.slice_ref(t.data()), width)
+    } else {
+        Packed::Words(kernel::pack_bf16(&tensor_f32(st, &w1_name, path)?.0, width))
+    };
     let (b1, _) = tensor_f32(st, &format!("{name}.b1"), path)?;
     let (w2, s2) = tensor_f32(st, &format!("{name}.w2"), path)?;
     let (b2, _) = tensor_f32(st, &format!("{name}.b2"), path)?;
@@ -1701,7 +1783,7 @@ fn head(st: &safetensors::SafeTensors<'_>, name: &str, path: &str) -> Result<Hea
         ));
     }
     Ok(Head {
-        w1: kernel::pack_bf16(&w1, s1[1]),
+        w1,
         b1,
         w2,
         b2,
@@ -1760,7 +1842,7 @@ fn window_of(
             format!("window_scales shape {shape:?} must have one value per token"),
         ));
     }
-    let head = head(st, "window", &path)?;
+    let head = head((st, blob), "window", &path)?;
     if head.inputs != config.inputs() + filters || head.outputs != config.intent_labels.len() {
         return Err(load_err(
             &path,
@@ -2034,12 +2116,12 @@ impl Classifier {
         }
         let members = |name: &str| -> Result<Vec<Head>, ModelError> {
             (0..config.ensemble)
-                .map(|m| head(&st, &member_name(name, m), &wpath))
+                .map(|m| head((&st, &weights), &member_name(name, m), &wpath))
                 .collect()
         };
         let intent = members("intent")?;
         let domain = members("domain")?;
-        let complexity = head(&st, "complexity", &wpath)?;
+        let complexity = head((&st, &weights), "complexity", &wpath)?;
         let inputs = config.inputs();
         if intent
             .iter()
@@ -2193,10 +2275,13 @@ impl Classifier {
         };
         let vocab = String::from_utf8(read("vocab.txt")?)
             .map_err(|_| load_err(dir.join("vocab.txt").display().to_string(), "not UTF-8"))?;
+        let weights = dir.join("model.safetensors");
+        let weights = read_aligned(&weights)
+            .map_err(|e| load_err(weights.display().to_string(), e.to_string()))?;
         Self::from_parts(
             &read("config.json")?,
             &vocab,
-            read("model.safetensors")?.into(),
+            weights,
             &dir.display().to_string(),
         )
     }
@@ -2329,24 +2414,23 @@ impl Classifier {
         cf
     }
 
-    /// The mean of the heads' probabilities for the features `f`, by label.
+    /// The mean of the heads' probabilities for the features `f`, by label. The scratch's split
+    /// of `f` is made here if it is missing or for heads of another count of inputs: the
+    /// members of an ensemble, the intent and the domain heads read the same one.
     fn head_scores(
         f: &[f32],
         heads: &[Head],
         labels: &[String],
-        hidden: &mut Vec<f32>,
-        out: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) -> Vec<(String, f32)> {
         let mut mean = vec![0.0; labels.len()];
-        // The members of an ensemble have as many inputs: their input is split once.
-        let mut split: Option<(usize, kernel::Halves)> = None;
+        let Scratch { hidden, out, split } = scratch;
         for head in heads {
-            let x = match split.take() {
-                Some((inputs, x)) if inputs == head.inputs => x,
-                _ => head.halves(f),
-            };
-            head.forward_halves(&x, hidden, out);
-            split = Some((head.inputs, x));
+            if split.as_ref().is_some_and(|(n, _)| *n != head.inputs) {
+                *split = None;
+            }
+            let x = &split.get_or_insert_with(|| (head.inputs, head.halves(f))).1;
+            head.forward_halves(x, hidden, out);
             softmax(out);
             for (m, p) in mean.iter_mut().zip(out.iter()) {
                 *m += p;
@@ -2382,7 +2466,7 @@ impl Classifier {
             return uniform(&self.config.domain_labels);
         }
         let (f, bag) = self.features_and_bag(&ids, text);
-        self.domain_of(&f, &bag, &mut Vec::new(), &mut Vec::new())
+        self.domain_of(&f, &bag, &mut Scratch::default())
     }
 
     /// The reported domain of a prompt's features: the domain heads' mean, pooled with the
@@ -2391,10 +2475,9 @@ impl Classifier {
         &self,
         f: &[f32],
         bag: &[(u32, f32)],
-        hidden: &mut Vec<f32>,
-        out: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) -> Vec<(String, f32)> {
-        let heads = Self::head_scores(f, &self.domain, &self.config.domain_labels, hidden, out);
+        let heads = Self::head_scores(f, &self.domain, &self.config.domain_labels, scratch);
         let pooled = pool_bag(heads, self.domain_bag.as_ref(), self.config.domain_bag, bag);
         offset_logs(pooled, &self.domain_offsets)
     }
@@ -2421,22 +2504,21 @@ impl Classifier {
             return self.no_text(domain);
         }
         let (f, bag) = self.features_and_bag(&ids, text);
-        let mut hidden = Vec::with_capacity(self.config.hidden);
-        let mut out = Vec::with_capacity(16);
-        let head_intent = Self::head_scores(
-            &f,
-            &self.intent,
-            &self.config.intent_labels,
-            &mut hidden,
-            &mut out,
-        );
+        let mut scratch = Scratch {
+            hidden: Vec::with_capacity(self.config.hidden),
+            out: Vec::with_capacity(16),
+            split: None,
+        };
+        let head_intent =
+            Self::head_scores(&f, &self.intent, &self.config.intent_labels, &mut scratch);
         let domain_scores = if domain {
-            self.domain_of(&f, &bag, &mut hidden, &mut out)
+            self.domain_of(&f, &bag, &mut scratch)
         } else {
             Vec::new()
         };
         let cf = self.complexity_input(&f, head_intent.iter().map(|(_, p)| *p));
-        self.complexity.forward(&cf, &mut hidden, &mut out);
+        let Scratch { hidden, out, split } = &mut scratch;
+        self.complexity.forward(&cf, hidden, out);
         let mut z = self.config.calibrated_logit(out[0]);
         let scores = self.config.lexicon_scores(&f);
         for (e, spec) in self.experts.iter().zip(&self.config.complexity_experts) {
@@ -2457,9 +2539,10 @@ impl Classifier {
         );
         if let Some(window) = &self.window {
             let inputs = &f[..self.config.inputs().min(f.len())];
+            let split = split.as_ref().filter(|(n, _)| *n == inputs.len());
             intent_scores = log_pool(
                 intent_scores,
-                &window.probs(inputs, &ids),
+                &window.probs(inputs, split.map(|(_, x)| x), &ids),
                 self.config.intent_window,
             );
         }
@@ -2715,6 +2798,18 @@ fn best_label(v: &[(String, f32)]) -> String {
 pub type SharedClassifier = Arc<Classifier>;
 
 mod embedded {
+    /// Bytes on an 8-byte boundary, as safetensors lays its tensors out from: the heads' bf16
+    /// first layers are then read in place as 32-bit words ([`super::Packed::InPlace`]).
+    #[cfg(switchyard_embedded_model)]
+    #[repr(C, align(8))]
+    struct Aligned<B: ?Sized>(B);
+
+    #[cfg(switchyard_embedded_model)]
+    static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/router/model.safetensors"
+    )));
+
     #[cfg(switchyard_embedded_model)]
     pub fn parts() -> Option<(&'static [u8], &'static str, &'static [u8])> {
         Some((
@@ -2726,10 +2821,7 @@ mod embedded {
                 env!("CARGO_MANIFEST_DIR"),
                 "/models/router/vocab.txt"
             )),
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/models/router/model.safetensors"
-            )),
+            &WEIGHTS.0,
         ))
     }
 
@@ -2929,6 +3021,57 @@ mod tests {
         std::fs::read(dir.join(name)).unwrap()
     }
 
+    /// Every head's first layer in `m`.
+    fn first_layers(m: &Classifier) -> Vec<&Packed> {
+        let heads = m.intent.iter().chain(&m.domain).chain([&m.complexity]);
+        heads
+            .chain(m.window.as_ref().map(|w| &w.head))
+            .map(|h| &h.w1)
+            .collect()
+    }
+
+    /// The embedded model reads its heads' bf16 first layers in the binary's own bytes, and a
+    /// model folder in its file's; the same file one byte off a word's boundary packs them into
+    /// copies, and both give the same scores.
+    #[test]
+    fn the_embedded_heads_read_their_first_layers_in_place() {
+        let embedded = Classifier::embedded()
+            .expect("the build embeds models/router")
+            .unwrap();
+        let layers = first_layers(&embedded);
+        assert_eq!(layers.len(), 8);
+        assert!(layers.iter().all(|w| matches!(w, Packed::InPlace(_))));
+        // A model folder's file is read onto a word's boundary too.
+        assert!(first_layers(model())
+            .iter()
+            .all(|w| matches!(w, Packed::InPlace(_))));
+        let file = default_model_file("model.safetensors");
+        let shifted = bytes::Bytes::from([&[0u8][..], &file].concat()).slice(1..);
+        let copied = Classifier::from_parts(
+            &default_model_file("config.json"),
+            &String::from_utf8(default_model_file("vocab.txt")).unwrap(),
+            shifted,
+            "shifted",
+        )
+        .unwrap();
+        assert!(first_layers(&copied)
+            .iter()
+            .all(|w| matches!(w, Packed::Words(_))));
+        for (a, b) in layers.iter().zip(first_layers(&copied)) {
+            assert_eq!(a.words(), b.words());
+        }
+        for text in [
+            "Is a verbal contract binding?",
+            "Summarise this: the meeting moved.",
+        ] {
+            let (a, b) = (embedded.classify(text), copied.classify(text));
+            assert_eq!(
+                (a.intent_scores, a.domain_scores, a.complexity),
+                (b.intent_scores, b.domain_scores, b.complexity)
+            );
+        }
+    }
+
     /// The default model's weights and vocabulary loaded with `config`.
     fn load_with(config: &serde_json::Value) -> Result<Classifier, String> {
         load_parts(config, &default_model_file("model.safetensors"))
@@ -3092,7 +3235,7 @@ mod tests {
         let alone = load_with(&config).unwrap().classify(text);
         let window = m.window.as_ref().unwrap();
         let (f, _) = m.features(text);
-        let q = window.probs(&f[..m.config.inputs()], &m.tokens(text));
+        let q = window.probs(&f[..m.config.inputs()], None, &m.tokens(text));
         let alone: Vec<f32> = alone.intent_scores.iter().map(|x| x.1).collect();
         assert!(
             alone.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-5),
@@ -3728,13 +3871,11 @@ mod tests {
         let before = m.classify(text);
         let after = t.classify(text);
         assert_eq!(after.intent_scores, before.intent_scores);
-        let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let heads = Classifier::head_scores(
             &f,
             &t.intent,
             &t.config.intent_labels,
-            &mut hidden,
-            &mut out,
+            &mut Scratch::default(),
         );
         let open_qa = heads.iter().find(|(l, _)| l == "open_qa").unwrap().1;
         let logit = |c: f32| (c / (1.0 - c)).ln();
@@ -3797,20 +3938,19 @@ mod tests {
     /// its intents (the intent heads' mean, before any bag), times slope · (its family's score −
     /// centre). Checks that `m` adds them all to the head's calibrated logit.
     fn expert_terms(m: &Classifier, text: &str) -> Vec<(f32, f32)> {
-        let (mut hidden, mut out) = (Vec::new(), Vec::new());
         let (f, _) = m.features(text);
         let got = m.classify(text);
         let probs: Vec<f32> = Classifier::head_scores(
             &f,
             &m.intent,
             &m.config.intent_labels,
-            &mut hidden,
-            &mut out,
+            &mut Scratch::default(),
         )
         .iter()
         .map(|(_, p)| *p)
         .collect();
         let cf = m.complexity_input(&f, probs.iter().copied());
+        let (mut hidden, mut out) = (Vec::new(), Vec::new());
         m.complexity.forward(&cf, &mut hidden, &mut out);
         let head = m.config.calibrated_logit(out[0]);
         let mut terms = Vec::new();
@@ -4162,7 +4302,7 @@ mod tests {
         }
         // The heads' own reading of an empty input, for contrast.
         let (f, bag) = m.features_and_bag(&[], "");
-        let heads = m.domain_of(&f, &bag, &mut Vec::new(), &mut Vec::new());
+        let heads = m.domain_of(&f, &bag, &mut Scratch::default());
         assert_eq!(best_label(&heads), "legal");
         // An empty last turn leaves the chat to the turns before it, read whole.
         let chat = chat_text(&[

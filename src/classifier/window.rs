@@ -10,7 +10,7 @@
 //! adds per token and filter, as the lexicons are. `eval/router-development.md` has the
 //! prototype that found it and the measurements of the build.
 
-use super::{Head, QuantRows};
+use super::{kernel::Halves, Head, QuantRows};
 
 /// Filters read this many neighbouring tokens: the one before, the token itself, the one after.
 pub const TAPS: usize = 3;
@@ -69,13 +69,18 @@ impl Window {
     }
 
     /// The intent probabilities of a prompt whose heads' inputs are `inputs` and whose tokens
-    /// are `ids`.
-    pub fn probs(&self, inputs: &[f32], ids: &[u32]) -> Vec<f32> {
-        let mut x = inputs.to_vec();
-        x.extend(self.max_pool(ids));
+    /// are `ids`. `split`, the heads' own split of `inputs` when there is one, is reused: the
+    /// window's input is `inputs` and then the filters, so where `inputs` fills whole words
+    /// the filters' split follows it.
+    pub fn probs(&self, inputs: &[f32], split: Option<&Halves>, ids: &[u32]) -> Vec<f32> {
+        let pool = self.max_pool(ids);
+        let x = match split {
+            Some(s) if s.values() == inputs.len() => s.then(&pool),
+            _ => self.head.halves(&[inputs, &pool].concat()),
+        };
         let mut hidden = Vec::with_capacity(self.head.hidden);
         let mut out = Vec::with_capacity(self.head.outputs);
-        self.head.forward(&x, &mut hidden, &mut out);
+        self.head.forward_halves(&x, &mut hidden, &mut out);
         super::softmax(&mut out);
         out
     }
@@ -94,7 +99,7 @@ mod tests {
             taps: QuantRows::new(6, &values, 8),
             scales: scales.to_vec(),
             head: Head {
-                w1: vec![],
+                w1: crate::classifier::Packed::default(),
                 b1: vec![],
                 w2: vec![],
                 b2: vec![],
