@@ -220,11 +220,10 @@ impl Halves {
     /// long as both together, since this split ends on a whole word.
     pub fn then(&self, more: &[f32]) -> Halves {
         let tail = Halves::of(more, more.len().div_ceil(2));
-        let join = |a: &[f32], b: &[f32]| [a, b].concat();
-        Halves {
-            even: join(&self.even, &tail.even),
-            odd: join(&self.odd, &tail.odd),
-        }
+        let mut h = self.clone();
+        h.even.extend(tail.even);
+        h.odd.extend(tail.odd);
+        h
     }
 }
 

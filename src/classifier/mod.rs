@@ -498,10 +498,7 @@ impl Packed {
         if kernel::bf16_words_in_place(&bytes, width).is_some() {
             return Packed::InPlace(bytes);
         }
-        let values: Vec<f32> = bytes
-            .chunks_exact(2)
-            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-            .collect();
+        let values: Vec<f32> = bytes.chunks_exact(2).map(bf16_le).collect();
         Packed::Words(kernel::pack_bf16(&values, width))
     }
 
@@ -1296,6 +1293,11 @@ fn f16_le(b: &[u8]) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
+/// The bf16 in a value's two little-endian bytes, as f32 (exactly: the top half of its bits).
+fn bf16_le(b: &[u8]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+}
+
 impl Values {
     pub fn len(&self) -> usize {
         match self {
@@ -1602,10 +1604,7 @@ fn tensor_f32(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
         safetensors::Dtype::F16 => data.chunks_exact(2).map(f16_le).collect(),
-        safetensors::Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-            .collect(),
+        safetensors::Dtype::BF16 => data.chunks_exact(2).map(bf16_le).collect(),
         other => {
             return Err(load_err(
                 path,
