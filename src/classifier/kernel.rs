@@ -156,7 +156,7 @@ fn bf16_bits(x: f32) -> u32 {
 }
 
 /// The f32 that the bf16 in the low half of `bits` stands for.
-fn bf16_value(bits: u32) -> f32 {
+pub fn bf16_value(bits: u32) -> f32 {
     f32::from_bits(bits << 16)
 }
 

@@ -1295,7 +1295,7 @@ fn f16_le(b: &[u8]) -> f32 {
 
 /// The bf16 in a value's two little-endian bytes, as f32 (exactly: the top half of its bits).
 fn bf16_le(b: &[u8]) -> f32 {
-    f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+    kernel::bf16_value(u32::from(u16::from_le_bytes([b[0], b[1]])))
 }
 
 impl Values {
