@@ -63,9 +63,13 @@ pub enum Command {
         /// Bits per stored embedding value: 8, or 4 (two values packed in a byte, half the size).
         #[arg(long, default_value_t = 4)]
         embedding_bits: u32,
-        /// Hidden units of the intent and domain heads (the complexity head has half).
-        #[arg(long, default_value_t = 64)]
+        /// Hidden units of the intent and domain heads, the window's head and the throw-away
+        /// heads that tune the table.
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         hidden: usize,
+        /// Hidden units of the complexity head.
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+        complexity_hidden: usize,
         /// The first and last this many tokens of a prompt are also pooled on their own (0: off).
         #[arg(long, default_value_t = 8)]
         edge_tokens: usize,
@@ -490,6 +494,15 @@ pub enum EvalCommand {
     },
 }
 
+/// A count of at least one: a head with no hidden units has nothing to train.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
+}
+
 /// A share in [0, 1): dropout of 1 would zero every input.
 fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
@@ -497,5 +510,37 @@ fn unit_interval(s: &str) -> Result<f32, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not in [0, 1)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn train_hidden(args: &[&str]) -> Result<(usize, usize), String> {
+        let cli = Cli::try_parse_from(["switchyard", "train"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Train {
+                hidden,
+                complexity_hidden,
+                ..
+            } => Ok((hidden, complexity_hidden)),
+            _ => Err("not train".to_string()),
+        }
+    }
+
+    #[test]
+    fn train_hidden_units_default_and_refuse_zero() {
+        assert_eq!(train_hidden(&[]), Ok((32, 32)));
+        assert_eq!(
+            train_hidden(&["--hidden", "64", "--complexity-hidden", "16"]),
+            Ok((64, 16))
+        );
+        for flag in ["--hidden", "--complexity-hidden"] {
+            let err = train_hidden(&[flag, "0"]).unwrap_err();
+            assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
+        }
     }
 }

