@@ -316,8 +316,8 @@ impl HeldOutArgs {
     }
 }
 
-/// How a model reports domains: a second model that re-scores the domain of prompts the first
-/// is unsure of, and the offsets that move its prior.
+/// How a model reports domains: a second model that re-scores the domain (and, when asked, the
+/// intent) of prompts the first is unsure of, and the offsets that move its prior.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DomainCheckArgs {
     /// A model folder (the full-encoder model of `train --encoder`) that re-scores the domain
@@ -326,6 +326,12 @@ pub struct DomainCheckArgs {
     pub domain_check: Option<PathBuf>,
     #[arg(long, default_value_t = crate::classifier::DEFAULT_DOMAIN_CHECK_BELOW, requires = "domain_check")]
     pub domain_check_below: f32,
+    /// The --domain-check model also re-reads the intent of every prompt whose intent's
+    /// probability is below this (0..1; 0.8 was chosen on the development sets), pooling its
+    /// intent with the first model's. Off unless given; --domain-check-below 0 checks intents
+    /// only.
+    #[arg(long, requires = "domain_check")]
+    pub intent_check_below: Option<f32>,
     /// Domain offsets in place of the model's (its config.json `domain_offsets`), for the model
     /// and its domain check: comma-separated LABEL=OFFSET, or "none" for none. legal=1
     /// multiplies the odds of legal against every other domain by e.
@@ -455,6 +461,16 @@ pub enum EvalCommand {
         /// Model B's complexity for this recorded pair instead of its head's.
         #[arg(long)]
         complexity_pair_b: Option<String>,
+        /// Model B with this model folder as its second model, as `classify --domain-check`
+        /// (e.g. A and B the same folder, to measure what the checks change).
+        #[arg(long)]
+        domain_check_b: Option<PathBuf>,
+        #[arg(long, default_value_t = crate::classifier::DEFAULT_DOMAIN_CHECK_BELOW, requires = "domain_check_b")]
+        domain_check_below_b: f32,
+        /// Model B's second model also re-reads the intents below this probability, as
+        /// `classify --intent-check-below`.
+        #[arg(long, requires = "domain_check_b")]
+        intent_check_below_b: Option<f32>,
         /// With --strong, also compare APGR on the recorded outcomes.
         #[arg(long)]
         cheap: Option<String>,

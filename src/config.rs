@@ -121,6 +121,9 @@ pub struct RawRouting {
     pub domain_check: Option<std::path::PathBuf>,
     /// The check runs when the classifier's probability of `general` is below this (0.9).
     pub domain_check_below: Option<f64>,
+    /// The domain check's model also re-reads the intent when the classifier's probability of
+    /// its intent is below this. Off by default.
+    pub intent_check_below: Option<f64>,
     /// Offsets added to the classifier's domain log-probabilities, by label, in place of those
     /// the model was trained with (its `config.json` `domain_offsets`), e.g. `{ legal = 0.0 }`
     /// or `{}` for none. Default: the model's.
@@ -379,6 +382,8 @@ pub struct Routing {
     pub classifier: ClassifierChoice,
     /// The domain check's model folder and threshold.
     pub domain_check: Option<(std::path::PathBuf, f32)>,
+    /// The intent check's threshold (its model is the domain check's).
+    pub intent_check_below: Option<f32>,
     /// The domain offsets that replace the model's, if any.
     pub domain_offsets: Option<BTreeMap<String, f32>>,
     pub strong_tier: Option<String>,
@@ -809,6 +814,16 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
             )? as f32,
         )),
     };
+    let intent_check_below = match raw.intent_check_below {
+        Some(_) if domain_check.is_none() => {
+            return Err(err(
+                "routing.intent_check_below",
+                "needs routing.domain_check (the model folder that checks)",
+            ))
+        }
+        Some(below) => Some(unit("routing.intent_check_below".into(), below)? as f32),
+        None => None,
+    };
     let domain_offsets = match &raw.domain_offsets {
         Some(_) if classifier == ClassifierChoice::None => {
             return Err(err(
@@ -880,6 +895,7 @@ fn routing_of(raw: &RawRouting, tiers: &BTreeMap<String, Tier>) -> Result<Routin
     Ok(Routing {
         classifier,
         domain_check,
+        intent_check_below,
         domain_offsets,
         strong_tier: raw.strong_tier.clone(),
         complexity_pair,
@@ -1291,6 +1307,20 @@ targets = [{ provider = "a", model = "big" }]
         assert!(e.starts_with("routing.domain_check_below"), "{e}");
         let e = error_of(&with("classifier = \"none\"\ndomain_check = \"enc\""));
         assert!(e.starts_with("routing.domain_check"), "{e}");
+        // The intent check reads with the domain check's model, between 0 and 1.
+        assert_eq!(c.routing.intent_check_below, None);
+        let c = Config::from_toml(
+            &with("domain_check = \"enc\"\ndomain_check_below = 0\nintent_check_below = 0.8"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.routing.domain_check, Some(("enc".into(), 0.0)));
+        assert_eq!(c.routing.intent_check_below, Some(0.8));
+        let e = error_of(&with("intent_check_below = 0.8"));
+        assert!(e.starts_with("routing.intent_check_below"), "{e}");
+        assert!(e.contains("routing.domain_check"), "{e}");
+        let e = error_of(&with("domain_check = \"enc\"\nintent_check_below = -0.1"));
+        assert!(e.starts_with("routing.intent_check_below"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,10 @@ fn checked_model_name(dir: &Option<std::path::PathBuf>, check: &cli::DomainCheck
         ),
         None => model_name(dir),
     };
+    let name = match check.intent_check_below {
+        Some(below) => format!("{name}, and its intent below {below}"),
+        None => name,
+    };
     match check.domain_offset.as_slice() {
         [] => name,
         offsets => format!("{name}, domain offsets {}", offsets.join(",")),
@@ -375,19 +379,28 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             b,
             complexity_pair_a,
             complexity_pair_b,
+            domain_check_b,
+            domain_check_below_b,
+            intent_check_below_b,
             cheap,
             strong,
             resamples,
             seed,
             out,
         } => {
+            let checks_b = cli::DomainCheckArgs {
+                domain_check: domain_check_b,
+                domain_check_below: domain_check_below_b,
+                intent_check_below: intent_check_below_b,
+                domain_offset: Vec::new(),
+            };
             let ma = with_pair(
                 model_arg(&a)?,
                 complexity_pair_a.as_deref(),
                 "--complexity-pair-a",
             )?;
             let mb = with_pair(
-                model_arg(&b)?,
+                with_checks(model_arg(&b)?, &checks_b, "-b")?,
                 complexity_pair_b.as_deref(),
                 "--complexity-pair-b",
             )?;
@@ -395,7 +408,12 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 Some(p) => format!("{m} (complexity pair {p})"),
                 None => m.to_string(),
             };
-            let (a, b) = (name(&a, &complexity_pair_a), name(&b, &complexity_pair_b));
+            let a = name(&a, &complexity_pair_a);
+            let b = match &checks_b.domain_check {
+                Some(_) => checked_model_name(&Some(b.clone().into()), &checks_b),
+                None => b,
+            };
+            let b = name(&b, &complexity_pair_b);
             let tm = match (cheap, strong) {
                 (Some(c), Some(s)) => Some(commands::tier_models(
                     None,
@@ -493,6 +511,25 @@ fn flag_or_config_pair(
     }
 }
 
+/// `m` with the second model `check` asks for, if any, checking its domains and, when asked, its
+/// intents; `suffix` ends the intent flag's name in an error (`-b` for `eval compare`'s).
+fn with_checks(
+    m: classifier::Classifier,
+    check: &cli::DomainCheckArgs,
+    suffix: &str,
+) -> anyhow::Result<classifier::Classifier> {
+    let m = match &check.domain_check {
+        Some(d) => m.with_domain_check_from(d, check.domain_check_below)?,
+        None => m,
+    };
+    Ok(match check.intent_check_below {
+        Some(below) => m
+            .with_intent_check(below)
+            .map_err(|e| anyhow::anyhow!("--intent-check-below{suffix}: {e}"))?,
+        None => m,
+    })
+}
+
 /// `load_model`, with its domain check when one is asked for, and its domain offsets from
 /// `--domain-offset` if given, else from `config_offsets` (`routing.domain_offsets`) if any.
 fn checked_model(
@@ -500,11 +537,7 @@ fn checked_model(
     check: &cli::DomainCheckArgs,
     config_offsets: Option<&std::collections::BTreeMap<String, f32>>,
 ) -> anyhow::Result<classifier::Classifier> {
-    let m = load_model(dir)?;
-    let m = match &check.domain_check {
-        Some(d) => m.with_domain_check_from(d, check.domain_check_below)?,
-        None => m,
-    };
+    let m = with_checks(load_model(dir)?, check, "")?;
     if !check.domain_offset.is_empty() {
         let offsets = classifier::parse_domain_offsets(&check.domain_offset)?;
         return m
@@ -582,12 +615,22 @@ fn classify_cmd(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!("intent:     {} ({})", s.intent, top(&s.intent_scores));
-        let checked = match c.domain_check() {
-            Some(_) if s.domain_checked() => "; checked by the second model",
-            Some(_) => "; the second model was not needed",
-            None => "",
+        let checked = |asked: bool, checked: bool| match (asked, checked) {
+            (true, true) => "; checked by the second model",
+            (true, false) => "; the second model was not needed",
+            (false, _) => "",
         };
+        let asked = c.domain_check();
+        let intent_checked = checked(
+            asked.is_some_and(|a| a.intent_below.is_some()),
+            s.intent_checked(),
+        );
+        println!(
+            "intent:     {} ({}{intent_checked})",
+            s.intent,
+            top(&s.intent_scores)
+        );
+        let checked = checked(asked.is_some(), s.domain_checked());
         let offsets = match &c.config.domain_offsets {
             o if o.is_empty() => String::new(),
             o => format!("; offsets {}", classifier::offsets_text(o)),
@@ -639,6 +682,7 @@ fn classify_cmd(
                     "tier": tier.0, "reason": tier.1,
                     "tokens": s.tokens, "latency_us": us,
                     "domain_checked": s.domain_checked(),
+                    "intent_checked": s.intent_checked(),
                 })
             }
             Err(e) => serde_json::json!({"error": {"line": i + 1, "message": e}}),

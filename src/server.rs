@@ -130,7 +130,8 @@ async fn serve(
 
 /// The model the routing config asks for: the embedded one (if the binary has it), a folder,
 /// or none; routing by its complexity score for `complexity_pair` if one is named, with the
-/// model folder of `domain_check` re-scoring the domains it is unsure of.
+/// model folder of `domain_check` re-scoring the domains it is unsure of (and the intents, with
+/// `intent_check_below`).
 pub fn load_classifier(
     routing: &crate::config::Routing,
 ) -> anyhow::Result<Option<Arc<Classifier>>> {
@@ -165,6 +166,19 @@ pub fn load_classifier(
                 model = %dir.display(),
                 below = %below,
                 "domain check on: this model re-scores the domain of prompts whose probability of general is below the threshold"
+            );
+            Some(m)
+        }
+        (m, _) => m,
+    };
+    let model = match (model, routing.intent_check_below) {
+        (Some(m), Some(below)) => {
+            let m = m
+                .with_intent_check(below)
+                .map_err(|e| anyhow::anyhow!("routing.intent_check_below: {e}"))?;
+            tracing::info!(
+                below = %below,
+                "intent check on: the domain check's model also re-reads the intent of prompts whose intent's probability is below the threshold"
             );
             Some(m)
         }

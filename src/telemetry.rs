@@ -90,11 +90,13 @@ pub struct Metrics {
     pub cascade: Family<CascadeLabels, Counter>,
     pub cost: Family<TierLabels, Counter<f64, AtomicU64>>,
     pub domain_checks: Family<DomainCheckLabels, Counter>,
+    pub intent_checks: Family<DomainCheckLabels, Counter>,
 }
 
+/// The labels of the domain and intent checks' counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DomainCheckLabels {
-    /// `kept` (the second model agreed) or `changed`.
+    /// `kept` (the checked label is the first model's) or `changed`.
     pub outcome: String,
 }
 
@@ -207,11 +209,18 @@ impl Metrics {
             "Prompts whose domain the second model (routing.domain_check) re-scored, by whether it kept or changed the first model's domain",
             domain_checks.clone(),
         );
+        let intent_checks = Family::<DomainCheckLabels, Counter>::default();
+        registry.register(
+            "intent_checks",
+            "Prompts whose intent the second model (routing.intent_check_below) re-read, by whether the pooled intent kept or changed the first model's",
+            intent_checks.clone(),
+        );
         Metrics {
             registry,
             cascade,
             cost,
             domain_checks,
+            intent_checks,
             requests,
             request_duration,
             ttft,

@@ -27,6 +27,7 @@ use tower::ServiceBuilder;
 use crate::cascade::checks::RequestChecks;
 use crate::cascade::schema::SchemaCache;
 use crate::cascade::{self, CascadeError, CascadePath};
+use crate::classifier::ChatReading;
 use crate::config::{Config, StreamMode};
 use crate::error::ApiError;
 use crate::resilience::{Answer, ByteStream, Engine, Failure, TargetRuntime, Trace, Won};
@@ -242,6 +243,8 @@ struct Decision {
     scores: Option<(String, String, f32)>,
     /// When the domain check re-scored the domain: the first model's domain.
     unchecked_domain: Option<String>,
+    /// When the intent check re-read the intent: the first model's intent.
+    unchecked_intent: Option<String>,
     policy: Option<String>,
     /// What the decision log records of the prompt: its size, and its text when enabled.
     prompt_chars: Option<usize>,
@@ -284,7 +287,8 @@ impl Decision {
                 "tier": self.tier, "target": self.target, "reason": self.reason,
                 "rule": self.rule, "policy": self.policy,
                 "scores": {"intent": intent, "domain": domain, "complexity": complexity,
-                           "unchecked_domain": self.unchecked_domain},
+                           "unchecked_domain": self.unchecked_domain,
+                           "unchecked_intent": self.unchecked_intent},
                 "features": {"prompt_chars": self.prompt_chars},
                 "cascade": self.cascade, "stream": stream,
                 "latency_ms": ms(latency), "overhead_ms": ms(overhead), "cost_usd": self.cost_usd,
@@ -331,6 +335,9 @@ impl Decision {
         if let Some(first) = &self.unchecked_domain {
             put("x-switchyard-domain-checked", header_value(first));
         }
+        if let Some(first) = &self.unchecked_intent {
+            put("x-switchyard-intent-checked", header_value(first));
+        }
         if let Some(p) = &self.policy {
             put("x-switchyard-policy", header_value(p));
         }
@@ -369,6 +376,7 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
         rule: None,
         scores: None,
         unchecked_domain: None,
+        unchecked_intent: None,
         policy: None,
         prompt_chars: None,
         prompt: None,
@@ -552,10 +560,10 @@ async fn route_request(
     } else {
         off_runtime(s, classifier.clone(), text.clone(), None).await?
     };
-    let scores = if classifier.needs_domain_check(&scores) {
+    let scores = if classifier.needs_check(&scores) {
         if classifier.is_static_with_check() && inline {
             let mut scores = scores;
-            classifier.check_domain(&text.text, &mut scores);
+            classifier.check(&text, ChatReading::Both, &mut scores);
             scores
         } else {
             off_runtime(s, classifier, text, Some(scores)).await?
@@ -567,20 +575,26 @@ async fn route_request(
     plan.tier = tier;
     decision.reason = "classifier";
     decision.policy = Some(why);
+    let outcome = |first: &String, last: &String| {
+        let outcome = if first == last { "kept" } else { "changed" };
+        crate::telemetry::DomainCheckLabels {
+            outcome: outcome.into(),
+        }
+    };
     if let Some(first) = &scores.unchecked_domain {
-        let outcome = if *first == scores.domain {
-            "kept"
-        } else {
-            "changed"
-        };
         s.metrics
             .domain_checks
-            .get_or_create(&crate::telemetry::DomainCheckLabels {
-                outcome: outcome.into(),
-            })
+            .get_or_create(&outcome(first, &scores.domain))
+            .inc();
+    }
+    if let Some(first) = &scores.unchecked_intent {
+        s.metrics
+            .intent_checks
+            .get_or_create(&outcome(first, &scores.intent))
             .inc();
     }
     decision.unchecked_domain = scores.unchecked_domain;
+    decision.unchecked_intent = scores.unchecked_intent;
     decision.scores = Some((scores.intent, scores.domain, scores.complexity));
     Ok(())
 }
@@ -603,7 +617,7 @@ async fn off_runtime(
         match scores {
             None => classifier.classify_chat(&chat),
             Some(mut scores) => {
-                classifier.check_domain(&chat.text, &mut scores);
+                classifier.check(&chat, ChatReading::Both, &mut scores);
                 scores
             }
         }

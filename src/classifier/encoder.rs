@@ -236,6 +236,11 @@ mod tests {
 
     /// `tiny`, with these domain labels.
     fn tiny_with(root: &Path, domains: &[&str]) -> PathBuf {
+        tiny_labelled(root, &["chat", "math", "coding"], domains)
+    }
+
+    /// [`tiny_with`], with these intent labels.
+    fn tiny_labelled(root: &Path, intents: &[&str], domains: &[&str]) -> PathBuf {
         let words = [
             "[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "prove", "the", "theorem", ",",
             ".",
@@ -263,7 +268,11 @@ mod tests {
             mean: 0.0,
             stdev: 0.3,
         };
-        for (name, out) in [("intent", 3), ("domain", domains.len()), ("complexity", 1)] {
+        for (name, out) in [
+            ("intent", intents.len()),
+            ("domain", domains.len()),
+            ("complexity", 1),
+        ] {
             vb.get_with_hints((4, inputs), &format!("{name}.w1"), init)
                 .unwrap();
             vb.get_with_hints(4, &format!("{name}.b1"), init).unwrap();
@@ -273,7 +282,7 @@ mod tests {
         }
         heads.save(model.join("model.safetensors")).unwrap();
         let mc = serde_json::json!({"format": 2, "dim": 8, "hidden": 4, "head_tokens": 6, "tail_tokens": 2,
-            "intent_labels": ["chat", "math", "coding"], "domain_labels": domains,
+            "intent_labels": intents, "domain_labels": domains,
             "encoder": "a tiny random BERT", "backbone_encoder": "../enc"});
         std::fs::write(model.join("config.json"), mc.to_string()).unwrap();
         model
@@ -358,7 +367,7 @@ mod tests {
     /// complexity alone.
     #[test]
     fn a_domain_check_rescores_only_the_unsure_prompts() {
-        use super::super::Classifier;
+        use super::super::{ChatReading, ChatText, Classifier};
         let root = std::env::temp_dir().join(format!("switchyard-check-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let committed = || {
@@ -390,7 +399,7 @@ mod tests {
                 let mut two = checked.classify_unchecked(p);
                 assert_eq!(two.unchecked_domain, None);
                 if checked.needs_domain_check(&two) {
-                    checked.check_domain(p, &mut two);
+                    checked.check(&ChatText::prompt(p), ChatReading::Whole, &mut two);
                     assert!(!checked.needs_domain_check(&two), "checked twice: {p}");
                 }
                 assert_eq!(
@@ -448,6 +457,109 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// The intent check re-reads exactly the prompts whose intent's probability is below its
+    /// threshold and reports the two models' pooled intent for them; the domain check, when it
+    /// also runs, takes the same reading's domain; complexity stays the first model's.
+    #[test]
+    fn an_intent_check_pools_only_the_unsure_intents() {
+        use super::super::{log_pool, ChatReading, ChatText, Classifier, INTENT_CHECK_WEIGHT};
+        let root =
+            std::env::temp_dir().join(format!("switchyard-intent-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let committed = || {
+            Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router")).unwrap()
+        };
+        let first = committed();
+        let intents: Vec<&str> = first
+            .config
+            .intent_labels
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let dir = tiny_labelled(&root, &intents, &["general", "legal", "medical", "finance"]);
+        let second = Classifier::load(&dir).unwrap();
+        let prompts = [
+            "hello world, how are you?",
+            "prove the theorem",
+            "Summarise this for me: the theorem was proved in 1995 after three centuries.",
+            "Can my landlord keep my deposit for a stain on the carpet?",
+            "Sort these into fruit and vegetables: tomato, leek, plum",
+        ];
+        let (mut checked_any, mut moved) = (0, 0);
+        for (domain_below, below) in [(0.0, 0.0), (0.0, 0.6), (0.0, 0.9), (1.0, 1.0)] {
+            let checked = committed()
+                .with_domain_check(Classifier::load(&dir).unwrap(), domain_below)
+                .unwrap()
+                .with_intent_check(below)
+                .unwrap();
+            for p in prompts {
+                let (a, b) = (first.classify(p), checked.classify(p));
+                // The server's two steps give what `classify` gives.
+                let mut two = checked.classify_unchecked(p);
+                if checked.needs_check(&two) {
+                    checked.check(&ChatText::prompt(p), ChatReading::Both, &mut two);
+                    assert!(!checked.needs_check(&two), "checked twice: {p}");
+                }
+                assert_eq!(
+                    (
+                        &two.intent_scores,
+                        &two.unchecked_intent,
+                        &two.domain_scores
+                    ),
+                    (&b.intent_scores, &b.unchecked_intent, &b.domain_scores)
+                );
+                assert_eq!(a.complexity, b.complexity);
+                let reading = second.classify_unchecked(p);
+                if a.intent_confidence() < below {
+                    let probs: Vec<f32> = reading.intent_scores.iter().map(|(_, p)| *p).collect();
+                    let pooled = log_pool(a.intent_scores.clone(), &probs, INTENT_CHECK_WEIGHT);
+                    assert_eq!(b.intent_scores, pooled, "{p}");
+                    assert_eq!(b.unchecked_intent.as_deref(), Some(a.intent.as_str()));
+                    checked_any += 1;
+                    moved += usize::from(a.intent_scores != b.intent_scores);
+                } else {
+                    assert!(!checked.needs_intent_check(&a), "{p} {below}");
+                    assert_eq!(
+                        (&b.unchecked_intent, &b.intent_scores),
+                        (&None, &a.intent_scores)
+                    );
+                }
+                if domain_below == 0.0 {
+                    assert_eq!(
+                        (&b.unchecked_domain, &b.domain_scores),
+                        (&None, &a.domain_scores)
+                    );
+                } else {
+                    assert_eq!(b.domain_scores, reading.domain_scores, "{p}");
+                }
+            }
+        }
+        assert!(
+            checked_any > 0 && moved > 0,
+            "the random second model never moved an intent's probabilities: the test checks nothing"
+        );
+        // A check needs a second model with the same intent labels, and a probability.
+        let e = committed().with_intent_check(0.8).unwrap_err();
+        assert!(e.contains("no second model"), "{e}");
+        let other = tiny_with(
+            &root.join("three"),
+            &["general", "legal", "medical", "finance"],
+        );
+        let e = committed()
+            .with_domain_check(Classifier::load(&other).unwrap(), 0.9)
+            .unwrap()
+            .with_intent_check(0.8)
+            .unwrap_err();
+        assert!(e.contains("intent labels"), "{e}");
+        let e = committed()
+            .with_domain_check(second, 0.9)
+            .unwrap()
+            .with_intent_check(1.5)
+            .unwrap_err();
+        assert!(e.contains("between 0 and 1"), "{e}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -559,12 +559,27 @@ pub struct Scores {
     /// When a second model re-scored the domain ([`Classifier::with_domain_check`]): the first
     /// model's domain.
     pub unchecked_domain: Option<String>,
+    /// When a second model re-read the intent ([`Classifier::with_intent_check`]): the first
+    /// model's intent.
+    pub unchecked_intent: Option<String>,
 }
 
 impl Scores {
     /// Whether a second model re-scored the domain.
     pub fn domain_checked(&self) -> bool {
         self.unchecked_domain.is_some()
+    }
+
+    /// Whether a second model re-read the intent.
+    pub fn intent_checked(&self) -> bool {
+        self.unchecked_intent.is_some()
+    }
+
+    pub fn intent_confidence(&self) -> f32 {
+        self.intent_scores
+            .iter()
+            .find(|(l, _)| *l == self.intent)
+            .map_or(0.0, |(_, p)| *p)
     }
 
     pub fn domain_confidence(&self) -> f32 {
@@ -605,19 +620,25 @@ pub struct Classifier {
     pub complexity: Head,
     /// The experts of `config.complexity_experts`, in the same order.
     experts: Vec<Expert>,
-    /// A second model for the domain of prompts this one is unsure of.
+    /// A second model for the domain (and, when asked, the intent) of prompts this one is
+    /// unsure of.
     domain_check: Option<Box<DomainCheck>>,
 }
 
-/// A second model that re-scores a prompt's domain when the first is unsure of it. Static
-/// embeddings miss domains that only context gives away ("can my ex stop me taking the kids
-/// abroad?" is legal though none of its words is); the full-encoder model reads the context,
-/// at milliseconds a prompt, so it runs only on the prompts that need it.
+/// A second model that re-scores a prompt's domain when the first is unsure of it, and, with
+/// `intent_below`, re-reads its intent when the first is unsure of that. Static embeddings miss
+/// domains that only context gives away ("can my ex stop me taking the kids abroad?" is legal
+/// though none of its words is) and the request around a long pasted text; the full-encoder
+/// model reads the context, at milliseconds a prompt, so it runs only on the prompts that need
+/// it. One reading of the second model serves both checks.
 #[derive(Debug)]
 pub struct DomainCheck {
     pub model: Classifier,
-    /// The check runs when the first model's probability of `general` is below this.
+    /// The domain is re-scored when the first model's probability of `general` is below this.
     pub below: f32,
+    /// The intent is re-read when the first model's probability of its intent is below this
+    /// (`None`: never).
+    pub intent_below: Option<f32>,
 }
 
 /// `offsets` by index in `labels`, each label one of them and each offset finite; an error
@@ -763,6 +784,15 @@ pub const GENERAL: &str = "general";
 
 /// The default of `below`: chosen on everyday tests 1 to 7 (see the README).
 pub const DEFAULT_DOMAIN_CHECK_BELOW: f32 = 0.9;
+
+/// The threshold of the intent check the README and the example configuration suggest
+/// (`routing.intent_check_below`; off unless set): chosen with [`INTENT_CHECK_WEIGHT`] on the
+/// development sets (`eval/router-development.md`).
+pub const SUGGESTED_INTENT_CHECK_BELOW: f32 = 0.8;
+
+/// The second model's weight in the intent of a checked prompt, pooled with the first's as
+/// p ∝ first^(1 − w) · second^w: together they read more prompts right than either alone.
+pub const INTENT_CHECK_WEIGHT: f32 = 0.5;
 
 /// The floor of a probability whose logarithm is taken: a head's softmax can round to 0.
 const MIN_PROB: f32 = 1e-12;
@@ -2212,10 +2242,15 @@ impl Classifier {
         self.domain_offsets = resolve_domain_offsets(&self.config.domain_labels, offsets)?;
         self.config.domain_offsets = offsets.clone();
         if let Some(check) = self.domain_check.take() {
-            let DomainCheck { model, below } = *check;
+            let DomainCheck {
+                model,
+                below,
+                intent_below,
+            } = *check;
             self.domain_check = Some(Box::new(DomainCheck {
                 model: model.with_domain_offsets(offsets)?,
                 below,
+                intent_below,
             }));
         }
         Ok(self)
@@ -2246,7 +2281,30 @@ impl Classifier {
         self.domain_check = Some(Box::new(DomainCheck {
             model: check,
             below,
+            intent_below: None,
         }));
+        Ok(self)
+    }
+
+    /// This model, its domain check's model also re-reading the intent of every prompt whose
+    /// intent's probability is below `below`: the two models' intent probabilities are pooled
+    /// ([`INTENT_CHECK_WEIGHT`]). Needs a domain check ([`Self::with_domain_check`]; its
+    /// threshold 0 checks intents only) whose model has the same intent labels.
+    pub fn with_intent_check(mut self, below: f32) -> Result<Classifier, String> {
+        if !(0.0..=1.0).contains(&below) {
+            return Err(format!("the threshold {below} is not between 0 and 1"));
+        }
+        let labels = &self.config.intent_labels;
+        let Some(check) = self.domain_check.as_mut() else {
+            return Err("there is no second model to check with (a domain check)".into());
+        };
+        if &check.model.config.intent_labels != labels {
+            return Err(format!(
+                "the second model's intent labels {:?} are not the model's {labels:?}",
+                check.model.config.intent_labels
+            ));
+        }
+        check.intent_below = Some(below);
         Ok(self)
     }
 
@@ -2481,11 +2539,12 @@ impl Classifier {
         offset_logs(pooled, &self.domain_offsets)
     }
 
-    /// The scores of a prompt, its domain checked by the second model when it needs it.
+    /// The scores of a prompt, its domain and intent checked by the second model when they
+    /// need it.
     pub fn classify(&self, text: &str) -> Scores {
         let mut s = self.classify_unchecked(text);
-        if self.needs_domain_check(&s) {
-            self.check_domain(text, &mut s);
+        if self.needs_check(&s) {
+            self.check(&ChatText::prompt(text), ChatReading::Whole, &mut s);
         }
         s
     }
@@ -2555,6 +2614,7 @@ impl Classifier {
             complexity_pair: self.complexity_pair_name(),
             tokens: ids.len(),
             unchecked_domain: None,
+            unchecked_intent: None,
         }
     }
 
@@ -2588,11 +2648,12 @@ impl Classifier {
             complexity_pair: self.complexity_pair_name(),
             tokens: 0,
             unchecked_domain: None,
+            unchecked_intent: None,
         }
     }
 
-    /// The scores of a chat, its domain checked by the second model when it needs it (that
-    /// model reads the whole text).
+    /// The scores of a chat, its domain and intent checked by the second model when they need
+    /// it (that model reads the chat as this one does).
     pub fn classify_chat(&self, chat: &ChatText) -> Scores {
         self.classify_chat_as(chat, ChatReading::Both)
     }
@@ -2605,13 +2666,8 @@ impl Classifier {
             ChatReading::Whole => self.classify_unchecked(&chat.text),
             ChatReading::LastTurn => self.classify_unchecked(chat.last_turn()),
         };
-        if self.needs_domain_check(&s) {
-            // The second model reads what this one read for the domain.
-            let text = match reading {
-                ChatReading::LastTurn => chat.last_turn(),
-                ChatReading::Both | ChatReading::Whole => &chat.text,
-            };
-            self.check_domain(text, &mut s);
+        if self.needs_check(&s) {
+            self.check(chat, reading, &mut s);
         }
         s
     }
@@ -2672,15 +2728,64 @@ impl Classifier {
         })
     }
 
-    /// Replaces the domain of `s` with the second model's (when there is one), keeping the
-    /// first model's in `unchecked_domain`. Milliseconds with an encoder: keep it off async
-    /// runtimes.
-    pub fn check_domain(&self, text: &str, s: &mut Scores) {
-        if let Some(check) = &self.domain_check {
-            s.domain_scores = check.model.domain_scores(text);
-            let first = std::mem::replace(&mut s.domain, best_label(&s.domain_scores));
-            s.unchecked_domain = Some(first);
+    /// Whether the second model should re-read the intent of these scores (this model's,
+    /// unchecked): an intent check is configured, and the intent's probability is below its
+    /// threshold.
+    pub fn needs_intent_check(&self, s: &Scores) -> bool {
+        self.domain_check.as_ref().is_some_and(|check| {
+            check.intent_below.is_some_and(|below| {
+                s.intent_confidence() < below && s.unchecked_intent.is_none() && s.tokens > 0
+            })
+        })
+    }
+
+    /// Whether the second model should run for these scores: for the domain, the intent, or
+    /// both.
+    pub fn needs_check(&self, s: &Scores) -> bool {
+        self.needs_domain_check(s) || self.needs_intent_check(s)
+    }
+
+    /// Runs the second model (when there is one) on `chat`, read as `reading` says, as this
+    /// model read it for `s`. Where the domain needs a check, `s` takes the second model's
+    /// domain and keeps the first in `unchecked_domain`; where the intent does, `s` takes the
+    /// two models' pooled intent and keeps the first in `unchecked_intent`. Complexity stays
+    /// this model's. Milliseconds with an encoder: keep it off async runtimes.
+    pub fn check(&self, chat: &ChatText, reading: ChatReading, s: &mut Scores) {
+        let Some(check) = &self.domain_check else {
+            return;
+        };
+        let domain = self.needs_domain_check(s);
+        if self.needs_intent_check(s) {
+            let second = match reading {
+                ChatReading::Both => check.model.classify_chat_unchecked(chat),
+                ChatReading::Whole => check.model.classify_unchecked(&chat.text),
+                ChatReading::LastTurn => check.model.classify_unchecked(chat.last_turn()),
+            };
+            let probs: Vec<f32> = second.intent_scores.iter().map(|(_, p)| *p).collect();
+            let first = std::mem::take(&mut s.intent_scores);
+            s.intent_scores = log_pool(first, &probs, INTENT_CHECK_WEIGHT);
+            let first = std::mem::replace(&mut s.intent, best_label(&s.intent_scores));
+            s.unchecked_intent = Some(first);
+            if domain {
+                // The second model's domain of a chat is its whole reading's, as this one's is.
+                Self::take_domain(s, second.domain_scores);
+            }
+        } else if domain {
+            // The second model reads what this one read for the domain.
+            let text = match reading {
+                ChatReading::LastTurn => chat.last_turn(),
+                ChatReading::Both | ChatReading::Whole => &chat.text,
+            };
+            Self::take_domain(s, check.model.domain_scores(text));
         }
+    }
+
+    /// `s` with the second model's domain probabilities `scores`, the first model's domain kept
+    /// in `unchecked_domain`.
+    fn take_domain(s: &mut Scores, scores: Vec<(String, f32)>) {
+        s.domain_scores = scores;
+        let first = std::mem::replace(&mut s.domain, best_label(&s.domain_scores));
+        s.unchecked_domain = Some(first);
     }
 }
 
@@ -2776,6 +2881,7 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
         complexity_pair: whole.complexity_pair,
         tokens: whole.tokens,
         unchecked_domain: None,
+        unchecked_intent: None,
     }
 }
 

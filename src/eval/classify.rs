@@ -58,8 +58,12 @@ pub struct ClassifyReport {
     pub latency_us: BTreeMap<String, f64>,
     /// With a domain check: its threshold and how many prompts it re-scored.
     pub domain_check: Option<DomainCheckCount>,
+    /// With an intent check: its threshold and how many prompts' intents it re-read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent_check: Option<DomainCheckCount>,
 }
 
+/// A check's threshold and how many prompts it re-scored.
 #[derive(Debug, Clone, Serialize)]
 pub struct DomainCheckCount {
     pub below: f64,
@@ -281,11 +285,22 @@ pub fn evaluate(
         complexity,
         latency_us,
         domain_check: model.domain_check().map(|c| DomainCheckCount {
-            // As written in the config (0.9, not the f32's 0.8999999761581421).
-            below: (f64::from(c.below) * 1e6).round() / 1e6,
+            below: as_written(c.below),
             checked: scored.iter().filter(|(s, _)| s.domain_checked()).count(),
         }),
+        intent_check: model
+            .domain_check()
+            .and_then(|c| c.intent_below)
+            .map(|below| DomainCheckCount {
+                below: as_written(below),
+                checked: scored.iter().filter(|(s, _)| s.intent_checked()).count(),
+            }),
     }
+}
+
+/// A threshold as written in the config (0.9, not the f32's 0.8999999761581421).
+fn as_written(below: f32) -> f64 {
+    (f64::from(below) * 1e6).round() / 1e6
 }
 
 #[cfg(test)]

@@ -293,15 +293,33 @@ pub fn classify_report_md(data: &str, model: &str, r: &ClassifyReport) -> String
         l.get("max").copied().unwrap_or(f64::NAN),
         l.get("mean").copied().unwrap_or(f64::NAN)
     );
-    if let Some(c) = &r.domain_check {
-        let _ = writeln!(
-            md,
-            "\n## Domain check\n\nThe second model re-scored the domain of {} of {} prompts ({:.1}%): those whose probability of `general` was below {}. The latency above includes it.",
-            c.checked,
-            r.prompts,
-            100.0 * c.checked as f64 / r.prompts.max(1) as f64,
-            c.below
-        );
+    let checks = [
+        (
+            &r.domain_check,
+            "Domain check",
+            "re-scored the domain",
+            "probability of `general` was below",
+            "",
+        ),
+        (
+            &r.intent_check,
+            "Intent check",
+            "re-read the intent",
+            "intent's probability was below",
+            "; the intent reported is the two models' pooled",
+        ),
+    ];
+    for (check, title, did, whose, then) in checks {
+        if let Some(c) = check {
+            let _ = writeln!(
+                md,
+                "\n## {title}\n\nThe second model {did} of {} of {} prompts ({:.1}%): those whose {whose} {}{then}. The latency above includes it.",
+                c.checked,
+                r.prompts,
+                100.0 * c.checked as f64 / r.prompts.max(1) as f64,
+                c.below
+            );
+        }
     }
     md
 }

@@ -109,6 +109,7 @@ impl Policy {
                 routing: Routing {
                     classifier: crate::config::ClassifierChoice::Embedded,
                     domain_check: None,
+                    intent_check_below: None,
                     domain_offsets: None,
                     strong_tier: Some("reasoning".into()),
                     complexity_pair: None,
@@ -280,6 +281,7 @@ targets = [{ provider = "p", model = "lawyer" }]
             complexity_pair: None,
             tokens: 10,
             unchecked_domain: None,
+            unchecked_intent: None,
         };
         let decide = |s: &Scores| policy.tier_for_scores(s, None);
         assert_eq!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use candle_core::{DType, Device, Module, Tensor};
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchyard::classifier::Classifier;
 use tokio::io::AsyncWriteExt;
 
@@ -301,19 +301,39 @@ fn classify_takes_a_domain_check() {
     };
     let dir = model_dir();
     let dir = dir.to_str().unwrap();
-    for (below, checked) in [("1", true), ("0", false)] {
-        let out = run(&[
-            "classify",
-            "--jsonl",
-            "--domain-check",
-            dir,
-            "--domain-check-below",
-            below,
-        ]);
+    // The domain checked below 1 and not below 0; with the intent check, the same second
+    // model re-reads the intent, here of every prompt.
+    for (below, intent, checked) in [
+        ("1", None, (true, false)),
+        ("0", None, (false, false)),
+        ("0", Some("1"), (false, true)),
+    ] {
+        let mut args = vec!["classify", "--jsonl", "--domain-check", dir];
+        args.extend(["--domain-check-below", below]);
+        if let Some(i) = intent {
+            args.extend(["--intent-check-below", i]);
+        }
+        let out = run(&args);
         assert!(out.status.success(), "{out:?}");
         let line: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(line["domain_checked"], checked, "{line}");
+        assert_eq!(
+            (&line["domain_checked"], &line["intent_checked"]),
+            (&json!(checked.0), &json!(checked.1)),
+            "{line}"
+        );
         assert_eq!(line["domain"], "legal");
+    }
+    for (args, says) in [
+        (vec!["--intent-check-below", "0.8"], "--domain-check"),
+        (
+            vec!["--domain-check", dir, "--intent-check-below", "1.5"],
+            "--intent-check-below",
+        ),
+    ] {
+        let out = run(&[&["classify", "--jsonl"], &args[..]].concat());
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
     }
     let out = run(&["classify", "--jsonl", "--domain-check", "no/such/model"]);
     assert!(!out.status.success());

@@ -260,9 +260,11 @@ async fn a_follow_up_is_classified_by_what_it_asks_now() {
 
 /// `routing.domain_check`: a second model re-scores the domain of the prompts the first is
 /// unsure of, and the answer says so (the first model's domain in
-/// `x-switchyard-domain-checked`) and the metrics count it. Here the second model is the
-/// committed one again, with a threshold of 1, so every prompt not certain to be general is
-/// checked and the check keeps the domain.
+/// `x-switchyard-domain-checked`) and the metrics count it; with `intent_check_below`, the same
+/// model re-reads the intent (`x-switchyard-intent-checked`). Here the second model is the
+/// committed one again, with thresholds of 1, so every prompt not certain to be general is
+/// checked, every intent is re-read, and the checks keep the domain and the intent (the model
+/// pooled with itself reads as itself).
 #[tokio::test]
 async fn a_domain_check_says_what_it_rescored() {
     let c = sim("cheap").await;
@@ -272,6 +274,7 @@ async fn a_domain_check_says_what_it_rescored() {
 default_tier = "cheap"
 domain_check = {model:?}
 domain_check_below = 1.0
+intent_check_below = 1.0
 {}
 [tiers.cheap]
 targets = [{{ provider = "c", model = "small" }}]
@@ -288,9 +291,16 @@ targets = [{{ provider = "c", model = "small" }}]
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.header("x-switchyard-domain"), "legal");
     assert_eq!(r.header("x-switchyard-domain-checked"), "legal");
+    let intent = r.header("x-switchyard-intent");
+    assert!(!intent.is_empty());
+    assert_eq!(r.header("x-switchyard-intent-checked"), intent);
     let (_, metrics) = h.get("/metrics").await;
     assert!(
         metrics.contains("switchyard_domain_checks_total{outcome=\"kept\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_intent_checks_total{outcome=\"kept\"} 1"),
         "{metrics}"
     );
     // Without a check there is no such header (the setup of the other tests has none).
@@ -303,6 +313,7 @@ targets = [{{ provider = "c", model = "small" }}]
         .await;
     assert_eq!(r.header("x-switchyard-domain"), "legal");
     assert!(r.header("x-switchyard-domain-checked").is_empty());
+    assert!(r.header("x-switchyard-intent-checked").is_empty());
 }
 
 /// A request with no text for the classifier to read (an empty message, only whitespace, or
