@@ -785,13 +785,10 @@ pub const GENERAL: &str = "general";
 /// The default of `below`: chosen on everyday tests 1 to 7 (see the README).
 pub const DEFAULT_DOMAIN_CHECK_BELOW: f32 = 0.9;
 
-/// The threshold of the intent check the README and the example configuration suggest
-/// (`routing.intent_check_below`; off unless set): chosen with [`INTENT_CHECK_WEIGHT`] on the
-/// development sets (`eval/router-development.md`).
-pub const SUGGESTED_INTENT_CHECK_BELOW: f32 = 0.8;
-
 /// The second model's weight in the intent of a checked prompt, pooled with the first's as
 /// p ∝ first^(1 − w) · second^w: together they read more prompts right than either alone.
+/// Chosen with the threshold the README suggests (`routing.intent_check_below = 0.8`) on the
+/// development sets (`eval/router-development.md`).
 pub const INTENT_CHECK_WEIGHT: f32 = 0.5;
 
 /// The floor of a probability whose logarithm is taken: a head's softmax can round to 0.
