@@ -122,7 +122,7 @@ pub enum Command {
         /// Intent and domain heads to train, each from its own seed (--seed, --seed + 1, …); the
         /// model averages their probabilities, so that no single seed decides a borderline
         /// prompt.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         ensemble: usize,
         /// Complexity lexicons to fit, comma-separated: a ridge regression over the prompts'
         /// TF-IDF bags of tokens per family of complexity labels, read by the complexity head
@@ -548,13 +548,13 @@ mod tests {
     }
 
     #[test]
-    fn train_hidden_units_default_and_refuse_zero() {
+    fn train_hidden_units_and_heads_default_and_refuse_zero() {
         assert_eq!(train_hidden(&[]), Ok((32, 32)));
         assert_eq!(
             train_hidden(&["--hidden", "64", "--complexity-hidden", "16"]),
             Ok((64, 16))
         );
-        for flag in ["--hidden", "--complexity-hidden"] {
+        for flag in ["--hidden", "--complexity-hidden", "--ensemble"] {
             let err = train_hidden(&[flag, "0"]).unwrap_err();
             assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
         }

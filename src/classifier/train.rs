@@ -1476,6 +1476,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// The whole training run.
 pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
     // Before anything slow: a bad expert would otherwise fail after minutes of distilling.
+    check_sizes(args)?;
     check_experts(args)?;
     let source = args.encoder.display().to_string();
     let encoder_dir = super::encoder::resolve(&source, None, None)
@@ -1984,6 +1985,21 @@ pub fn default_experts(families: &[String], topics: bool, train: &[Example]) -> 
 
 /// Whether `args`' complexity experts name families it fits a lexicon for and known intents,
 /// no intent twice.
+/// The heads' sizes, as the CLI's parser checks them, for a `TrainArgs` built in code: a head
+/// with no hidden units, or no intent and domain heads at all, has nothing to train.
+fn check_sizes(args: &TrainArgs) -> anyhow::Result<()> {
+    for (flag, value) in [
+        ("--hidden", args.hidden),
+        ("--complexity-hidden", args.complexity_hidden),
+        ("--ensemble", args.ensemble),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{flag}: must be at least 1");
+        }
+    }
+    Ok(())
+}
+
 fn check_experts(args: &TrainArgs) -> anyhow::Result<()> {
     let mut seen: Vec<&String> = Vec::new();
     for (family, intents) in args.complexity_experts.iter().flatten() {
@@ -4441,6 +4457,24 @@ mod tests {
                 err.contains("--complexity-expert") && err.contains(named),
                 "{err}"
             );
+        }
+    }
+
+    /// A `TrainArgs` built in code is refused a head without hidden units, or no heads, as the
+    /// CLI's parser refuses the flags.
+    #[test]
+    fn train_args_built_in_code_need_heads_with_units() {
+        let args = test_args();
+        check_sizes(&args).unwrap();
+        for flag in ["--hidden", "--complexity-hidden", "--ensemble"] {
+            let mut bad = test_args();
+            match flag {
+                "--hidden" => bad.hidden = 0,
+                "--complexity-hidden" => bad.complexity_hidden = 0,
+                _ => bad.ensemble = 0,
+            }
+            let err = check_sizes(&bad).unwrap_err().to_string();
+            assert_eq!(err, format!("{flag}: must be at least 1"));
         }
     }
 
