@@ -89,13 +89,13 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub cascade: Family<CascadeLabels, Counter>,
     pub cost: Family<TierLabels, Counter<f64, AtomicU64>>,
-    pub domain_checks: Family<DomainCheckLabels, Counter>,
-    pub intent_checks: Family<DomainCheckLabels, Counter>,
+    pub domain_checks: Family<CheckLabels, Counter>,
+    pub intent_checks: Family<CheckLabels, Counter>,
 }
 
 /// The labels of the domain and intent checks' counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DomainCheckLabels {
+pub struct CheckLabels {
     /// `kept` (the checked label is the first model's) or `changed`.
     pub outcome: String,
 }
@@ -203,13 +203,13 @@ impl Metrics {
             "Upstream cost in US dollars of answered requests (every call made), by the tier that answered",
             cost.clone(),
         );
-        let domain_checks = Family::<DomainCheckLabels, Counter>::default();
+        let domain_checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "domain_checks",
             "Prompts whose domain the second model (routing.domain_check) re-scored, by whether it kept or changed the first model's domain",
             domain_checks.clone(),
         );
-        let intent_checks = Family::<DomainCheckLabels, Counter>::default();
+        let intent_checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "intent_checks",
             "Prompts whose intent the second model (routing.intent_check_below) re-read, by whether the pooled intent kept or changed the first model's",

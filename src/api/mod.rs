@@ -577,7 +577,7 @@ async fn route_request(
     decision.policy = Some(why);
     let outcome = |first: &String, last: &String| {
         let outcome = if first == last { "kept" } else { "changed" };
-        crate::telemetry::DomainCheckLabels {
+        crate::telemetry::CheckLabels {
             outcome: outcome.into(),
         }
     };

@@ -57,15 +57,15 @@ pub struct ClassifyReport {
     /// Microseconds per prompt, end to end (tokenise, embed, heads): percentiles and the mean.
     pub latency_us: BTreeMap<String, f64>,
     /// With a domain check: its threshold and how many prompts it re-scored.
-    pub domain_check: Option<DomainCheckCount>,
+    pub domain_check: Option<CheckCount>,
     /// With an intent check: its threshold and how many prompts' intents it re-read.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub intent_check: Option<DomainCheckCount>,
+    pub intent_check: Option<CheckCount>,
 }
 
 /// A check's threshold and how many prompts it re-scored.
 #[derive(Debug, Clone, Serialize)]
-pub struct DomainCheckCount {
+pub struct CheckCount {
     pub below: f64,
     pub checked: usize,
 }
@@ -284,14 +284,14 @@ pub fn evaluate(
         heads,
         complexity,
         latency_us,
-        domain_check: model.domain_check().map(|c| DomainCheckCount {
+        domain_check: model.domain_check().map(|c| CheckCount {
             below: as_written(c.below),
             checked: scored.iter().filter(|(s, _)| s.domain_checked()).count(),
         }),
         intent_check: model
             .domain_check()
             .and_then(|c| c.intent_below)
-            .map(|below| DomainCheckCount {
+            .map(|below| CheckCount {
                 below: as_written(below),
                 checked: scored.iter().filter(|(s, _)| s.intent_checked()).count(),
             }),
