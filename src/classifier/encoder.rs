@@ -234,6 +234,15 @@ mod tests {
         tiny_with(root, &["general", "legal"])
     }
 
+    /// The committed model's domain labels, which a check's second model must share.
+    const DOMAINS: &[&str] = &["general", "legal", "medical", "finance"];
+
+    /// The committed model (`models/router`), the first model of the check tests.
+    fn committed() -> super::super::Classifier {
+        super::super::Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router"))
+            .unwrap()
+    }
+
     /// `tiny`, with these domain labels.
     fn tiny_with(root: &Path, domains: &[&str]) -> PathBuf {
         tiny_labelled(root, &["chat", "math", "coding"], domains)
@@ -370,11 +379,8 @@ mod tests {
         use super::super::{ChatReading, ChatText, Classifier};
         let root = std::env::temp_dir().join(format!("switchyard-check-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let committed = || {
-            Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router")).unwrap()
-        };
         let first = committed();
-        let dir = tiny_with(&root, &["general", "legal", "medical", "finance"]);
+        let dir = tiny_with(&root, DOMAINS);
         let second = Classifier::load(&dir).unwrap();
         let prompts = [
             "hello world, how are you?",
@@ -469,9 +475,6 @@ mod tests {
         let root =
             std::env::temp_dir().join(format!("switchyard-intent-check-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let committed = || {
-            Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/router")).unwrap()
-        };
         let first = committed();
         let intents: Vec<&str> = first
             .config
@@ -479,7 +482,7 @@ mod tests {
             .iter()
             .map(String::as_str)
             .collect();
-        let dir = tiny_labelled(&root, &intents, &["general", "legal", "medical", "finance"]);
+        let dir = tiny_labelled(&root, &intents, DOMAINS);
         let second = Classifier::load(&dir).unwrap();
         let prompts = [
             "hello world, how are you?",
@@ -544,10 +547,7 @@ mod tests {
         // A check needs a second model with the same intent labels, and a probability.
         let e = committed().with_intent_check(0.8).unwrap_err();
         assert!(e.contains("no second model"), "{e}");
-        let other = tiny_with(
-            &root.join("three"),
-            &["general", "legal", "medical", "finance"],
-        );
+        let other = tiny_with(&root.join("three"), DOMAINS);
         let e = committed()
             .with_domain_check(Classifier::load(&other).unwrap(), 0.9)
             .unwrap()

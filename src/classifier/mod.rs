@@ -576,17 +576,11 @@ impl Scores {
     }
 
     pub fn intent_confidence(&self) -> f32 {
-        self.intent_scores
-            .iter()
-            .find(|(l, _)| *l == self.intent)
-            .map_or(0.0, |(_, p)| *p)
+        probability_of(&self.intent_scores, &self.intent)
     }
 
     pub fn domain_confidence(&self) -> f32 {
-        self.domain_scores
-            .iter()
-            .find(|(l, _)| *l == self.domain)
-            .map_or(0.0, |(_, p)| *p)
+        probability_of(&self.domain_scores, &self.domain)
     }
 }
 
@@ -2716,11 +2710,7 @@ impl Classifier {
     /// configured, and the probability of `general` is below its threshold.
     pub fn needs_domain_check(&self, s: &Scores) -> bool {
         self.domain_check.as_ref().is_some_and(|check| {
-            let general = s
-                .domain_scores
-                .iter()
-                .find(|(l, _)| l == GENERAL)
-                .map_or(0.0, |(_, p)| *p);
+            let general = probability_of(&s.domain_scores, GENERAL);
             general < check.below && s.unchecked_domain.is_none() && s.tokens > 0
         })
     }
@@ -2880,6 +2870,11 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
         unchecked_domain: None,
         unchecked_intent: None,
     }
+}
+
+/// The probability of `label` in `v` (0 when it is not there).
+fn probability_of(v: &[(String, f32)], label: &str) -> f32 {
+    v.iter().find(|(l, _)| l == label).map_or(0.0, |(_, p)| *p)
 }
 
 /// Every label equally likely.
