@@ -657,13 +657,26 @@ fn classify_cmd(
     }
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (i, line) in stdin.lock().lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
+    // Lines are read as bytes, so a line that is not UTF-8 gets its own error object, not the
+    // end of the stream. A CR before the newline and a byte-order mark on the first line go.
+    for (i, line) in stdin.lock().split(b'\n').enumerate() {
+        let mut bytes = line?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if i == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes.drain(..3);
+        }
+        let text =
+            String::from_utf8(bytes).map_err(|e| format!("invalid UTF-8: {}", e.utf8_error()));
+        if text.as_deref().is_ok_and(|t| t.trim().is_empty()) {
             continue;
         }
-        let obj = match serde_json::from_str::<serde_json::Value>(&line)
-            .map_err(|e| format!("invalid JSON: {e}"))
+        let obj = match text
+            .and_then(|t| {
+                serde_json::from_str::<serde_json::Value>(&t)
+                    .map_err(|e| format!("invalid JSON: {e}"))
+            })
             .and_then(|v| line_prompt(&v))
         {
             Ok(chat) => {
@@ -707,7 +720,7 @@ fn calibrate_cmd(
         std::fs::File::open(prompts).map_err(|e| anyhow::anyhow!("{}: {e}", prompts.display()))?;
     let mut scores = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line?;
+        let line = line.map_err(|e| anyhow::anyhow!("{}:{}: {e}", prompts.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }

@@ -234,16 +234,21 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // A byte-order mark before the first line, a line that is not UTF-8 (Latin-1) and one that
+    // ends in CRLF.
     let input = concat!(
-        "{\"prompt\": \"write me a haiku about autumn\"}\n",
+        "\u{feff}{\"prompt\": \"write me a haiku about autumn\"}\n",
         "this is not json\n",
         "{\"messages\": [{\"role\": \"system\", \"content\": \"be brief\"}, {\"role\": \"user\", \"content\": \"What is 17 * 23?\"}]}\n",
         "{\"prompt\": 42}\n",
         "{\"other\": true}\n",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"solve x^2 = 4\"}, {\"role\": \"assistant\", \"content\": \"x = 2 or x = -2.\"}, {\"role\": \"user\", \"content\": \"now write that as a little poem\"}]}\n",
     );
+    let mut input = input.as_bytes().to_vec();
+    input.extend_from_slice(b"{\"prompt\": \"caf\xe9 au lait\"}\n");
+    input.extend_from_slice(b"{\"prompt\": \"write me a haiku about spring\"}\r\n");
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
+    stdin.write_all(&input).await.unwrap();
     drop(stdin);
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success());
@@ -252,8 +257,8 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 6);
-    for i in [0, 2, 5] {
+    assert_eq!(lines.len(), 8);
+    for i in [0, 2, 5, 7] {
         let l = &lines[i];
         for k in ["intent", "domain", "tier"] {
             assert!(l[k].is_string(), "{k} in {l}");
@@ -269,10 +274,19 @@ async fn classify_jsonl_keeps_its_interface_and_survives_bad_lines() {
     assert_eq!(lines[0]["intent"], "creative_writing");
     // A follow-up is read with its context and alone: the poem, not the sum.
     assert_eq!(lines[5]["intent"], "creative_writing");
-    for i in [1, 3, 4] {
+    assert_eq!(lines[7]["intent"], "creative_writing");
+    for i in [1, 3, 4, 6] {
         assert!(lines[i]["error"]["message"].is_string(), "{}", lines[i]);
         assert_eq!(lines[i]["error"]["line"], i + 1);
     }
+    assert!(
+        lines[6]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid UTF-8"),
+        "{}",
+        lines[6]
+    );
 }
 
 /// `classify --domain-check DIR`: each line says whether the second model re-scored it; a
