@@ -2873,7 +2873,7 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
 }
 
 /// The probability of `label` in `v` (0 when it is not there).
-fn probability_of(v: &[(String, f32)], label: &str) -> f32 {
+pub fn probability_of(v: &[(String, f32)], label: &str) -> f32 {
     v.iter().find(|(l, _)| l == label).map_or(0.0, |(_, p)| *p)
 }
 

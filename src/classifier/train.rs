@@ -1983,8 +1983,6 @@ pub fn default_experts(families: &[String], topics: bool, train: &[Example]) -> 
     experts
 }
 
-/// Whether `args`' complexity experts name families it fits a lexicon for and known intents,
-/// no intent twice.
 /// The heads' sizes, as the CLI's parser checks them, for a `TrainArgs` built in code: a head
 /// with no hidden units, or no intent and domain heads at all, has nothing to train.
 fn check_sizes(args: &TrainArgs) -> anyhow::Result<()> {
@@ -2000,6 +1998,8 @@ fn check_sizes(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `args`' complexity experts name families it fits a lexicon for and known intents,
+/// no intent twice.
 fn check_experts(args: &TrainArgs) -> anyhow::Result<()> {
     let mut seen: Vec<&String> = Vec::new();
     for (family, intents) in args.complexity_experts.iter().flatten() {

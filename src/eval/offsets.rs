@@ -220,13 +220,7 @@ pub fn evaluate(
         let reported = model.classify_chat(chat).domain_scores;
         let scores = labels
             .iter()
-            .map(|l| {
-                let p = reported
-                    .iter()
-                    .find(|(s, _)| s == l)
-                    .map_or(0.0, |(_, p)| *p);
-                (l.clone(), p)
-            })
+            .map(|l| (l.clone(), crate::classifier::probability_of(&reported, l)))
             .collect();
         let hash = crate::classifier::train::stable_hash(
             &crate::classifier::train::hash_text(&chat.text),
