@@ -199,6 +199,11 @@ pub enum Command {
         /// it and vary --seed to measure how much the heads' random start alone moves a figure.
         #[arg(long)]
         split_seed: Option<u64>,
+        /// Hold out hand-written groups for validation too, like the public sources. By default
+        /// every hand-written group is trained on: they are the only examples of the everyday
+        /// voice and of the thin intents, and the sets in eval/prompts/ validate those.
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        hold_out_handwritten: bool,
         /// At most this many examples from one source (file, task or subject).
         #[arg(long, default_value_t = 2500)]
         cap_per_source: usize,

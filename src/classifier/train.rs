@@ -118,6 +118,10 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Seeds the validation split instead of `seed`, when given.
     pub split_seed: Option<u64>,
+    /// Whether the validation split holds out hand-written groups too. By default only public
+    /// sources are held out: the hand-written groups are the thin intents' only examples, and
+    /// the hand-written evaluation sets in `eval/prompts/`, never trained on, validate them.
+    pub hold_out_handwritten: bool,
     pub cap_per_source: usize,
     /// The loss weight of a hand-written example (intent and domain heads).
     pub handwritten_weight: f32,
@@ -1303,6 +1307,8 @@ pub struct Metrics {
     /// The seed of the validation split, when it is not `seed` (`--split-seed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split_seed: Option<u64>,
+    /// Whether hand-written groups were held out as well (`--hold-out-handwritten`).
+    pub hold_out_handwritten: bool,
     /// Per complexity lexicon family, how its cross-fitted scores rank the training prompts'
     /// labels.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -1354,14 +1360,15 @@ pub struct Held {
     pub rows: Vec<Example>,
 }
 
-/// Splits labelled examples into training examples and what is held out. No prompt sits on
-/// both sides, up to case, spacing and punctuation ([`crate::eval::dataset::normalise`], as
-/// `eval import` compares prompts).
-pub fn split(all: Vec<Example>, seed: u64) -> (Vec<Example>, Held) {
+/// Splits labelled examples into training examples and what is held out: whole sources by
+/// [`is_validation`] (a hand-written group only if `handwritten` is set), and rows by
+/// [`RowRule`]. No prompt sits on both sides, up to case, spacing and punctuation
+/// ([`crate::eval::dataset::normalise`], as `eval import` compares prompts).
+pub fn split(all: Vec<Example>, seed: u64, handwritten: bool) -> (Vec<Example>, Held) {
     use crate::eval::dataset::normalise;
     let (train, val): (Vec<Example>, Vec<Example>) = all
         .into_iter()
-        .partition(|e| !is_validation(&e.source, seed));
+        .partition(|e| (e.handwritten && !handwritten) || !is_validation(&e.source, seed));
     let rule = RowRule::new();
     let (mut train, mut rows): (Vec<Example>, Vec<Example>) = train
         .into_iter()
@@ -1510,7 +1517,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Metrics> {
             before - all.len()
         );
     }
-    let (train, held) = split(all, args.split_seed());
+    let (train, held) = split(all, args.split_seed(), args.hold_out_handwritten);
     eprintln!(
         "{} training examples, {} validation examples from {} held-out sources, {} held-out rows",
         train.len(),
@@ -1843,6 +1850,7 @@ fn finish(
         },
         seed: args.seed,
         split_seed: Some(args.split_seed()).filter(|s| *s != args.seed),
+        hold_out_handwritten: args.hold_out_handwritten,
         complexity_lexicon_cross_fitted: fits.lexicon,
         complexity_experts: fits.experts,
         complexity_pairs_cross_fitted: fits.pairs,
@@ -3726,6 +3734,9 @@ pub fn model_card(
     if let Some(split_seed) = m.split_seed {
         cmd.push_str(&format!(" --split-seed {split_seed}"));
     }
+    if m.hold_out_handwritten {
+        cmd.push_str(" --hold-out-handwritten true");
+    }
     if config.word_vectors > 0 {
         cmd.push_str(&format!(" --word-vectors {}", config.word_vectors));
     }
@@ -3745,6 +3756,20 @@ pub fn model_card(
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
+    let (held_kinds, handwritten_note) = if m.hold_out_handwritten {
+        (
+            "a file, a LegalBench task, an MMLU subject, a hand-written group",
+            "",
+        )
+    } else {
+        (
+            "a file, a LegalBench task, an MMLU subject",
+            " Every hand-written group is trained on (`--hold-out-handwritten false`): they are the only \
+examples of the everyday voice and of the thin intents (chat, rewrite and the like), and the hand-written evaluation sets in the \
+project's `eval/prompts/`, which no model trains on, validate those instead (the project README). So the figures below \
+are of the public sources alone.",
+        )
+    };
     let llmrouter = match llmrouter_pair {
         Some((cheap, strong)) => format!(
             "complexity as what escalating from its cheapest model, {cheap}, to its most accurate, {strong}, buys"
@@ -3759,10 +3784,10 @@ both or wrong by both, 0.0 right only by Mixtral), and the project's hand-writte
 rating where a row has one, mapped like a MATH level, else priors for chat, rewrite and the like, see `src/eval/datasets.rs`; a rated \
 one is a \"levels\" label and counts {} times in that family's lexicon fit, where a few hundred everyday prompts sit beside thousands of \
 MATH problems; a hand-written conversation is read as the router reads a chat whole, its last user turn after its context, and \
-trains intent and complexity only). Each source is capped, and whole sources (a file, a LegalBench task, an MMLU subject, \
-a hand-written group) are held out for validation, about one in five by a hash of the source name. Of the other MMLU, MATH, LLMRouter \
+trains intent and complexity only). Each source is capped, and whole sources ({}) are held out for validation, about one in five by \
+a hash of the source name. Of the other MMLU, MATH, LLMRouter \
 and RouteLLM GSM8K sources, one prompt in {} is held out as well, by a hash of its text: the router mostly meets prompts like those it \
-was trained on, and subjects it has never seen are the harder, rarer case.\n\n", args.rated_weight, m.validation_rows.rule.one_in));
+was trained on, and subjects it has never seen are the harder, rarer case.{}\n\n", args.rated_weight, held_kinds, m.validation_rows.rule.one_in, handwritten_note));
     s.push_str(&format!(
         "## Validation (held-out sources)\n\n{} training and {} validation examples; held out: {}.\n\n",
         m.train_examples,
@@ -3913,18 +3938,24 @@ was trained on, and subjects it has never seen are the harder, rarer case.\n\n",
         }
         s.push('\n');
     }
-    s.push_str("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does worse on prompts \
+    s.push_str(&format!("## Limits\n\n- The held-out public sources above are exam- and document-shaped, and the model does worse on prompts \
 in everyday voice: `eval/reports/classify-everyday-*` and `classify-difficulty*` (`scripts/eval-reports`) score it on the \
 hand-written sets in `eval/prompts/`, which no training run reads.\n\
 - Outside maths, what the levels lexicon (and so the complexity of every intent the levels expert speaks for) knows of difficulty \
 comes from about 290 rated hand-written prompts (`training-data/rated*.jsonl`), rated by the team that also rated \
 `eval/prompts/difficulty*.jsonl`: the ρ figures on those sets measure agreement with that team's sense of hard, and shared habits \
 of writing flatter them.\n\
-- The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n\
+{}\
 - Public prompts are exam- and document-shaped; chat-style prompts in legal, medical and finance are scarce.\n\
 - MMLU subjects labelled general but close to medicine or money (biology, psychology, human sexuality, statistics) are often \
 scored medical or finance: that lowers those domains' precision above.\n- Complexity learns from recorded outcomes of specific models (Mixtral and GPT-4; LLMRouter's cheapest and most accurate, or with `--llmrouter-label groups` its large models against its small ones); other pairs may disagree.\n\
-- English only in practice: the vocabulary is uncased English WordPiece.\n");
+- English only in practice: the vocabulary is uncased English WordPiece.\n",
+        if m.hold_out_handwritten {
+            "- The hand-written validation groups are small (tens of prompts per intent): their per-intent figures are noisy.\n"
+        } else {
+            "- No hand-written group is held out, so the per-intent figures above say little of chat, rewrite and the other \
+intents that only hand-written prompts teach: see the everyday sets' reports for those.\n"
+        }));
     s
 }
 
@@ -4273,6 +4304,7 @@ mod tests {
             tune_lr: 0.0,
             seed: 1,
             split_seed: None,
+            hold_out_handwritten: false,
             cap_per_source: 100,
             handwritten_weight: 1.0,
             rated_weight: 1,
@@ -4931,7 +4963,7 @@ mod tests {
             twin.source = source.into();
             all.push(twin);
         }
-        let (train, held) = split(all, 7);
+        let (train, held) = split(all, 7, true);
         let text = |v: &[Example]| -> HashSet<String> {
             v.iter()
                 .map(|e| crate::eval::dataset::normalise(&e.prompt))
@@ -4956,6 +4988,32 @@ mod tests {
             assert!(rule.holds_out(&e.source, &e.prompt, 7));
         }
         assert!(!rule.holds_out("legalbench/x", "Question 1?", 7));
+    }
+
+    #[test]
+    fn hand_written_groups_are_held_out_only_when_asked() {
+        let written = |prompt: &str, source: &str| {
+            let mut e = example(prompt, "chat", "general");
+            e.source = source.into();
+            e.handwritten = true;
+            e
+        };
+        // Both groups the default model's split (seed 7) held out before; a public source too.
+        assert!(is_validation("handwritten-chat-0", 7) && is_validation("mmlu/anatomy", 7));
+        let mut all = vec![
+            written("hi there", "handwritten-chat-0"),
+            written("thanks, that helps", "handwritten-rewrite-3"),
+        ];
+        let mut public = example("Which bone is the femur?", "open_qa", "medical");
+        public.source = "mmlu/anatomy".into();
+        all.push(public);
+        let (train, held) = split(all.clone(), 7, false);
+        assert_eq!(train.len(), 2);
+        assert!(train.iter().all(|e| e.handwritten));
+        assert_eq!(held.sources, ["mmlu/anatomy"]);
+        let (train, held) = split(all, 7, true);
+        assert!(train.is_empty());
+        assert_eq!(held.sources.len(), 3);
     }
 
     #[test]

@@ -553,16 +553,23 @@ fn prompts_in(folder: &str) -> Vec<(String, usize, String)> {
     out
 }
 
-/// The hand-written training prompts, and those in `training-data/pending/` (written and tried,
-/// not yet trained on by the default model: `train` reads the folder's top level only), which
-/// keep to the same rules.
+/// The hand-written training prompts, and those in `training-data/pending/` if it exists
+/// (written and tried, not yet trained on by the default model: `train` reads the folder's top
+/// level only), which keep to the same rules.
 fn training_prompts() -> Vec<(String, usize, String)> {
-    let pending = prompts_in("training-data/pending")
-        .into_iter()
-        .map(|(f, l, p)| (format!("pending/{f}"), l, p));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("training-data/pending");
+    let pending = if dir.is_dir() {
+        prompts_in("training-data/pending")
+    } else {
+        Vec::new()
+    };
     prompts_in("training-data")
         .into_iter()
-        .chain(pending)
+        .chain(
+            pending
+                .into_iter()
+                .map(|(f, l, p)| (format!("pending/{f}"), l, p)),
+        )
         .collect()
 }
 
