@@ -251,6 +251,11 @@ def main():
                 return heads
             rows, (_, n) = w[name]
             bag = tfidf(ids, w["token_idf"][0])
+            # The domain bag's weight grows with the bag's distinct tokens up to
+            # domain_bag_tokens (absent or 0: the full weight always).
+            full = cfg.get(name + "_tokens", 0)
+            if full:
+                weight = weight * min(len(bag), full) / full
             z = [w[name + "_bias"][0][j] + sum(v * rows[i * n + j] for i, v in bag) for j in range(n)]
             probs = softmax(z)
             floor = 1e-12

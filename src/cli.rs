@@ -100,6 +100,11 @@ pub enum Command {
         /// probabilities. 0: no bag.
         #[arg(long, default_value_t = 0.5)]
         domain_bag: f32,
+        /// The domain bag's full weight from this many distinct tokens in a prompt's bag; a
+        /// prompt with fewer gets that share of it (one token: 1/16), since one token would
+        /// otherwise speak in the L2-normalised bag as loudly as a paragraph. 0: the full weight.
+        #[arg(long, default_value_t = 16)]
+        domain_bag_tokens: usize,
         /// Filters of the window: an intent head that also reads a convolution of width three
         /// over the prompt's token rows (each filter's strongest response), so that it sees
         /// neighbouring tokens together; its probabilities are pooled with the intent's after

@@ -100,6 +100,12 @@ pub struct ModelConfig {
     /// `domain_bag_bias`) pooled with the domain heads' mean. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub domain_bag: f32,
+    /// The domain bag's weight is `domain_bag` for a prompt whose bag holds at least this many
+    /// distinct tokens, and that share of it for fewer: a bag is L2-normalised, so one token
+    /// ("yes") speaks in it as loudly as a paragraph, where the heads also see how little was
+    /// said. 0: the full weight, however short the prompt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub domain_bag_tokens: usize,
     /// The weight of the window ([`window::Window`]: `window_taps`, `window_scales` and the head
     /// `window`) in the reported intent, pooled after the bag as the bag is pooled with the
     /// heads: p ∝ intent^(1 − w) · window^w. 0: no window. Like the bag's, it moves the reported
@@ -2526,7 +2532,12 @@ impl Classifier {
         scratch: &mut Scratch,
     ) -> Vec<(String, f32)> {
         let heads = Self::head_scores(f, &self.domain, &self.config.domain_labels, scratch);
-        let pooled = pool_bag(heads, self.domain_bag.as_ref(), self.config.domain_bag, bag);
+        let w = bag_weight(
+            self.config.domain_bag,
+            bag.len(),
+            self.config.domain_bag_tokens,
+        );
+        let pooled = pool_bag(heads, self.domain_bag.as_ref(), w, bag);
         offset_logs(pooled, &self.domain_offsets)
     }
 
@@ -2790,6 +2801,16 @@ fn pool_bag(
     match bag {
         None => heads,
         Some(bag) => log_pool(heads, &bag.probs(tfidf), w),
+    }
+}
+
+/// A bag's weight `w` for a prompt whose bag holds `tokens` distinct tokens: `w` from `full`
+/// tokens on, that share of it below (`full` 0: always `w`).
+fn bag_weight(w: f32, tokens: usize, full: usize) -> f32 {
+    if full == 0 {
+        w
+    } else {
+        w * tokens.min(full) as f32 / full as f32
     }
 }
 
@@ -3180,6 +3201,34 @@ mod tests {
             Ok(_) => panic!("the model loaded with {config}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_short_prompts_domain_bag_weighs_its_share_of_the_tokens() {
+        let m = model();
+        let with = |bag: f32, tokens: usize| {
+            let mut config = serde_json::to_value(&m.config).unwrap();
+            config["domain_bag"] = bag.into();
+            config["domain_bag_tokens"] = tokens.into();
+            load_with(&config).unwrap()
+        };
+        let (full, ramp) = (with(0.5, 0), with(0.5, 16));
+        let bag_len = |text: &str| m.features_and_bag(&m.tokens(text), text).1.len();
+        let short = "yes";
+        assert_eq!(bag_len(short), 1);
+        // One token of the sixteen: a sixteenth of the weight.
+        assert_eq!(
+            ramp.domain_scores(short),
+            with(0.5 / 16.0, 0).domain_scores(short)
+        );
+        assert_ne!(ramp.domain_scores(short), full.domain_scores(short));
+        let long = "My landlord kept the whole deposit after I moved out and says the carpet was \
+                    ruined, but it was already worn when I arrived; can he do that?";
+        assert!(bag_len(long) >= 16);
+        assert_eq!(ramp.domain_scores(long), full.domain_scores(long));
+        assert_eq!(bag_weight(0.5, 4, 16), 0.125);
+        assert_eq!(bag_weight(0.5, 40, 16), 0.5);
+        assert_eq!(bag_weight(0.5, 1, 0), 0.5);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct TrainArgs {
     pub intent_bag: f32,
     /// The weight of the domain bag in the reported domain (0: none).
     pub domain_bag: f32,
+    /// The domain bag's full weight from this many distinct tokens in a prompt's bag, a share of
+    /// it below (`ModelConfig::domain_bag_tokens`; 0: the full weight always).
+    pub domain_bag_tokens: usize,
     /// The window's filters ([`super::window`]; 0: no window).
     pub window_filters: usize,
     /// The window's weight in the reported intent.
@@ -2191,6 +2194,11 @@ fn model_config(
         intent_lexicon: args.lexicon_alpha > 0.0 && args.intent_lexicon,
         intent_bag: args.intent_bag,
         domain_bag: args.domain_bag,
+        domain_bag_tokens: if args.domain_bag > 0.0 {
+            args.domain_bag_tokens
+        } else {
+            0
+        },
         intent_window: 0.0,
         window_filters: 0,
         domain_offsets: args.domain_offsets.clone(),
@@ -3505,11 +3513,20 @@ fn heads_text(config: &ModelConfig, args: &TrainArgs) -> String {
     let intent_why = "The heads read pooled vectors and lexicon summaries; a linear model over the tokens \
          weighs the few words that say what a prompt asks for against each other, and errs on other prompts than \
          the heads do. The complexity head and the experts read the heads' mean alone, as they were trained on it.";
-    let domain_why = "Its tokens name the matter (an invoice, a dose, a court) whatever task the prompt asks \
-         for, where the pooled vectors of a request for code or a sum mostly say it is code or a sum.";
+    let mut domain_why = "Its tokens name the matter (an invoice, a dose, a court) whatever task the prompt asks \
+         for, where the pooled vectors of a request for code or a sum mostly say it is code or a sum."
+        .to_string();
+    if config.domain_bag_tokens > 0 {
+        domain_why.push_str(&format!(
+            " A prompt whose bag holds fewer than {t} distinct tokens gets that share of w (one token, w / {t}): \
+             the bag is L2-normalised, so a lone \"yes\", which the LegalBench prompts' \"Answer Yes or No\" ties to \
+             legal, would speak in it as loudly as a paragraph, where the heads also see how little was said.",
+            t = config.domain_bag_tokens
+        ));
+    }
     let bags: String = [
         ("intent", config.intent_bag, "intents", intent_why),
-        ("domain", config.domain_bag, "domains", domain_why),
+        ("domain", config.domain_bag, "domains", domain_why.as_str()),
     ]
     .iter()
     .filter(|(_, w, _, _)| *w > 0.0)
@@ -3690,6 +3707,12 @@ pub fn model_card(
     ));
     // Spelled out: the flag's default (0.5) is not the no bag of older models.
     cmd.push_str(&format!(" --domain-bag {}", config.domain_bag));
+    if config.domain_bag > 0.0 {
+        cmd.push_str(&format!(
+            " --domain-bag-tokens {}",
+            config.domain_bag_tokens
+        ));
+    }
     // And this: the flag's default offsets are not the none of older models.
     cmd.push_str(&format!(
         " --domain-offset {}",
@@ -4285,6 +4308,7 @@ mod tests {
             intent_lexicon: false,
             intent_bag: 0.0,
             domain_bag: 0.0,
+            domain_bag_tokens: 0,
             window_filters: 0,
             intent_window: 0.0,
             window_epochs: 0,
