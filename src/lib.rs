@@ -382,6 +382,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             a,
             b,
             complexity_pair_a,
+            chat_reading_a,
             complexity_pair_b,
             domain_check_b,
             domain_check_below_b,
@@ -413,6 +414,14 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 None => m.to_string(),
             };
             let a = name(&a, &complexity_pair_a);
+            let a = match chat_reading_a {
+                crate::classifier::ChatReading::Both => a,
+                r => format!(
+                    "{a} (read {})",
+                    clap::ValueEnum::to_possible_value(&r)
+                        .map_or(String::new(), |v| v.get_name().to_string())
+                ),
+            };
             let b = match &checks_b.domain_check {
                 Some(_) => checked_model_name(&Some(b.clone().into()), &checks_b),
                 None => b,
@@ -435,7 +444,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 commands::compare_cmd(
                     &data,
                     held_out.get(),
-                    (&a, &ma),
+                    (&a, &ma, chat_reading_a),
                     (&b, &mb),
                     tm.as_ref(),
                     resamples,
