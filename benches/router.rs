@@ -139,16 +139,6 @@ fn classifier(c: &mut Criterion) {
     c.bench_function("classify_chat_128_tokens_then_a_follow_up", |b| {
         b.iter(|| model.classify_chat(black_box(&chat)))
     });
-    // A pasted text of about 128 tokens after a one-line request: read whole, and the request
-    // alone (src/classifier/pasted.rs), the two intents pooled.
-    let pasted = format!(
-        "From this note, pull out every step and who does it, as a list:\n\n{}",
-        prompt_of(&model, 128)
-    );
-    assert!(switchyard::classifier::pasted::request_around(&pasted).is_some());
-    c.bench_function("classify_pasted_128_tokens_after_a_request", |b| {
-        b.iter(|| model.classify(black_box(&pasted)))
-    });
     // The routing decision for the model `switchyard` under the default policy: rules (keywords,
     // regex, metadata) over the prompt, then the tier for the scores. The scores are computed
     // once outside the loop so this measures the policy alone.

@@ -385,11 +385,9 @@ pub enum EvalCommand {
         /// (`train --complexity-pair`, e.g. llmrouter) instead of the head's.
         #[arg(long)]
         complexity_pair: Option<String>,
-        /// How to read a record: both (what the router does: a chat with turns before the last
-        /// user turn whole and by its last turn alone, pooled, the domain the whole reading's;
-        /// a prompt that pastes a text whole and by the request around the text alone, the
-        /// intents pooled), whole (read once, as it is), or last-turn (a chat's last user turn
-        /// alone, read once).
+        /// How to read a record's `messages` when there are turns before the last user turn:
+        /// both (whole and its last turn alone, pooled, the domain the whole reading's: what the
+        /// router does), whole, or last-turn. Prompts are read once either way.
         #[arg(long, value_enum, default_value_t)]
         chat_reading: crate::classifier::ChatReading,
         /// Also write report.md, report.json and SVG plots here.
@@ -470,11 +468,6 @@ pub enum EvalCommand {
         /// Model A's complexity for this recorded pair instead of its head's.
         #[arg(long)]
         complexity_pair_a: Option<String>,
-        /// How model A reads each record, as `classify --chat-reading` (B reads as the router
-        /// does, both): A and B the same model with `whole` measures what reading a chat's last
-        /// turn, or the request around a pasted text, alone as well changes.
-        #[arg(long, value_enum, default_value_t)]
-        chat_reading_a: crate::classifier::ChatReading,
         /// Model B's complexity for this recorded pair instead of its head's.
         #[arg(long)]
         complexity_pair_b: Option<String>,

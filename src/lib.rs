@@ -382,7 +382,6 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
             a,
             b,
             complexity_pair_a,
-            chat_reading_a,
             complexity_pair_b,
             domain_check_b,
             domain_check_below_b,
@@ -414,14 +413,6 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 None => m.to_string(),
             };
             let a = name(&a, &complexity_pair_a);
-            let a = match chat_reading_a {
-                crate::classifier::ChatReading::Both => a,
-                r => format!(
-                    "{a} (read {})",
-                    clap::ValueEnum::to_possible_value(&r)
-                        .map_or(String::new(), |v| v.get_name().to_string())
-                ),
-            };
             let b = match &checks_b.domain_check {
                 Some(_) => checked_model_name(&Some(b.clone().into()), &checks_b),
                 None => b,
@@ -444,7 +435,7 @@ fn run_eval(what: EvalCommand) -> anyhow::Result<ExitCode> {
                 commands::compare_cmd(
                     &data,
                     held_out.get(),
-                    (&a, &ma, chat_reading_a),
+                    (&a, &ma),
                     (&b, &mb),
                     tm.as_ref(),
                     resamples,

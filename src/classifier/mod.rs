@@ -12,7 +12,6 @@
 pub mod bag;
 pub mod encoder;
 mod kernel;
-pub mod pasted;
 pub mod train;
 pub mod window;
 pub mod wordpiece;
@@ -853,12 +852,10 @@ impl ChatText {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ChatReading {
     /// Whole and by its last user turn alone, the two readings pooled for intent and
-    /// complexity, the domain the whole reading's: what the router does. A prompt (no earlier
-    /// turns) that pastes a text is read whole and by the request around the text alone, the
-    /// intents pooled ([`pasted`]); any other prompt once.
+    /// complexity, the domain the whole reading's: what the router does.
     #[default]
     Both,
-    /// Context and last turn as one text, read once as it is.
+    /// Context and last turn as one text.
     Whole,
     /// The last user turn alone.
     LastTurn,
@@ -2546,13 +2543,15 @@ impl Classifier {
 
     /// The scores of a prompt, its domain and intent checked by the second model when they
     /// need it.
-    /// A prompt that pastes a text is read as [`Classifier::classify_chat`] reads it.
     pub fn classify(&self, text: &str) -> Scores {
-        self.classify_chat(&ChatText::prompt(text))
+        let mut s = self.classify_unchecked(text);
+        if self.needs_check(&s) {
+            self.check(&ChatText::prompt(text), ChatReading::Whole, &mut s);
+        }
+        s
     }
 
-    /// The scores of this model alone, without the domain check, `text` read once as it is
-    /// (not the request around a pasted text alone as well: [`Classifier::classify_chat`]).
+    /// The scores of this model alone, without the domain check.
     pub fn classify_unchecked(&self, text: &str) -> Scores {
         self.read(text, true)
     }
@@ -2682,15 +2681,11 @@ impl Classifier {
     /// probabilities by their normalised geometric mean, complexities by the mean of their
     /// logits. The domain is the whole reading's: the last turn alone seldom names a domain the
     /// whole chat does not, and often loses the one its context gives. A chat without context
-    /// is a prompt: read once, or, when it pastes a text, also by the request around that text
-    /// alone, whose intent is pooled with the whole reading's ([`pasted`]).
+    /// is read once, as a prompt.
     pub fn classify_chat_unchecked(&self, chat: &ChatText) -> Scores {
         let whole = self.classify_unchecked(&chat.text);
         if !chat.has_context() {
-            return match pasted::request_around(&chat.text) {
-                Some(request) => pool_request(whole, &self.read(&request, false)),
-                None => whole,
-            };
+            return whole;
         }
         let last = self.read(chat.last_turn(), false);
         if last.tokens == 0 {
@@ -2895,27 +2890,6 @@ fn pool_readings(whole: Scores, last: &Scores) -> Scores {
         tokens: whole.tokens,
         unchecked_domain: None,
         unchecked_intent: None,
-    }
-}
-
-/// The weight of the request around a pasted text read alone against the whole prompt, for
-/// intent ([`pasted`]); chosen on the long development sets (`eval/prompts/long-*.jsonl`
-/// but long test 4, the one sealed for this change).
-const REQUEST_WEIGHT: f32 = 0.3;
-
-/// The scores of a prompt read whole, its intent pooled with that of the request around its
-/// pasted text read alone (`request`). Domain and complexity stay the whole reading's: what the
-/// pasted text is about, and how hard it makes the task.
-fn pool_request(whole: Scores, request: &Scores) -> Scores {
-    if request.tokens == 0 {
-        return whole;
-    }
-    let probs: Vec<f32> = request.intent_scores.iter().map(|(_, p)| *p).collect();
-    let intent_scores = log_pool(whole.intent_scores, &probs, REQUEST_WEIGHT);
-    Scores {
-        intent: best_label(&intent_scores),
-        intent_scores,
-        ..whole
     }
 }
 
@@ -4367,24 +4341,6 @@ mod tests {
         assert_eq!(chat, ChatText::prompt(long));
     }
 
-    /// Asserts that `pooled`'s intent is p ∝ a^(1 − w) · b^w over `a`'s and `b`'s, by hand.
-    fn assert_pooled_by_hand(pooled: &Scores, a: &Scores, b: &Scores, w: f64) {
-        let geo: Vec<f64> = a
-            .intent_scores
-            .iter()
-            .zip(&b.intent_scores)
-            .map(|((_, a), (_, b))| f64::from(*a).powf(1.0 - w) * f64::from(*b).powf(w))
-            .collect();
-        let sum: f64 = geo.iter().sum();
-        for ((label, p), g) in pooled.intent_scores.iter().zip(&geo) {
-            assert!(
-                (f64::from(*p) - g / sum).abs() < 1e-5,
-                "{label}: {p} vs {}",
-                g / sum
-            );
-        }
-    }
-
     #[test]
     fn a_chat_with_context_pools_its_two_readings_and_a_prompt_is_read_once() {
         let m = model();
@@ -4402,7 +4358,20 @@ mod tests {
         let last = m.classify_unchecked(chat.last_turn());
         let pooled = m.classify_chat_unchecked(&chat);
         // By hand: the normalised geometric mean of the two readings' probabilities.
-        assert_pooled_by_hand(&pooled, &whole, &last, 0.5);
+        let geo: Vec<f64> = whole
+            .intent_scores
+            .iter()
+            .zip(&last.intent_scores)
+            .map(|((_, a), (_, b))| (f64::from(*a) * f64::from(*b)).sqrt())
+            .collect();
+        let sum: f64 = geo.iter().sum();
+        for ((label, p), g) in pooled.intent_scores.iter().zip(&geo) {
+            assert!(
+                (f64::from(*p) - g / sum).abs() < 1e-5,
+                "{label}: {p} vs {}",
+                g / sum
+            );
+        }
         let logit = |p: f32| (f64::from(p) / (1.0 - f64::from(p))).ln();
         let z = (logit(whole.complexity) + logit(last.complexity)) / 2.0;
         assert!((f64::from(pooled.complexity) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5);
@@ -4421,44 +4390,6 @@ mod tests {
             (last.complexity, whole.complexity)
         };
         assert!(lo <= pooled.complexity && pooled.complexity <= hi);
-    }
-
-    #[test]
-    fn a_prompt_that_pastes_a_text_pools_the_intent_of_the_request_around_it() {
-        let m = model();
-        let minutes = "'Minutes of the residents' association, 12 June. Present: nine households. \
-            The chair reported that the council has agreed to repaint the railings on the east \
-            side of the square before the end of August. A proposal to close the gate to the \
-            gardens at dusk was discussed at length; some members felt it would stop people \
-            cutting through at night, others that it would keep out dog walkers. A vote will be \
-            held at the next meeting. The treasurer reported a balance of £412 after paying for \
-            the spring planting. Volunteers are needed for the litter pick on 5 July.'";
-        let ask = "Turn these minutes into a friendly note for the street's WhatsApp group.";
-        let text = format!("{ask}\n\n{minutes}");
-        assert_eq!(pasted::request_around(&text).as_deref(), Some(ask));
-        let whole = m.classify_unchecked(&text);
-        let request = m.classify_unchecked(ask);
-        let pooled = m.classify_chat_unchecked(&ChatText::prompt(text.as_str()));
-        // By hand: p ∝ whole^(1 − w) · request^w, w = REQUEST_WEIGHT.
-        assert_pooled_by_hand(&pooled, &whole, &request, f64::from(REQUEST_WEIGHT));
-        // Domain, complexity and tokens are the whole reading's.
-        assert_eq!(pooled.domain_scores, whole.domain_scores);
-        assert_eq!(pooled.complexity, whole.complexity);
-        assert_eq!(pooled.complexity_pairs, whole.complexity_pairs);
-        assert_eq!(pooled.tokens, whole.tokens);
-        // Read whole, the minutes make it a summary; the request says rewrite it.
-        assert_eq!(whole.intent, "summarization");
-        assert_eq!(pooled.intent, "rewrite");
-        // `classify` reads a prompt as the router does, and `Whole` reads it once.
-        assert_eq!(m.classify(&text).intent_scores, pooled.intent_scores);
-        let once = m.classify_chat_as(&ChatText::prompt(text.as_str()), ChatReading::Whole);
-        assert_eq!(once.intent_scores, whole.intent_scores);
-        // The same words on one line: nothing is pasted, and the prompt is read once.
-        let inline = format!("{ask} {minutes}");
-        assert_eq!(
-            m.classify(&inline).intent_scores,
-            m.classify_unchecked(&inline).intent_scores
-        );
     }
 
     /// The committed model with itself as its second model, checking every prompt not surely

@@ -856,7 +856,7 @@ pub struct Diff {
 pub fn compare_cmd(
     data: &Path,
     held_out: Option<HeldOut<'_>>,
-    a: (&str, &Classifier, ChatReading),
+    a: (&str, &Classifier),
     b: (&str, &Classifier),
     tm: Option<&TierModels>,
     resamples: usize,
@@ -867,14 +867,14 @@ pub fn compare_cmd(
     let chats: Vec<ChatText> = records.iter().map(Record::chat).collect();
     let pb = bar(chats.len() * 2, "scoring with both models");
     // Scores, and each prompt's classification time in microseconds, sorted.
-    let score = |m: &Classifier, reading| -> (Vec<crate::classifier::Scores>, Vec<f64>) {
+    let score = |m: &Classifier| -> (Vec<crate::classifier::Scores>, Vec<f64>) {
         let mut times = Vec::with_capacity(chats.len());
         let scores = chats
             .iter()
             .map(|t| {
                 pb.inc(1);
                 let t0 = std::time::Instant::now();
-                let s = m.classify_chat_as(t, reading);
+                let s = m.classify_chat(t);
                 times.push(t0.elapsed().as_secs_f64() * 1e6);
                 s
             })
@@ -882,7 +882,7 @@ pub fn compare_cmd(
         times.sort_by(f64::total_cmp);
         (scores, times)
     };
-    let ((sa, ta), (sb, tb)) = (score(a.1, a.2), score(b.1, ChatReading::Both));
+    let ((sa, ta), (sb, tb)) = (score(a.1), score(b.1));
     pb.finish_and_clear();
     let p50 = |t: &[f64]| t.get(t.len() / 2).copied();
     let mut diffs = Vec::new();
