@@ -3337,6 +3337,34 @@ fn intents_phrase(intents: &[String]) -> String {
     }
 }
 
+/// The CPU this process runs on, for the model card: its model name, how many logical CPUs, and
+/// whether it has AVX-512, which the matrix kernels use where present. Linux reads
+/// `/proc/cpuinfo`; elsewhere the architecture alone.
+fn training_machine() -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map(|(_, value)| value.trim().to_string())
+    };
+    let Some(model) = field("model name") else {
+        return format!("a {} CPU ({threads} logical CPUs)", std::env::consts::ARCH);
+    };
+    let flags = field("flags").unwrap_or_default();
+    let avx512: Vec<&str> = ["avx512f", "avx512_vnni", "avx512_bf16"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let features = if avx512.is_empty() {
+        "no AVX-512".to_string()
+    } else {
+        avx512.join(", ")
+    };
+    format!("{model} ({threads} logical CPUs; {features})")
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
@@ -3779,6 +3807,11 @@ pub fn model_card(
         cmd.push_str(&format!(" --compare-report {}", r.display()));
     }
     s.push_str(&format!("{cmd} --out {}\n```\n\n", args.out.display()));
+    s.push_str(&format!(
+        "Trained on {}. Training is deterministic on one machine; another CPU can round the encoder pass and the \
+         heads' arithmetic differently and write other bytes (the project README, \"Retraining\").\n\n",
+        training_machine()
+    ));
     let (held_kinds, handwritten_note) = if m.hold_out_handwritten {
         (
             "a file, a LegalBench task, an MMLU subject, a hand-written group",
