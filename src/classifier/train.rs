@@ -3338,7 +3338,8 @@ fn intents_phrase(intents: &[String]) -> String {
 }
 
 /// The CPU this process runs on, for the model card: its model name, how many logical CPUs, and
-/// whether it has AVX-512, which the matrix kernels use where present. Linux reads
+/// which of AVX-512 and its VNNI and bf16 extensions it has (an Intel Xeon and an AMD EPYC that
+/// wrote the same bytes had AVX-512; the EPYC that did not also had VNNI and bf16). Linux reads
 /// `/proc/cpuinfo`; elsewhere the architecture alone.
 fn training_machine() -> String {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
